@@ -1,0 +1,17 @@
+# The README's two commands are `make demo` and `make test`.
+.PHONY: setup dev demo test lint bench
+
+setup:
+	scripts/setup.sh
+
+dev:
+	LIFELONG_DEV=1 scripts/setup.sh
+
+demo: setup
+	.venv/bin/lifelong demo
+
+test: dev
+	.venv/bin/pytest
+
+lint: dev
+	.venv/bin/ruff check daemon adapters feedback_store evals base_model tests bench

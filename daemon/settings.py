@@ -1,0 +1,262 @@
+"""The daemon's one typed settings tree: YAML file + `LIFELONG_*` environment, validated at start-up.
+
+Precedence (highest first): explicit overrides (CLI flags) > environment > YAML file > defaults.
+Nested keys use `__` in the environment: `LIFELONG_DATABASE__URL`, `LIFELONG_GATEWAY__PORT`.
+Built once in `main` and passed down; components never read settings themselves.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+ENV_PREFIX = "LIFELONG_"
+Scope = Literal["infer", "feedback", "admin"]
+
+_yaml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_file", default=None)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BaseModelSettings(Section):
+    """The base model vLLM serves and adapters are trained on."""
+
+    path: Path | None = Field(
+        default=None,
+        description="A Hugging Face model folder. Empty: the embedded default, built into "
+        "<data_dir>/base_model by `lifelong base build`.",
+    )
+    seed: int = Field(default=0, description="Seed for building the embedded default.")
+    build_steps: int = Field(
+        default=2400, ge=1, description="Training steps when building the embedded default."
+    )
+
+
+class DatabaseSettings(Section):
+    url: SecretStr | None = Field(
+        default=None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db. "
+        "Empty: SQLite at <data_dir>/lifelong.db.",
+    )
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL",
+        description="FULL survives power loss as well as a killed process; NORMAL only the latter.",
+    )
+    heldout_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        lt=1.0,
+        description="Share of interactions and tasks kept out of training, for evaluation.",
+    )
+    max_text_chars: int = Field(
+        default=200_000, ge=1, description="Longest request/response/feedback text accepted."
+    )
+    rating_min: float = Field(default=-1.0, description="Lowest rating score accepted.")
+    rating_max: float = Field(default=1.0, description="Highest rating score accepted.")
+
+    @model_validator(mode="after")
+    def _rating_range(self) -> DatabaseSettings:
+        if self.rating_min >= self.rating_max:
+            raise ValueError(
+                f"rating_min ({self.rating_min}) must be below rating_max ({self.rating_max})"
+            )
+        return self
+
+
+class VLLMSettings(Section):
+    """How the daemon launches and talks to vLLM's OpenAI server."""
+
+    port: int = Field(default=8100, ge=1, le=65535, description="Internal port, bound to 127.0.0.1.")
+    upstreams: list[str] = Field(
+        default_factory=list,
+        description="Base URLs of vLLM servers managed elsewhere. Empty: one is started locally.",
+    )
+    max_lora_rank: int = Field(default=16, ge=1, le=512)
+    max_loras: int = Field(default=4, ge=1, description="Adapters resident in one batch.")
+    max_model_len: int = Field(default=512, ge=16)
+    cpu_kvcache_space_gib: int = Field(
+        default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build."
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, description="Further `vllm serve` arguments, passed as given."
+    )
+    startup_timeout_s: float = Field(default=300.0, gt=0)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class ApiKey(Section):
+    principal: str = Field(min_length=1, description="Who holds the key; stored with their data.")
+    sha256: SecretStr = Field(description="Hex sha256 of the key (`lifelong keys hash`).")
+    scopes: list[Scope] = Field(min_length=1)
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: SecretStr) -> SecretStr:
+        if not re.fullmatch(r"[0-9a-f]{64}", value.get_secret_value()):
+            raise ValueError("must be a 64-character lower-case hex sha256 of the key")
+        return value
+
+
+class GatewaySettings(Section):
+    host: str = Field(default="127.0.0.1")
+    port: int = Field(default=8000, ge=1, le=65535)
+    public_alias: str = Field(
+        default="lifelong", min_length=1, description="Model name that means the current champion."
+    )
+    api_keys: list[ApiKey] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _no_open_public_bind(self) -> GatewaySettings:
+        if not self.api_keys and self.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(
+                f"host {self.host!r} without api_keys would expose the API unauthenticated; "
+                "configure gateway.api_keys or bind to 127.0.0.1"
+            )
+        return self
+
+
+class TrainingSettings(Section):
+    lora_rank: int = Field(default=8, ge=1)
+    lora_alpha: float = Field(default=16.0, gt=0)
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    learning_rate: float = Field(default=1e-3, gt=0)
+    max_steps: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    max_seq_len: int = Field(default=256, ge=8)
+    seed: int = 0
+
+
+class Settings(BaseSettings):
+    """Everything the daemon can be told. `lifelong config show` prints the effective values."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    data_dir: Path = Field(
+        default=Path("lifelong-data"), description="Adapters, the SQLite database, the base model."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    base_model: BaseModelSettings = Field(default_factory=BaseModelSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
+
+    @model_validator(mode="after")
+    def _lora_fits_vllm(self) -> Settings:
+        if self.training.lora_rank > self.vllm.max_lora_rank:
+            raise ValueError(
+                f"training.lora_rank ({self.training.lora_rank}) exceeds vllm.max_lora_rank "
+                f"({self.vllm.max_lora_rank}); vLLM would refuse the adapter"
+            )
+        return self
+
+    @property
+    def base_model_path(self) -> Path:
+        return self.base_model.path or self.data_dir / "base_model"
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url is not None:
+            return self.database.url.get_secret_value()
+        return f"sqlite:///{(self.data_dir / 'lifelong.db').resolve()}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        yaml_file = _yaml_file.get()
+        if yaml_file is not None:
+            sources += (YamlConfigSettingsSource(settings_cls, yaml_file=yaml_file),)
+        return sources
+
+
+class SettingsError(Exception):
+    """Settings that cannot start the daemon; the message names every bad key and its fix."""
+
+
+def _key_of(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(root)"
+
+
+def _env_name(key: str) -> str:
+    return ENV_PREFIX + key.replace(".", "__").upper()
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from `config_file` (YAML), the environment and `overrides`.
+
+    Raises SettingsError listing every invalid key at once.
+    """
+    if config_file is not None:
+        if not config_file.is_file():
+            raise SettingsError(f"config file {config_file} does not exist; pass an existing YAML file")
+        try:
+            import yaml
+
+            loaded = yaml.safe_load(config_file.read_text())
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"config file {config_file} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SettingsError(f"config file {config_file} must hold a mapping of settings at the top")
+    token = _yaml_file.set(config_file)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            key = _key_of(error["loc"])
+            fix = (
+                f"set `{key}` in the config file or {_env_name(key)}"
+                if error["type"] != "extra_forbidden"
+                else "remove it (unknown key; see `lifelong config show` for the known ones)"
+            )
+            secret = key.endswith(("sha256", "url"))
+            got = "" if secret else f" (got {error.get('input')!r})"
+            lines.append(f"  {key}: {error['msg']}{got}; {fix}")
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
+    finally:
+        _yaml_file.reset(token)
+
+
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@]+):([^@]+)@")
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, secrets masked, for display."""
+    data = settings.model_dump(mode="json")
+    if settings.database.url is not None:
+        data["database"]["url"] = _URL_PASSWORD.sub(
+            r"\1:***@", settings.database.url.get_secret_value()
+        )
+    data["database"]["effective_url"] = _URL_PASSWORD.sub(r"\1:***@", settings.database_url)
+    for key in data["gateway"]["api_keys"]:
+        key["sha256"] = "***"
+    return data

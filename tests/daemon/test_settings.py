@@ -1,0 +1,96 @@
+"""The settings tree: YAML + environment, validated at start-up with messages naming key and fix."""
+
+from pathlib import Path
+
+import pytest
+
+from lifelong.daemon.settings import SettingsError, load_settings, masked
+
+DIGEST = "a" * 64
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "lifelong.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_put_everything_under_the_data_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(data_dir=tmp_path / "d")
+    assert settings.base_model_path == tmp_path / "d" / "base_model"
+    assert settings.database_url == f"sqlite:///{tmp_path / 'd' / 'lifelong.db'}"
+    assert settings.gateway.host == "127.0.0.1"
+
+
+def test_yaml_is_read_and_environment_overrides_it(tmp_path, monkeypatch):
+    config = write(tmp_path, "gateway:\n  port: 9001\nvllm:\n  port: 9100\n")
+    monkeypatch.setenv("LIFELONG_GATEWAY__PORT", "9002")
+    settings = load_settings(config)
+    assert settings.gateway.port == 9002
+    assert settings.vllm.port == 9100
+
+
+def test_explicit_overrides_beat_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIFELONG_DATA_DIR", str(tmp_path / "env"))
+    assert load_settings(data_dir=tmp_path / "flag").data_dir == tmp_path / "flag"
+    assert load_settings(data_dir=None).data_dir == tmp_path / "env"
+
+
+def test_every_bad_key_is_named_with_its_fix_at_once(tmp_path):
+    config = write(tmp_path, "gateway:\n  port: 0\nvllm:\n  max_lora_rank: -3\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config)
+    message = str(caught.value)
+    assert "gateway.port" in message and "LIFELONG_GATEWAY__PORT" in message
+    assert "vllm.max_lora_rank" in message and "LIFELONG_VLLM__MAX_LORA_RANK" in message
+
+
+def test_unknown_key_is_refused(tmp_path):
+    with pytest.raises(SettingsError, match=r"gatewey: .*unknown key"):
+        load_settings(write(tmp_path, "gatewey:\n  port: 1\n"))
+
+
+def test_missing_or_malformed_config_file_says_so(tmp_path):
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings(tmp_path / "nope.yaml")
+    with pytest.raises(SettingsError, match="not valid YAML"):
+        load_settings(write(tmp_path, "gateway: [\n"))
+    with pytest.raises(SettingsError, match="mapping"):
+        load_settings(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_public_bind_without_api_keys_is_refused(tmp_path):
+    with pytest.raises(SettingsError, match="gateway: .*api_keys"):
+        load_settings(write(tmp_path, "gateway:\n  host: 0.0.0.0\n"))
+    keyed = "gateway:\n  host: 0.0.0.0\n  api_keys:\n" + (
+        f"    - principal: alice\n      sha256: {DIGEST}\n      scopes: [infer]\n"
+    )
+    assert load_settings(write(tmp_path, keyed)).gateway.host == "0.0.0.0"
+
+
+def test_api_key_must_be_a_sha256_and_is_not_echoed(tmp_path):
+    config = write(
+        tmp_path,
+        "gateway:\n  api_keys:\n    - principal: a\n      sha256: hunter2\n      scopes: [infer]\n",
+    )
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config)
+    assert "gateway.api_keys.0.sha256" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_lora_rank_must_fit_vllm(tmp_path):
+    with pytest.raises(SettingsError, match="exceeds vllm.max_lora_rank"):
+        load_settings(write(tmp_path, "training:\n  lora_rank: 32\nvllm:\n  max_lora_rank: 16\n"))
+
+
+def test_masked_hides_database_password_and_key_digests(tmp_path):
+    config = write(
+        tmp_path,
+        "database:\n  url: postgresql+psycopg://bob:s3cret@db:5432/lifelong\n"
+        f"gateway:\n  api_keys:\n    - principal: a\n      sha256: {DIGEST}\n      scopes: [admin]\n",
+    )
+    shown = masked(load_settings(config))
+    assert "s3cret" not in repr(shown) and DIGEST not in repr(shown)
+    assert shown["database"]["url"] == "postgresql+psycopg://bob:***@db:5432/lifelong"
