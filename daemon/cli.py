@@ -125,6 +125,61 @@ def keys_hash(
     typer.echo(hashlib.sha256(key.encode()).hexdigest())
 
 
+@app.command("serve")
+def serve(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    host: Annotated[str | None, typer.Option(help="Gateway address (gateway.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Gateway port (gateway.port).")] = None,
+) -> None:
+    """Start vLLM (unless vllm.upstreams lists running servers) and the OpenAI gateway."""
+    import uvicorn
+
+    from lifelong.daemon.gateway.app import create_app
+    from lifelong.feedback_store.database import ensure_migrated, make_engine
+    from lifelong.feedback_store.errors import DatabaseNotMigrated
+
+    gateway = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
+    settings = settings_from(config, data_dir=data_dir, gateway=gateway or None)
+    if not settings.vllm.upstreams and not (settings.base_model_path / "config.json").is_file():
+        fail(f"no base model at {settings.base_model_path}; run `lifelong base build` "
+             "or set base_model.path to a Hugging Face model folder")
+    engine = make_engine(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
+    try:
+        ensure_migrated(engine)
+    except DatabaseNotMigrated as exc:
+        fail(str(exc))
+    finally:
+        engine.dispose()
+    if not settings.gateway.api_keys:
+        logging.getLogger(__name__).warning(
+            "no API keys configured: serving without authentication, bound to %s only",
+            settings.gateway.host,
+        )
+    fatal: list[str] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(reason: str) -> None:
+        fatal.append(reason)
+        if server is not None:
+            server.should_exit = True
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, on_fatal=on_fatal),
+            host=settings.gateway.host,
+            port=settings.gateway.port,
+            timeout_graceful_shutdown=int(settings.gateway.drain_timeout_s),
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+        )
+    )
+    server.run()
+    if fatal or not server.started:
+        fail(fatal[0] if fatal else "the gateway did not start; see the log above")
+
+
 @app.command("demo")
 def demo(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Build the embedded base model, print its accuracy, and show it answering."""

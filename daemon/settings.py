@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextvars
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -101,7 +101,13 @@ class VLLMSettings(Section):
         default_factory=list, description="Further `vllm serve` arguments, passed as given."
     )
     startup_timeout_s: float = Field(default=300.0, gt=0)
-    request_timeout_s: float = Field(default=120.0, gt=0)
+    request_timeout_s: float = Field(
+        default=120.0, gt=0, description="Longest wait for one upstream answer (then 504)."
+    )
+    max_restarts: int = Field(
+        default=5, ge=0, description="Restarts allowed within restart_window_s before giving up."
+    )
+    restart_window_s: float = Field(default=600.0, gt=0)
 
 
 class ApiKey(Section):
@@ -124,6 +130,19 @@ class GatewaySettings(Section):
         default="lifelong", min_length=1, description="Model name that means the current champion."
     )
     api_keys: list[ApiKey] = Field(default_factory=list)
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
+    )
+    log_queue_size: int = Field(
+        default=10_000, ge=1, description="Interactions waiting for the database before drops."
+    )
+    feedback_wait_s: float = Field(
+        default=5.0, ge=0,
+        description="How long feedback waits for its interaction to leave the log queue.",
+    )
 
     @model_validator(mode="after")
     def _no_open_public_bind(self) -> GatewaySettings:

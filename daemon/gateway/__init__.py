@@ -1,0 +1,1 @@
+"""The OpenAI-compatible FastAPI gateway: one router + protocol + service per resource."""

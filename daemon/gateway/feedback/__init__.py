@@ -1,0 +1,1 @@
+"""Feedback: ratings, preferences, corrections and verifiable outcomes; tasks; interactions."""

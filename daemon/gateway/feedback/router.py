@@ -1,0 +1,70 @@
+"""HTTP routes for feedback, tasks and interactions: parse, check scope, hand to the service."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Request
+
+from lifelong.daemon.gateway.auth import FeedbackPrincipal
+from lifelong.daemon.gateway.feedback.protocol import (
+    FEEDBACK_EXAMPLES,
+    FeedbackBatchIn,
+    FeedbackBatchOut,
+    FeedbackIn,
+    FeedbackOut,
+    InteractionOut,
+    TaskIn,
+    TaskOut,
+)
+from lifelong.daemon.gateway.feedback.service import FeedbackService
+
+router = APIRouter(tags=["feedback"])
+
+ERRORS = {
+    401: {"description": "Missing or invalid API key."},
+    403: {"description": "Key lacks the `feedback` scope, or the interaction is another's."},
+    404: {"description": "Unknown interaction."},
+    413: {"description": "Body larger than gateway.max_request_bytes."},
+    422: {"description": "Malformed or out-of-range field (named in `error.param`)."},
+}
+
+
+def _service(request: Request) -> FeedbackService:
+    return request.app.state.feedback
+
+
+ServiceDep = Annotated[FeedbackService, Depends(_service)]
+
+
+@router.post("/v1/feedback", status_code=201, responses=ERRORS)
+async def give_feedback(
+    item: Annotated[FeedbackIn, Body(openapi_examples=FEEDBACK_EXAMPLES)],
+    principal: FeedbackPrincipal,
+    service: ServiceDep,
+) -> FeedbackOut:
+    """Record one piece of feedback on an interaction; 201 once it is committed."""
+    (stored,) = await service.add([item], principal)
+    return stored
+
+
+@router.post("/v1/feedback:batch", status_code=201, responses=ERRORS)
+async def give_feedback_batch(
+    batch: FeedbackBatchIn, principal: FeedbackPrincipal, service: ServiceDep
+) -> FeedbackBatchOut:
+    """Record many pieces of feedback at once: all are committed, or none is."""
+    return FeedbackBatchOut(items=await service.add(batch.items, principal))
+
+
+@router.post("/v1/tasks", status_code=201, responses=ERRORS)
+async def register_task(task: TaskIn, principal: FeedbackPrincipal, service: ServiceDep) -> TaskOut:
+    """Register a verifiable prompt (reference answer + verifier) for evaluation and training."""
+    return await service.add_task(task, principal)
+
+
+@router.get("/v1/interactions/{interaction_id}", responses=ERRORS)
+async def get_interaction(
+    interaction_id: str, principal: FeedbackPrincipal, service: ServiceDep
+) -> InteractionOut:
+    """One interaction with all its feedback (your own, unless your key has `admin`)."""
+    return await service.interaction(interaction_id, principal)

@@ -1,0 +1,124 @@
+"""Feedback logic: map wire types to store records, wait for still-queued interactions, commit.
+
+Feedback goes through the store's group committer (many requests share one transaction and one
+fsync), so a 201 always means committed. Feedback on an interaction that is still in the
+interaction log's queue waits for it (bounded by gateway.feedback_wait_s) instead of a 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from lifelong.daemon.gateway.auth import Principal
+from lifelong.daemon.gateway.feedback.protocol import (
+    CorrectionIn,
+    FeedbackIn,
+    FeedbackOut,
+    InteractionOut,
+    OutcomeIn,
+    PreferenceIn,
+    RatingIn,
+    TaskIn,
+    TaskOut,
+)
+from lifelong.feedback_store import records, tasks
+from lifelong.feedback_store.feedback_committer import FeedbackCommitter
+from lifelong.feedback_store.interaction_log import InteractionLog
+from lifelong.feedback_store.interactions import get_interaction
+from lifelong.feedback_store.models import Feedback
+
+
+def to_record(item: FeedbackIn) -> records.FeedbackItem:
+    match item:
+        case RatingIn():
+            return records.Rating(interaction_id=item.interaction_id, score=item.score)
+        case CorrectionIn():
+            return records.Correction(interaction_id=item.interaction_id, text=item.text)
+        case PreferenceIn():
+            return records.Preference(
+                interaction_id=item.interaction_id,
+                preferred_over=item.preferred_over,
+                rejected_text=item.rejected_text,
+            )
+        case OutcomeIn():
+            return records.Outcome(
+                interaction_id=item.interaction_id, reward=item.reward, passed=item.passed,
+                verifier=item.verifier, details=item.details,
+            )
+    raise AssertionError(f"unhandled feedback type {type(item).__name__}")
+
+
+def to_wire(row: Feedback) -> FeedbackOut:
+    return FeedbackOut.model_validate(row, from_attributes=True)
+
+
+class FeedbackService:
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        committer: FeedbackCommitter,
+        interaction_log: InteractionLog,
+        feedback_wait_s: float,
+        heldout_fraction: float,
+        max_text_chars: int,
+    ) -> None:
+        self.sessions = sessions
+        self.committer = committer
+        self.interaction_log = interaction_log
+        self.feedback_wait_s = feedback_wait_s
+        self.heldout_fraction = heldout_fraction
+        self.max_text_chars = max_text_chars
+
+    async def _wait_until_logged(self, interaction_ids: set[str]) -> None:
+        for interaction_id in interaction_ids:
+            # A zero-timeout check is a lock and a set lookup; only a queued id costs a thread.
+            if not self.interaction_log.wait_for(interaction_id, 0):
+                await asyncio.to_thread(
+                    self.interaction_log.wait_for, interaction_id, self.feedback_wait_s
+                )
+
+    async def add(self, items: Sequence[FeedbackIn], principal: Principal) -> list[FeedbackOut]:
+        """Commit all `items` or none. Raises the store's typed errors (UnknownInteraction,
+        ForeignInteraction, RatingOutOfRange, SelfPreference, TextTooLong, InvalidFeedback)."""
+        batch = [to_record(item) for item in items]
+        referenced = {item.interaction_id for item in batch}
+        referenced |= {i.preferred_over for i in batch if isinstance(i, records.Preference)} - {None}
+        await self._wait_until_logged(referenced)  # type: ignore[arg-type]
+        future = self.committer.submit(batch, principal=principal.name, admin=principal.admin)
+        rows = await asyncio.wrap_future(future)
+        return [to_wire(row) for row in rows]
+
+    async def add_task(self, task: TaskIn, principal: Principal) -> TaskOut:
+        """Register a verifiable prompt. Raises InvalidTask, TextTooLong."""
+        record = records.NewTask(
+            reference=task.reference, verifier=task.verifier, prompt=task.prompt,
+            messages=task.messages, options=task.options, tags=tuple(task.tags),
+        )
+
+        def write() -> TaskOut:
+            with self.sessions.begin() as session:
+                row = tasks.add_task(
+                    session, task=record, principal=principal.name, heldout_fraction=self.heldout_fraction,
+                    max_text_chars=self.max_text_chars,
+                )
+                return TaskOut.model_validate(row, from_attributes=True)
+
+        return await asyncio.to_thread(write)
+
+    async def interaction(self, interaction_id: str, principal: Principal) -> InteractionOut:
+        """One interaction with its feedback. Raises UnknownInteraction, ForeignInteraction."""
+        await self._wait_until_logged({interaction_id})
+
+        def read() -> InteractionOut:
+            with self.sessions() as session:
+                row = get_interaction(
+                    session, interaction_id=interaction_id, principal=principal.name,
+                    admin=principal.admin,
+                )
+                return InteractionOut.model_validate(row, from_attributes=True)
+
+        return await asyncio.to_thread(read)

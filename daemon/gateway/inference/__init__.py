@@ -1,0 +1,1 @@
+"""Inference: OpenAI chat and text completions, passed through to vLLM and logged."""

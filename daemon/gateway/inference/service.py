@@ -1,0 +1,175 @@
+"""Inference logic: resolve the model name, forward to a ready vLLM, map the answer back, log it.
+
+The response is vLLM's own, with `id` replaced by the interaction id (what feedback refers to)
+and `model` by the name the client asked for. Logging is a non-blocking hand-off to the
+interaction log's background writer, after the answer is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from lifelong.daemon.gateway.auth import Principal
+from lifelong.daemon.gateway.catalog import ModelCatalog, Route
+from lifelong.daemon.upstream import BASE_MODEL_NAME, UpstreamPool
+from lifelong.feedback_store.interaction_log import InteractionLog
+from lifelong.feedback_store.records import NewInteraction
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str  # stored with the interaction
+    route: str  # vLLM's route
+    id_prefix: str  # OpenAI's id prefix for this object
+
+
+CHAT = Endpoint("chat.completions", "/v1/chat/completions", "chatcmpl-")
+COMPLETIONS = Endpoint("completions", "/v1/completions", "cmpl-")
+
+
+def _text_of(choice: dict[str, Any]) -> str:
+    message = choice.get("message")
+    if message is not None:
+        return message.get("content") or ""
+    return choice.get("text") or ""
+
+
+def _delta_of(choice: dict[str, Any]) -> str:
+    delta = choice.get("delta")
+    if delta is not None:
+        return delta.get("content") or ""
+    return choice.get("text") or ""
+
+
+class InferenceService:
+    def __init__(
+        self, *, catalog: ModelCatalog, pool: UpstreamPool, interaction_log: InteractionLog
+    ) -> None:
+        self.catalog = catalog
+        self.pool = pool
+        self.interaction_log = interaction_log
+
+    def _headers(self, interaction_id: str, route: Route) -> dict[str, str]:
+        return {"x-lifelong-interaction-id": interaction_id, "x-lifelong-adapter": route.version}
+
+    def _record(
+        self,
+        *,
+        endpoint: Endpoint,
+        interaction_id: str,
+        body: dict[str, Any],
+        route: Route,
+        principal: Principal,
+        started: float,
+        created_at: datetime,
+        text: str,
+        finish_reason: str | None,
+        usage: dict[str, Any] | None,
+    ) -> None:
+        usage = usage or {}
+        accepted = self.interaction_log.submit(
+            NewInteraction(
+                id=interaction_id,
+                created_at=created_at,
+                endpoint=endpoint.name,
+                request=body,
+                model=route.requested,
+                adapter_version=None if route.version == BASE_MODEL_NAME else route.version,
+                response_text=text,
+                finish_reason=finish_reason,
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=usage.get("completion_tokens"),
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+                principal=principal.name,
+            )
+        )
+        if not accepted:
+            logger.warning("interaction log full; dropped", extra={"interaction_id": interaction_id})
+
+    async def complete(
+        self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
+    ) -> JSONResponse:
+        """A non-streaming completion. Raises UnknownModel, UpstreamUnavailable/Timeout/Rejected."""
+        started = time.perf_counter()
+        created_at = datetime.now(UTC)
+        route = self.catalog.resolve(body["model"])
+        upstream = self.pool.pick()
+        interaction_id = endpoint.id_prefix + uuid.uuid4().hex
+        answer = await upstream.complete(endpoint.route, {**body, "model": route.upstream_model})
+        answer["id"] = interaction_id
+        answer["model"] = route.requested
+        first = answer["choices"][0] if answer.get("choices") else {}
+        self._record(
+            endpoint=endpoint, interaction_id=interaction_id, body=body, route=route,
+            principal=principal, started=started, created_at=created_at, text=_text_of(first),
+            finish_reason=first.get("finish_reason"), usage=answer.get("usage"),
+        )
+        return JSONResponse(answer, headers=self._headers(interaction_id, route))
+
+    async def stream(
+        self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
+    ) -> StreamingResponse:
+        """A streaming completion as server-sent events; the upstream stream is opened before the
+        response starts, so a down or refusing vLLM still gets a proper status code."""
+        started = time.perf_counter()
+        created_at = datetime.now(UTC)
+        route = self.catalog.resolve(body["model"])
+        upstream = self.pool.pick()
+        interaction_id = endpoint.id_prefix + uuid.uuid4().hex
+        client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        # Always ask vLLM for the usage chunk: the interaction log needs the token counts.
+        upstream_body = {
+            **body,
+            "model": route.upstream_model,
+            "stream_options": {**(body.get("stream_options") or {}), "include_usage": True},
+        }
+        exits = contextlib.AsyncExitStack()
+        events = await exits.enter_async_context(upstream.stream(endpoint.route, upstream_body))
+
+        async def relay() -> AsyncIterator[bytes]:
+            parts: list[str] = []
+            finish_reason: str | None = "abort"  # unless the stream tells otherwise
+            usage: dict[str, Any] | None = None
+            try:
+                async for data in events:
+                    if data == "[DONE]":
+                        yield b"data: [DONE]\n\n"
+                        continue
+                    chunk = json.loads(data)
+                    chunk["id"] = interaction_id
+                    chunk["model"] = route.requested
+                    if chunk.get("usage"):
+                        usage = chunk["usage"]
+                    for choice in chunk.get("choices") or ():
+                        if choice.get("index", 0) == 0:
+                            parts.append(_delta_of(choice))
+                            if choice.get("finish_reason"):
+                                finish_reason = choice["finish_reason"]
+                    if not client_wants_usage:
+                        if not chunk.get("choices"):
+                            continue  # the usage-only chunk we asked for ourselves
+                        chunk.pop("usage", None)
+                    yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+            finally:
+                await exits.aclose()
+                self._record(
+                    endpoint=endpoint, interaction_id=interaction_id, body=body, route=route,
+                    principal=principal, started=started, created_at=created_at,
+                    text="".join(parts), finish_reason=finish_reason, usage=usage,
+                )
+
+        return StreamingResponse(
+            relay(), media_type="text/event-stream", headers=self._headers(interaction_id, route)
+        )

@@ -1,0 +1,259 @@
+"""Keeps vLLM servers usable: launches the local one as a child, restarts it when it dies, and
+re-applies the adapter state after every (re)start before the gateway sends it traffic.
+
+`Supervisor` owns a child process (one `vllm serve`, in its own process group so its engine
+workers go with it). `HealthWatch` does the same readiness dance for a server managed elsewhere.
+Both call `on_ready(upstream)` (load the champion adapter) before marking the upstream ready, so a
+restarted server never silently answers with the bare base model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+from lifelong.daemon.upstream import Upstream
+
+logger = logging.getLogger(__name__)
+
+OnReady = Callable[[Upstream], Awaitable[None]]
+HEALTH_INTERVAL_S = 2.0
+UNHEALTHY_KILL_AFTER = 15  # consecutive failed /health probes (~30 s) before a hung server is killed
+
+
+class StartupFailed(Exception):
+    """vLLM did not become healthy; the message carries the end of its log."""
+
+
+def _new_group_dying_with_parent() -> None:
+    # Runs in the child before exec: its own process group (killed as a whole at stop), and
+    # SIGTERM from the kernel if the daemon dies without a chance to stop it (no orphans).
+    os.setsid()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class Supervisor:
+    """One local vLLM child process, restarted with backoff up to `max_restarts` per window."""
+
+    def __init__(
+        self,
+        *,
+        command: Sequence[str],
+        env: dict[str, str],
+        upstream: Upstream,
+        log_path: Path,
+        on_ready: OnReady,
+        startup_timeout_s: float,
+        max_restarts: int,
+        restart_window_s: float,
+        on_give_up: Callable[[str], None],
+    ) -> None:
+        self.command = list(command)
+        self.env = env
+        self.upstream = upstream
+        self.log_path = log_path
+        self.on_ready = on_ready
+        self.startup_timeout_s = startup_timeout_s
+        self.max_restarts = max_restarts
+        self.restart_window_s = restart_window_s
+        self.on_give_up = on_give_up
+        self.restarts = 0
+        self.state = "stopped"  # stopped | starting | ready | restarting | failed
+        self.last_error: str | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._recent_restarts: deque[float] = deque()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self) -> None:
+        """Launch vLLM and wait until it is healthy and its adapters are loaded.
+
+        Raises StartupFailed (with the end of vLLM's log) if it exits or times out first.
+        """
+        await self._launch_until_ready()
+        self._task = asyncio.create_task(self._watch(), name="vllm-supervisor")
+
+    async def _launch(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log_file:
+            log_file.write(f"\n==== lifelong: starting vLLM at {time.ctime()} ====\n".encode())
+            log_file.flush()
+            self._process = await asyncio.create_subprocess_exec(
+                *self.command,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=asyncio.subprocess.STDOUT,
+                preexec_fn=_new_group_dying_with_parent,
+            )
+        logger.info("vLLM starting", extra={"pid": self._process.pid, "log": str(self.log_path)})
+
+    async def _launch_until_ready(self) -> None:
+        self.state = "starting"
+        await self._launch()
+        assert self._process is not None
+        deadline = time.monotonic() + self.startup_timeout_s
+        while not await self.upstream.health():
+            if self._process.returncode is not None:
+                raise StartupFailed(
+                    f"vLLM exited with status {self._process.returncode} during start-up; "
+                    f"its log ({self.log_path}) ends with:\n{_tail(self.log_path)}"
+                )
+            if time.monotonic() > deadline:
+                await self._kill()
+                raise StartupFailed(
+                    f"vLLM was not healthy after {self.startup_timeout_s:.0f} s "
+                    f"(vllm.startup_timeout_s); its log ends with:\n{_tail(self.log_path)}"
+                )
+            await asyncio.sleep(0.5)
+        await self.on_ready(self.upstream)
+        self.upstream.ready = True
+        self.state = "ready"
+        self.last_error = None
+        logger.info("vLLM ready", extra={"pid": self._process.pid, "restarts": self.restarts})
+
+    async def _watch(self) -> None:
+        while not self._stopping:
+            assert self._process is not None
+            exited = asyncio.ensure_future(self._process.wait())
+            failed_probes = 0
+            while not exited.done():
+                await asyncio.wait({exited}, timeout=HEALTH_INTERVAL_S)
+                if exited.done() or self._stopping:
+                    break
+                healthy = await self.upstream.health()
+                failed_probes = 0 if healthy else failed_probes + 1
+                self.upstream.ready = healthy and self.state == "ready"
+                if failed_probes >= UNHEALTHY_KILL_AFTER:
+                    logger.error("vLLM stopped answering /health; killing it")
+                    await self._kill()
+            if self._stopping:
+                exited.cancel()
+                return
+            self.upstream.ready = False
+            # The API server is gone; its engine workers may not be. Clear the whole group.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self.last_error = f"vLLM exited with status {self._process.returncode}"
+            logger.error("vLLM died", extra={"status": self._process.returncode})
+            if not await self._restart():
+                return
+
+    async def _restart(self) -> bool:
+        """Relaunch with exponential backoff; False once the restart budget is spent."""
+        attempt = 0
+        while not self._stopping:
+            now = time.monotonic()
+            while self._recent_restarts and now - self._recent_restarts[0] > self.restart_window_s:
+                self._recent_restarts.popleft()
+            if len(self._recent_restarts) >= self.max_restarts:
+                self.state = "failed"
+                reason = (
+                    f"vLLM failed {len(self._recent_restarts)} times within "
+                    f"{self.restart_window_s:.0f} s; giving up (log: {self.log_path})"
+                )
+                self.last_error = reason
+                logger.error(reason)
+                self.on_give_up(reason)
+                return False
+            self._recent_restarts.append(now)
+            self.state = "restarting"
+            await asyncio.sleep(min(30.0, 2.0**attempt))
+            attempt += 1
+            self.restarts += 1
+            try:
+                await self._launch_until_ready()
+                return True
+            except Exception as exc:  # a failed restart is retried, never fatal to the gateway
+                self.last_error = str(exc)
+                logger.error("vLLM restart failed", extra={"error": str(exc)[:2000]})
+                await self._kill()
+        return False
+
+    async def _kill(self, grace_s: float = 20.0) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), grace_s)
+        except TimeoutError:
+            logger.warning("vLLM ignored SIGTERM; killing its process group")
+        # The engine workers share the group; make sure none outlives the API server.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        await process.wait()
+
+    async def stop(self) -> None:
+        """Stop watching and terminate vLLM and everything it started."""
+        self._stopping = True
+        self.upstream.ready = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._kill()
+        self.state = "stopped"
+        logger.info("vLLM stopped")
+
+
+class HealthWatch:
+    """Readiness for a vLLM server managed elsewhere: polls /health, re-applies adapters on return."""
+
+    def __init__(self, *, upstream: Upstream, on_ready: OnReady) -> None:
+        self.upstream = upstream
+        self.on_ready = on_ready
+        self.state = "starting"
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._probe()
+        self._task = asyncio.create_task(self._watch(), name=f"health-{self.upstream.base_url}")
+
+    async def _probe(self) -> None:
+        healthy = await self.upstream.health()
+        if healthy and not self.upstream.ready:
+            try:
+                await self.on_ready(self.upstream)
+            except Exception as exc:  # retried at the next probe
+                self.last_error = str(exc)
+                logger.error("upstream adapter sync failed", extra={"error": str(exc)})
+                return
+            self.upstream.ready = True
+            self.state = "ready"
+        elif not healthy:
+            self.upstream.ready = False
+            self.state = "unreachable"
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(HEALTH_INTERVAL_S)
+            await self._probe()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -1,0 +1,119 @@
+"""A real `lifelong serve` (real vLLM on the tiny base model, real SQLite) for the gateway tests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+LIFELONG = str(Path(sys.executable).parent / "lifelong")
+KEYS = {  # principal -> (secret key, scopes)
+    "alice": ("sk-alice", ["infer", "feedback"]),
+    "bob": ("sk-bob", ["infer", "feedback"]),
+    "reader": ("sk-reader", ["infer"]),
+    "rater": ("sk-rater", ["feedback"]),
+    "ops": ("sk-ops", ["admin"]),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Daemon:
+    process: subprocess.Popen
+    url: str
+    data_dir: Path
+    config: Path
+    log: Path
+
+    def key(self, principal: str) -> str:
+        return KEYS[principal][0]
+
+    def headers(self, principal: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key(principal)}"}
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def write_config(tmp: Path, model: Path, **extra: object) -> Path:
+    config = {
+        "data_dir": str(tmp / "data"),
+        "base_model": {"path": str(model)},
+        "vllm": {"port": free_port(), "max_lora_rank": 8, "startup_timeout_s": 240},
+        "gateway": {
+            "port": free_port(),
+            "api_keys": [
+                {"principal": name, "sha256": hashlib.sha256(key.encode()).hexdigest(),
+                 "scopes": scopes}
+                for name, (key, scopes) in KEYS.items()
+            ],
+            "max_request_bytes": 64 * 1024,
+            "drain_timeout_s": 10,
+        },
+        "training": {"lora_rank": 8},
+    }
+    for section, values in extra.items():
+        config.setdefault(section, {}).update(values)  # type: ignore[union-attr]
+    path = tmp / "lifelong.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def start_daemon(tmp: Path, model: Path, **extra: object) -> Daemon:
+    config = write_config(tmp, model, **extra)
+    subprocess.run([LIFELONG, "db", "upgrade", "--config", str(config)], check=True)
+    log = tmp / "daemon.log"
+    process = subprocess.Popen(
+        [LIFELONG, "serve", "--config", str(config)],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    port = yaml.safe_load(config.read_text())["gateway"]["port"]
+    daemon = Daemon(process, f"http://127.0.0.1:{port}", tmp / "data", config, log)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"lifelong serve exited {process.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{daemon.url}/readyz", timeout=2).status_code == 200:
+                return daemon
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    daemon.stop(signal.SIGKILL)
+    raise RuntimeError(f"lifelong serve not ready in time:\n{log.read_text()}")
+
+
+@pytest.fixture(name="start_daemon")
+def start_daemon_fixture():
+    """`start_daemon(tmp, model, **settings_sections)` for tests that need their own daemon."""
+    return start_daemon
+
+
+@pytest.fixture(scope="session")
+def daemon(tiny_base_model: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One daemon shared by the gateway tests; they must not change its champion."""
+    running = start_daemon(tmp_path_factory.mktemp("daemon"), tiny_base_model)
+    yield running
+    running.stop()

@@ -1,0 +1,104 @@
+"""The gateway end to end: the official `openai` client -> lifelong serve -> real vLLM -> SQLite."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.integration
+
+QUESTION = [{"role": "user", "content": "What is 12 + 34?"}]
+
+
+@pytest.fixture
+def client(daemon) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=daemon.key("alice"), max_retries=0)
+
+
+def interaction(daemon, interaction_id: str, principal: str = "alice") -> dict:
+    response = httpx.get(
+        f"{daemon.url}/v1/interactions/{interaction_id}", headers=daemon.headers(principal)
+    )
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_chat_completion_answers_under_the_alias_with_interaction_headers(daemon, client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="lifelong", messages=QUESTION, max_tokens=8, temperature=0
+    )
+    completion = raw.parse()
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.model == "lifelong"
+    assert raw.headers["x-lifelong-interaction-id"] == completion.id
+    assert raw.headers["x-lifelong-adapter"] == "base"
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    stored = interaction(daemon, completion.id)
+    assert stored["response_text"] == completion.choices[0].message.content
+    assert stored["principal"] == "alice"
+    assert stored["endpoint"] == "chat.completions"
+    assert stored["completion_tokens"] == completion.usage.completion_tokens
+    assert stored["adapter_version"] is None
+
+
+def test_streamed_chat_is_reassembled_in_the_log(daemon, client):
+    stream = client.chat.completions.create(
+        model="lifelong", messages=QUESTION, max_tokens=8, temperature=0, stream=True
+    )
+    chunks = list(stream)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    ids = {chunk.id for chunk in chunks}
+    assert len(ids) == 1 and {chunk.model for chunk in chunks} == {"lifelong"}
+    assert all(chunk.usage is None for chunk in chunks)  # the client did not ask for usage
+    stored = interaction(daemon, ids.pop())
+    assert stored["response_text"] == text
+    assert stored["finish_reason"] in ("stop", "length")
+    assert stored["completion_tokens"] and stored["prompt_tokens"]
+
+
+def test_streamed_usage_is_passed_when_asked(client):
+    chunks = list(client.chat.completions.create(
+        model="lifelong", messages=QUESTION, max_tokens=4, stream=True,
+        stream_options={"include_usage": True},
+    ))
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens >= 1
+
+
+def test_text_completion_plain_and_streamed(daemon, client):
+    completion = client.completions.create(model="lifelong", prompt="12 + 34 =", max_tokens=4)
+    assert completion.id.startswith("cmpl-") and completion.model == "lifelong"
+    assert interaction(daemon, completion.id)["response_text"] == completion.choices[0].text
+    chunks = list(client.completions.create(
+        model="lifelong", prompt="12 + 34 =", max_tokens=4, stream=True
+    ))
+    text = "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
+    assert interaction(daemon, chunks[0].id)["response_text"] == text
+
+
+def test_pinned_base_version_answers_as_base(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="base", messages=QUESTION, max_tokens=4
+    )
+    assert raw.parse().model == "base" and raw.headers["x-lifelong-adapter"] == "base"
+
+
+def test_unknown_model_is_an_openai_404(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="gpt-4o", messages=QUESTION)
+    assert caught.value.body["code"] == "model_not_found"
+
+
+def test_models_lists_the_alias_and_base(client):
+    assert {"lifelong", "base"} <= {model.id for model in client.models.list()}
+
+
+def test_upstream_validation_errors_pass_through_as_400(client):
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="lifelong", messages=QUESTION, max_tokens=100_000)
+
+
+def test_health_and_readiness(daemon):
+    assert httpx.get(f"{daemon.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{daemon.url}/readyz").json()
+    assert ready["status"] == "ready" and ready["upstreams"][0]["ready"] is True
