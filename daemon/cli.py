@@ -133,14 +133,17 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Gateway port (gateway.port).")] = None,
 ) -> None:
     """Start vLLM (unless vllm.upstreams lists running servers) and the OpenAI gateway."""
+    gateway = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
+    _serve(settings_from(config, data_dir=data_dir, gateway=gateway or None))
+
+
+def _serve(settings: Settings) -> None:
     import uvicorn
 
     from lifelong.daemon.gateway.app import create_app
     from lifelong.feedback_store.database import ensure_migrated, make_engine
     from lifelong.feedback_store.errors import DatabaseNotMigrated
 
-    gateway = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
-    settings = settings_from(config, data_dir=data_dir, gateway=gateway or None)
     if not settings.vllm.upstreams and not (settings.base_model_path / "config.json").is_file():
         fail(f"no base model at {settings.base_model_path}; run `lifelong base build` "
              "or set base_model.path to a Hugging Face model folder")
@@ -180,10 +183,23 @@ def serve(
         fail(fatal[0] if fatal else "the gateway did not start; see the log above")
 
 
+DEMO_HINT = """
+lifelong is starting vLLM and the gateway on http://{host}:{port} (Ctrl-C stops both).
+Once it logs "gateway ready", paste into another terminal:
+
+  curl -s {host}:{port}/v1/chat/completions -H 'content-type: application/json' \\
+    -d '{{"model": "lifelong", "messages": [{{"role": "user", "content": "What is 12 + 34?"}}]}}'
+
+  curl -s {host}:{port}/v1/feedback -H 'content-type: application/json' \\
+    -d '{{"interaction_id": "<the id above>", "kind": "correction", "text": "46"}}'
+"""
+
+
 @app.command("demo")
 def demo(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
-    """Build the embedded base model, print its accuracy, and show it answering."""
+    """Build the embedded base model, show it answering, migrate the database, and serve it."""
     from lifelong.base_model import answer, build
+    from lifelong.feedback_store.database import make_engine, upgrade
 
     settings = settings_from(config, data_dir=data_dir)
     out_dir = _require_embedded(settings)
@@ -191,6 +207,11 @@ def demo(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     typer.echo(report.describe())
     for question in ("What is 12 + 34?", "What is 58 - 21?", "What is 345 + 123?"):
         typer.echo(f"  user: {question}\n  model: {answer(out_dir, question)}")
+    engine = make_engine(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
+    upgrade(engine)
+    engine.dispose()
+    typer.echo(DEMO_HINT.format(host=settings.gateway.host, port=settings.gateway.port))
+    _serve(settings)
 
 
 def main() -> None:

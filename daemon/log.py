@@ -40,3 +40,4 @@ def configure(level: str) -> None:
     root.setLevel(level)
     # httpx logs every request at INFO; the gateway has its own access records.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -7,6 +7,7 @@ exceptions. Typed exceptions from the store and the upstream layer are translate
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -67,6 +68,10 @@ _STORE_STATUS: dict[type[Exception], tuple[int, str, str]] = {
 }
 
 
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every exception into the one error body."""
 
@@ -102,7 +107,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(store_errors.StoreError)
     async def _store(_: Request, exc: store_errors.StoreError) -> Response:
         status, kind, code = _STORE_STATUS.get(
-            type(exc), (422, "invalid_request_error", type(exc).__name__)
+            type(exc), (422, "invalid_request_error", _snake(type(exc).__name__))
         )
         return error_response(
             status, str(exc), type=kind, param=getattr(exc, "field", None), code=code

@@ -9,11 +9,14 @@ from fastapi import APIRouter, Body, Depends, Request
 from lifelong.daemon.gateway.auth import FeedbackPrincipal
 from lifelong.daemon.gateway.feedback.protocol import (
     FEEDBACK_EXAMPLES,
+    CorrectionIn,
     FeedbackBatchIn,
     FeedbackBatchOut,
-    FeedbackIn,
     FeedbackOut,
     InteractionOut,
+    OutcomeIn,
+    PreferenceIn,
+    RatingIn,
     TaskIn,
     TaskOut,
 )
@@ -39,7 +42,10 @@ ServiceDep = Annotated[FeedbackService, Depends(_service)]
 
 @router.post("/v1/feedback", status_code=201, responses=ERRORS)
 async def give_feedback(
-    item: Annotated[FeedbackIn, Body(openapi_examples=FEEDBACK_EXAMPLES)],
+    item: Annotated[
+        RatingIn | CorrectionIn | PreferenceIn | OutcomeIn,
+        Body(discriminator="kind", openapi_examples=FEEDBACK_EXAMPLES),
+    ],
     principal: FeedbackPrincipal,
     service: ServiceDep,
 ) -> FeedbackOut:

@@ -1,0 +1,75 @@
+"""The `lifelong` console script: each command's happy path and its one-line errors naming the fix."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+LIFELONG = str(Path(sys.executable).parent / "lifelong")
+
+
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    return subprocess.run([LIFELONG, *args], capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_every_command_has_help():
+    for command in (["config", "show"], ["db", "upgrade"], ["base", "build"], ["base", "ask"],
+                    ["keys", "hash"], ["serve"], ["demo"]):
+        done = run(*command, "--help")
+        assert done.returncode == 0 and "Usage" in done.stdout, command
+
+
+def test_config_show_prints_effective_settings_with_secrets_masked(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "database:\n  url: postgresql+psycopg://u:topsecret@h/db\ngateway:\n  port: 9123\n"
+    )
+    done = run("config", "show", "--config", str(config), "--data-dir", str(tmp_path / "d"))
+    assert done.returncode == 0, done.stderr
+    shown = yaml.safe_load(done.stdout)
+    assert shown["gateway"]["port"] == 9123
+    assert shown["data_dir"] == str(tmp_path / "d")
+    assert "topsecret" not in done.stdout and "u:***@h" in done.stdout
+
+
+def test_bad_setting_stops_with_the_key_and_fix(tmp_path):
+    import os
+
+    env = {**os.environ, "LIFELONG_VLLM__PORT": "http"}
+    done = run("config", "show", env=env, cwd=tmp_path)
+    assert done.returncode == 2
+    assert "vllm.port" in done.stderr and "LIFELONG_VLLM__PORT" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_serve_refuses_an_unmigrated_database_then_upgrade_fixes_it(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    args = ["--data-dir", str(tmp_path / "d")]
+    config = tmp_path / "c.yaml"
+    config.write_text(f"base_model:\n  path: {model}\n")
+    done = run("serve", "--config", str(config), *args)
+    assert done.returncode == 2 and "lifelong db upgrade" in done.stderr
+    done = run("db", "upgrade", *args)
+    assert done.returncode == 0 and "database at revision" in done.stdout
+    assert (tmp_path / "d" / "lifelong.db").is_file()
+
+
+def test_serve_without_a_base_model_says_how_to_get_one(tmp_path):
+    done = run("serve", "--data-dir", str(tmp_path))
+    assert done.returncode == 2 and "lifelong base build" in done.stderr
+
+
+def test_public_bind_without_keys_is_refused(tmp_path):
+    done = run("serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path))
+    assert done.returncode == 2 and "api_keys" in done.stderr
+
+
+def test_keys_hash_prints_the_sha256():
+    done = run("keys", "hash", "sk-test")
+    assert done.stdout.strip() == hashlib.sha256(b"sk-test").hexdigest()
