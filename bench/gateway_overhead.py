@@ -15,23 +15,15 @@ import asyncio
 import json
 import os
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import yaml
+from daemon_process import start_daemon
 
 PROMPTS = [f"What is {a} + {b}?" for a, b in [(12, 34), (56, 21), (70, 8), (33, 44), (91, 5)]]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -81,36 +73,6 @@ async def round_(base: str, model: str, *, concurrency: int, requests: int, stre
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return time.perf_counter() - started, latencies, tokens
-
-
-def start_daemon(model: Path, workdir: Path) -> tuple[subprocess.Popen, str, str]:
-    vllm_port, gateway_port = free_port(), free_port()
-    config = workdir / "lifelong.yaml"
-    config.write_text(yaml.safe_dump({
-        "data_dir": str(workdir / "data"),
-        "base_model": {"path": str(model.resolve())},
-        "vllm": {"port": vllm_port},
-        "gateway": {"port": gateway_port},
-    }))
-    lifelong = str(Path(sys.executable).parent / "lifelong")
-    subprocess.run([lifelong, "db", "upgrade", "--config", str(config)], check=True,
-                   stdout=subprocess.DEVNULL)
-    log = (workdir / "daemon.log").open("wb")
-    process = subprocess.Popen([lifelong, "serve", "--config", str(config)], stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    gateway = f"http://127.0.0.1:{gateway_port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{gateway}/readyz", timeout=2).status_code == 200:
-                return process, gateway, f"http://127.0.0.1:{vllm_port}"
-        except httpx.HTTPError:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(0.5)
-    process.kill()
-    sys.exit(f"daemon did not start; see {workdir / 'daemon.log'}")
 
 
 def main() -> None:
