@@ -1,0 +1,75 @@
+"""Feedback on an interaction still in the log's queue waits for it instead of a 404."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy.orm import sessionmaker
+
+from lifelong.daemon.gateway.auth import ALL_SCOPES, Principal
+from lifelong.daemon.gateway.feedback.protocol import RatingIn
+from lifelong.daemon.gateway.feedback.service import FeedbackService
+from lifelong.feedback_store.database import make_engine, upgrade
+from lifelong.feedback_store.errors import UnknownInteraction
+from lifelong.feedback_store.feedback_committer import FeedbackCommitter
+from lifelong.feedback_store.interaction_log import InteractionLog
+from lifelong.feedback_store.records import NewInteraction
+
+
+@pytest.fixture
+def parts(tmp_path):
+    path = tmp_path / "lifelong.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    log = InteractionLog(engine, heldout_fraction=0.1)
+    committer = FeedbackCommitter(engine)
+    service = FeedbackService(
+        sessions=sessionmaker(engine), committer=committer, interaction_log=log,
+        feedback_wait_s=30, heldout_fraction=0.1, max_text_chars=1000,
+    )
+    yield service, log, path
+    log.close(5)
+    committer.close(5)
+    engine.dispose()
+
+
+def interaction(interaction_id: str) -> NewInteraction:
+    return NewInteraction(
+        id=interaction_id, created_at=datetime.now(UTC), endpoint="chat.completions",
+        request={"messages": [{"role": "user", "content": "hi"}]}, model="lifelong",
+        response_text="hello",
+    )
+
+
+def test_feedback_on_a_queued_interaction_waits_for_it(parts):
+    asyncio.run(queued_interaction_waits(*parts))
+
+
+async def queued_interaction_waits(service, log, path):
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # hold the write lock: the log cannot commit
+    try:
+        assert log.submit(interaction("chatcmpl-queued"))
+        pending = asyncio.create_task(service.add(
+            [RatingIn(interaction_id="chatcmpl-queued", kind="rating", score=1)],
+            Principal(None, ALL_SCOPES),
+        ))
+        await asyncio.sleep(1.0)
+        assert not pending.done()  # waiting, not answered 404
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    (stored,) = await asyncio.wait_for(pending, 30)
+    assert stored.interaction_id == "chatcmpl-queued" and stored.score == 1
+
+
+def test_feedback_on_a_never_seen_interaction_is_unknown_at_once(parts):
+    service, _, _ = parts
+    with pytest.raises(UnknownInteraction):
+        asyncio.run(asyncio.wait_for(service.add(
+            [RatingIn(interaction_id="chatcmpl-never", kind="rating", score=1)],
+            Principal(None, ALL_SCOPES),
+        ), 5))
