@@ -17,6 +17,7 @@ the server cannot be reached).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import threading
@@ -90,7 +91,7 @@ def seed(engine: Engine, writers: int) -> dict[str, list[str]]:
     """Each writer's principal -> ids of interactions it made."""
     upgrade(engine)
     owned: dict[str, list[str]] = {}
-    records = []
+    records: list[NewInteraction] = []
     for writer in range(writers):
         principal = f"writer-{writer}"
         for _ in range(INTERACTIONS_PER_WRITER):
@@ -175,6 +176,23 @@ def run(backend: str, path: str, engine: Engine, writers: int, seconds: float) -
                   acknowledged, per_commit)
 
 
+def fsync_ms(folder: Path, count: int = 200) -> float:
+    """Median time of a 4 KiB write + fdatasync in `folder`: the floor of one durable commit."""
+    path = folder / "fsync-probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    times = []
+    try:
+        for i in range(count):
+            began = time.perf_counter()
+            os.pwrite(fd, b"x" * 4096, (i % 16) * 4096)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - began)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="Measured time per run.")
@@ -189,6 +207,10 @@ def main() -> None:
     args = parser.parse_args()
     paths = [path.strip() for path in args.paths.split(",") if path.strip()]
 
+    # The figures below depend on both; print them so a reader can compare runs.
+    with tempfile.TemporaryDirectory(prefix="lifelong-bench-") as folder:
+        print(f"fdatasync p50 {fsync_ms(Path(folder)):.2f} ms (temp folder); "
+              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     results: list[Result] = []
     for path in paths:
         with sqlite_engine() as engine:

@@ -9,12 +9,13 @@ servers that are ready.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -60,98 +61,122 @@ class Upstream(Protocol):
 
     async def complete(self, route: str, body: dict[str, Any]) -> dict[str, Any]: ...
 
-    def stream(self, route: str, body: dict[str, Any]) -> Any: ...
+    def stream(
+        self, route: str, body: dict[str, Any]
+    ) -> AbstractAsyncContextManager[AsyncIterator[str]]: ...
 
     async def aclose(self) -> None: ...
 
 
-def _translate(exc: httpx.HTTPError, base_url: str) -> Exception:
-    if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
+def _translate(exc: Exception, base_url: str) -> Exception:
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError) and not isinstance(
+        exc, aiohttp.ConnectionTimeoutError
+    ):
         return UpstreamTimeout(f"{base_url} did not answer in time")
     return UpstreamUnavailable(f"{base_url} unreachable: {type(exc).__name__}")
 
 
+_FAILURES = (aiohttp.ClientError, TimeoutError)
+
+
 class HttpUpstream:
-    """One vLLM OpenAI server at `base_url`."""
+    """One vLLM OpenAI server at `base_url`.
+
+    aiohttp rather than httpx on the hot path: measured here, httpx cost the gateway several
+    times more CPU per proxied request, and on a CPU host that CPU is taken from vLLM.
+    """
 
     def __init__(self, base_url: str, *, timeout_s: float) -> None:
         self.base_url = base_url.rstrip("/")
         self.ready = False
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url,
-            timeout=httpx.Timeout(timeout_s, connect=5.0),
-            # vLLM holds many concurrent streams; the default pool of 100 would queue them.
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-        )
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        # Created on first use, inside the running event loop (aiohttp requires it).
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                base_url=self.base_url,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                json_serialize=_dumps,
+            )
+        return self._session
 
     async def health(self) -> bool:
         try:
-            response = await self._client.get("/health", timeout=5.0)
-        except httpx.HTTPError:
+            async with self.session.get(
+                "/health", timeout=aiohttp.ClientTimeout(total=5)
+            ) as response:
+                return response.status == 200
+        except _FAILURES:
             return False
-        return response.status_code == 200
 
     async def loaded_adapters(self) -> set[str]:
         try:
-            response = await self._client.get("/v1/models", timeout=10.0)
-            response.raise_for_status()
-        except httpx.HTTPStatusError as exc:
-            raise UpstreamRejected(exc.response.status_code, exc.response.content) from exc
-        except httpx.HTTPError as exc:
+            async with self.session.get("/v1/models") as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise UpstreamRejected(response.status, body)
+        except _FAILURES as exc:
             raise _translate(exc, self.base_url) from exc
-        return {card["id"] for card in response.json()["data"]} - {BASE_MODEL_NAME}
+        return {card["id"] for card in json.loads(body)["data"]} - {BASE_MODEL_NAME}
+
+    async def _post(self, route: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        try:
+            async with self.session.post(route, json=body) as response:
+                return response.status, await response.read()
+        except _FAILURES as exc:
+            raise _translate(exc, self.base_url) from exc
 
     async def load_adapter(self, *, name: str, path: str) -> None:
         """Register adapter `name` from folder `path`; loading a name twice is refused by vLLM.
 
         Raises AdapterLoadFailed when vLLM refuses, UpstreamUnavailable when it is unreachable.
         """
-        try:
-            response = await self._client.post(
-                "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path}
-            )
-        except httpx.HTTPError as exc:
-            raise _translate(exc, self.base_url) from exc
-        if response.status_code != 200:
-            raise AdapterLoadFailed(f"{self.base_url} refused adapter {name}: {response.text}")
+        status, text = await self._post(
+            "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path}
+        )
+        if status != 200:
+            raise AdapterLoadFailed(f"{self.base_url} refused adapter {name}: {text.decode()}")
         logger.info("adapter loaded", extra={"upstream": self.base_url, "adapter": name})
 
     async def unload_adapter(self, *, name: str) -> None:
-        try:
-            response = await self._client.post("/v1/unload_lora_adapter", json={"lora_name": name})
-        except httpx.HTTPError as exc:
-            raise _translate(exc, self.base_url) from exc
-        if response.status_code not in (200, 404):
-            raise AdapterLoadFailed(f"{self.base_url} refused to unload {name}: {response.text}")
+        status, text = await self._post("/v1/unload_lora_adapter", {"lora_name": name})
+        if status not in (200, 404):
+            raise AdapterLoadFailed(f"{self.base_url} refused to unload {name}: {text.decode()}")
 
     async def complete(self, route: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = await self._client.post(route, json=body)
-        except httpx.HTTPError as exc:
-            raise _translate(exc, self.base_url) from exc
-        if response.status_code != 200:
-            raise UpstreamRejected(response.status_code, response.content)
-        return response.json()
+        status, raw = await self._post(route, body)
+        if status != 200:
+            raise UpstreamRejected(status, raw)
+        return json.loads(raw)
 
     @asynccontextmanager
     async def stream(self, route: str, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[str]]:
         """Open a server-sent-event stream; yields an iterator over its `data:` payloads."""
         try:
-            async with self._client.stream("POST", route, json=body) as response:
-                if response.status_code != 200:
-                    raise UpstreamRejected(response.status_code, await response.aread())
+            async with self.session.post(route, json=body) as response:
+                if response.status != 200:
+                    raise UpstreamRejected(response.status, await response.read())
                 yield _sse_data(response)
-        except httpx.HTTPError as exc:
+        except _FAILURES as exc:
             raise _translate(exc, self.base_url) from exc
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
-    async for line in response.aiter_lines():
-        if line.startswith("data: "):
-            yield line[6:]
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
+    async for line in response.content:
+        if line.startswith(b"data: "):
+            yield line[6:].decode().rstrip("\r\n")
 
 
 class UpstreamPool:

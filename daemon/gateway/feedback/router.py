@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
 
@@ -24,7 +24,7 @@ from lifelong.daemon.gateway.feedback.service import FeedbackService
 
 router = APIRouter(tags=["feedback"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid API key."},
     403: {"description": "Key lacks the `feedback` scope, or the interaction is another's."},
     404: {"description": "Unknown interaction."},

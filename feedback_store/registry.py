@@ -1,0 +1,108 @@
+"""The adapter registry: trained adapters, their lineage and status, and the one champion.
+
+Statuses: `candidate` (registered, not judged), `champion` (served by default; at most one, which
+a partial unique index enforces in the database), `retired` (a former champion), `rejected`
+(failed the gate). Functions flush, never commit: the caller frames the transaction.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import select, text, update
+from sqlalchemy.orm import Session
+
+from lifelong.feedback_store.errors import DuplicateAdapter, UnknownAdapter, UnknownRun
+from lifelong.feedback_store.models import ADAPTER_STATUSES, Adapter, TrainingRun
+
+_PROMOTION_LOCK = 0x6C69_6665_6368_616D  # any constant shared by all promoting processes
+
+
+def register(
+    session: Session,
+    *,
+    version: str,
+    path: str,
+    checksum: str,
+    parent_version: str | None = None,
+    training_run_id: int | None = None,
+    data_watermark: int | None = None,
+) -> Adapter:
+    """Add a `candidate` adapter. Raises DuplicateAdapter, UnknownAdapter (for the parent) or
+    UnknownRun."""
+    if session.get(Adapter, version) is not None:
+        raise DuplicateAdapter(f"adapter {version!r} is already registered", field="version")
+    if parent_version is not None and session.get(Adapter, parent_version) is None:
+        raise UnknownAdapter(f"no adapter {parent_version!r}", field="parent_version")
+    if training_run_id is not None and session.get(TrainingRun, training_run_id) is None:
+        raise UnknownRun(f"no training run {training_run_id}", field="training_run_id")
+    row = Adapter(
+        version=version, parent_version=parent_version, path=path, checksum=checksum,
+        status="candidate", created_at=datetime.now(UTC), forced=False,
+        training_run_id=training_run_id, data_watermark=data_watermark,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def get(session: Session, *, version: str) -> Adapter:
+    """The adapter `version`. Raises UnknownAdapter."""
+    row = session.get(Adapter, version)
+    if row is None:
+        raise UnknownAdapter(f"no adapter {version!r}", field="version")
+    return row
+
+
+def champion(session: Session) -> Adapter | None:
+    """The current champion; None while the base model is."""
+    return session.scalar(select(Adapter).where(Adapter.status == "champion"))
+
+
+def set_champion(
+    session: Session, *, version: str, promoted_by: str, forced: bool = False
+) -> Adapter:
+    """Make `version` the champion and retire the previous one, in the caller's transaction.
+    `forced`: promoted without passing the gate. Raises UnknownAdapter."""
+    if session.get_bind().dialect.name == "postgresql":
+        # Concurrent promotions take turns, so the last one wins instead of one failing on the
+        # unique index. (SQLite transactions already write one at a time.)
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PROMOTION_LOCK})
+    row = get(session, version=version)
+    if row.status == "champion":
+        return row
+    session.execute(
+        update(Adapter)
+        .where(Adapter.status == "champion")
+        .values(status="retired")
+        .execution_options(synchronize_session="fetch")
+    )
+    # The demotion must reach the database before the promotion, or the index would see two.
+    session.flush()
+    row.status = "champion"
+    row.promoted_at = datetime.now(UTC)
+    row.promoted_by = promoted_by
+    row.forced = forced
+    session.flush()
+    return row
+
+
+def reject(session: Session, *, version: str) -> Adapter:
+    """Mark a candidate as rejected by the gate. Raises UnknownAdapter; ValueError if it is
+    the champion (promote another one first)."""
+    row = get(session, version=version)
+    if row.status == "champion":
+        raise ValueError(f"adapter {version!r} is the champion; promote another one first")
+    row.status = "rejected"
+    session.flush()
+    return row
+
+
+def list_adapters(session: Session, *, status: str | None = None) -> list[Adapter]:
+    """Registered adapters, oldest first, optionally only those with `status`."""
+    if status is not None and status not in ADAPTER_STATUSES:
+        raise ValueError(f"status must be one of {ADAPTER_STATUSES}, got {status!r}")
+    query = select(Adapter).order_by(Adapter.created_at, Adapter.version)
+    if status is not None:
+        query = query.where(Adapter.status == status)
+    return list(session.scalars(query))
