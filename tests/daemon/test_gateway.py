@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
+import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -102,3 +105,20 @@ def test_health_and_readiness(daemon):
     assert httpx.get(f"{daemon.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{daemon.url}/readyz").json()
     assert ready["status"] == "ready" and ready["upstreams"][0]["ready"] is True
+
+
+def test_a_gateway_can_drive_vllm_servers_it_does_not_manage(daemon, start_daemon, tmp_path):
+    # vllm.upstreams: the gateway only health-watches the listed servers (here the session
+    # daemon's vLLM) and starts none of its own.
+    vllm_port = yaml.safe_load(daemon.config.read_text())["vllm"]["port"]
+    other = start_daemon(
+        tmp_path, Path("/nonexistent"), vllm={"upstreams": [f"http://127.0.0.1:{vllm_port}"]}
+    )
+    try:
+        client = openai.OpenAI(base_url=f"{other.url}/v1", api_key=other.key("alice"))
+        answer = client.chat.completions.create(model="lifelong", messages=QUESTION, max_tokens=4)
+        assert answer.model == "lifelong" and answer.id.startswith("chatcmpl-")
+        ready = httpx.get(f"{other.url}/readyz").json()
+        assert [u["url"] for u in ready["upstreams"]] == [f"http://127.0.0.1:{vllm_port}"]
+    finally:
+        other.stop()
