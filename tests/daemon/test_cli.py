@@ -73,3 +73,19 @@ def test_public_bind_without_keys_is_refused(tmp_path):
 def test_keys_hash_prints_the_sha256():
     done = run("keys", "hash", "sk-test")
     assert done.stdout.strip() == hashlib.sha256(b"sk-test").hexdigest()
+
+
+def test_base_ask_answers_with_the_model(tiny_base_model, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"base_model:\n  path: {tiny_base_model}\n")
+    done = run("base", "ask", "What is 12 + 34?", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    answer = done.stdout.strip()
+    assert answer and "<|im_end|>" not in answer and "<|im_start|>" not in answer
+
+
+def test_base_build_refuses_when_a_model_of_your_own_is_configured(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"base_model:\n  path: {tmp_path}\n")
+    done = run("base", "build", "--config", str(config))
+    assert done.returncode == 2 and "your own model" in done.stderr
