@@ -42,6 +42,17 @@ async def traffic(gateway: str, *, concurrency: int, seconds: float, answered: l
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
+async def kill_under_load(
+    pid: int, gateway: str, args: argparse.Namespace, answered: list[str]
+) -> None:
+    load = asyncio.create_task(
+        traffic(gateway, concurrency=args.concurrency, seconds=args.seconds * 2, answered=answered)
+    )
+    await asyncio.sleep(args.seconds)
+    os.kill(pid, signal.SIGKILL)  # the gateway only; vLLM follows it (parent-death signal)
+    await load
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("lifelong-data/base_model"))
@@ -57,15 +68,7 @@ def main() -> None:
             process, gateway, _ = start_daemon(args.model, Path(tmp))
             answered: list[str] = []
 
-            async def run() -> None:
-                load = asyncio.create_task(traffic(
-                    gateway, concurrency=args.concurrency, seconds=args.seconds * 2,
-                    answered=answered))
-                await asyncio.sleep(args.seconds)
-                os.kill(process.pid, signal.SIGKILL)  # the gateway only; vLLM follows (pdeathsig)
-                await load
-
-            asyncio.run(run())
+            asyncio.run(kill_under_load(process.pid, gateway, args, answered))
             process.wait()
             time.sleep(2)  # let vLLM's group go before the folder is removed
             with sqlite3.connect(Path(tmp) / "data" / "lifelong.db") as db:
