@@ -94,3 +94,9 @@ def test_masked_hides_database_password_and_key_digests(tmp_path):
     shown = masked(load_settings(config))
     assert "s3cret" not in repr(shown) and DIGEST not in repr(shown)
     assert shown["database"]["url"] == "postgresql+psycopg://bob:***@db:5432/lifelong"
+
+
+def test_default_build_steps_are_the_builders():
+    from lifelong.base_model.builder import DEFAULT_STEPS
+
+    assert load_settings().base_model.build_steps == DEFAULT_STEPS
