@@ -11,7 +11,7 @@ demo: setup
 	.venv/bin/lifelong demo
 
 test: dev
-	.venv/bin/pytest
+	OMP_WAIT_POLICY=PASSIVE .venv/bin/pytest
 
 lint: dev
 	.venv/bin/ruff check daemon adapters feedback_store evals base_model tests bench
