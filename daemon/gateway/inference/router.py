@@ -31,10 +31,7 @@ async def chat_completions(
     body: ChatCompletionRequest, principal: InferPrincipal, service: ServiceDep
 ) -> JSONResponse | StreamingResponse:
     """OpenAI chat completion, answered by vLLM; `id` is the interaction id for feedback."""
-    payload = body.model_dump(exclude_unset=True)
-    if body.stream:
-        return await service.stream(CHAT, payload, principal)
-    return await service.complete(CHAT, payload, principal)
+    return await service.answer(CHAT, body.model_dump(exclude_unset=True), principal)
 
 
 @router.post("/v1/completions", response_model=None)
@@ -42,10 +39,7 @@ async def completions(
     body: CompletionRequest, principal: InferPrincipal, service: ServiceDep
 ) -> JSONResponse | StreamingResponse:
     """OpenAI text completion, answered by vLLM; `id` is the interaction id for feedback."""
-    payload = body.model_dump(exclude_unset=True)
-    if body.stream:
-        return await service.stream(COMPLETIONS, payload, principal)
-    return await service.complete(COMPLETIONS, payload, principal)
+    return await service.answer(COMPLETIONS, body.model_dump(exclude_unset=True), principal)
 
 
 @router.get("/v1/models")

@@ -98,6 +98,14 @@ class InferenceService:
         if not accepted:
             logger.warning("interaction log full; dropped", extra={"interaction_id": interaction_id})
 
+    async def answer(
+        self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
+    ) -> JSONResponse | StreamingResponse:
+        """Stream or not, as the body asks."""
+        if body.get("stream"):
+            return await self.stream(endpoint, body, principal)
+        return await self.complete(endpoint, body, principal)
+
     async def complete(
         self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
     ) -> JSONResponse:
