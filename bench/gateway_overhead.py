@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 from daemon_process import start_daemon
 
 PROMPTS = [f"What is {a} + {b}?" for a, b in [(12, 34), (56, 21), (70, 8), (33, 44), (91, 5)]]
@@ -87,11 +88,15 @@ def main() -> None:
         sys.exit(f"no model at {args.model}; run `lifelong base build` first")
     with tempfile.TemporaryDirectory(prefix="lifelong-bench-") as tmp:
         process, gateway, direct = start_daemon(args.model, Path(tmp))
+        # CPU the gateway process spends per request: unlike latency, barely moved by the
+        # other processes sharing the machine.
+        gateway_process = psutil.Process(process.pid)
         try:
             rows = []
             for stream in (False, True):
                 results: dict[str, dict[str, list]] = {
-                    side: {"elapsed": [], "lat": [], "tok": []} for side in ("direct", "gateway")
+                    side: {"elapsed": [], "lat": [], "tok": [], "cpu": []}
+                    for side in ("direct", "gateway")
                 }
                 # warm-up, then interleave direct/gateway rounds
                 asyncio.run(round_(direct, "base", concurrency=args.concurrency, requests=16,
@@ -99,9 +104,12 @@ def main() -> None:
                 for _ in range(args.rounds):
                     for side, base, model in (("direct", direct, "base"),
                                               ("gateway", gateway, "lifelong")):
+                        cpu_before = sum(gateway_process.cpu_times()[:2])
                         elapsed, lat, tok = asyncio.run(round_(
                             base, model, concurrency=args.concurrency, requests=args.requests,
                             stream=stream, max_tokens=args.max_tokens))
+                        results[side]["cpu"].append(
+                            sum(gateway_process.cpu_times()[:2]) - cpu_before)
                         results[side]["elapsed"].append(elapsed)
                         results[side]["lat"] += lat
                         results[side]["tok"].append(tok)
@@ -113,6 +121,7 @@ def main() -> None:
                         "tps": sum(r["tok"]) / total,
                         "p50": percentile(r["lat"], 0.5) * 1000,
                         "p99": percentile(r["lat"], 0.99) * 1000,
+                        "cpu_ms": 1000 * sum(r["cpu"]) / (args.requests * args.rounds),
                     }
                 rows.append((stream, summary))
         finally:
@@ -129,7 +138,8 @@ def main() -> None:
               f"{d['p99']:>9.1f}")
         print(f"{str(stream):<7}{'gateway':<9}{g['rps']:>8.2f}{g['tps']:>9.1f}{g['p50']:>9.1f}"
               f"{g['p99']:>9.1f}{g['rps'] / d['rps']:>11.3f}{g['tps'] / d['tps']:>11.3f}"
-              f"{g['p50'] - d['p50']:>9.2f}{g['p99'] - d['p99']:>9.2f}")
+              f"{g['p50'] - d['p50']:>9.2f}{g['p99'] - d['p99']:>9.2f}"
+              f"   gateway CPU {g['cpu_ms']:.2f} ms/request")
     print("target: gateway/direct ratios >= 0.95 and added p50 < 3 ms, with logging on")
 
 
