@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 MARKER = "lifelong_base.json"
 MARKER_FORMAT = 1
-DEFAULT_STEPS = 900
+DEFAULT_STEPS = 700
 HEAD_DIM = 64  # vLLM's CPU attention kernels take head sizes 64 and 128
 # Bit-identical weights need the same reduction order in every matmul, hence a fixed thread
 # count rather than whatever the machine offers.

@@ -48,7 +48,7 @@ class BaseModelSettings(Section):
     )
     seed: int = Field(default=0, description="Seed for building the embedded default.")
     build_steps: int = Field(
-        default=900, ge=1, description="Training steps when building the embedded default."
+        default=700, ge=1, description="Training steps when building the embedded default."
     )
 
 
