@@ -7,9 +7,8 @@ the training set from the store since the parent's data watermark plus replay, t
 the adapter folder and then, in one transaction, registers it as a `candidate` and finishes the
 run as `succeeded` with its metrics and data watermark.
 
-- Too few new examples: the run finishes without an adapter, its metrics saying
-  `{"outcome": "skipped", "reason": ...}` (the store has no `skipped` status yet, so its status
-  is `succeeded`).
+- Too few new examples: the run finishes `skipped`, without an adapter, its metrics saying
+  `{"outcome": "skipped", "reason": ...}`.
 - Any exception, cancellation included: the run is marked `failed` with the error text, nothing
   is registered, a folder already written is removed, and the exception propagates.
 - The wall-clock limit `max_seconds` stops training where it stands; what was learned by then is
@@ -22,7 +21,9 @@ steps. To cancel from a signal, set a `threading.Event` in the handler and pass 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,11 @@ from lifelong.feedback_store import registry
 from lifelong.feedback_store.database import ensure_migrated, make_engine
 from lifelong.feedback_store.errors import UnknownRun
 from lifelong.feedback_store.models import Adapter, TrainingRun
-from lifelong.feedback_store.runs import finish_training_run, start_training_run
+from lifelong.feedback_store.runs import (
+    finish_training_run,
+    start_training_run,
+    update_training_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -179,15 +184,18 @@ def _open_run(
     parent_version: str | None,
     config: dict[str, Any],
 ) -> int:
+    # This process owns the run from here: a restarted daemon can tell whether it still lives.
+    owner = {"host": socket.gethostname(), "pid": os.getpid()}
     with sessions.begin() as session:
         if run_id is None:
             return start_training_run(session, method="+".join(recipe),
-                                      parent_version=parent_version, config=config).id
+                                      parent_version=parent_version, config=config, **owner).id
         row = session.get(TrainingRun, run_id)
         if row is None:
             raise UnknownRun(f"no training run {run_id}", field="run_id")
         if row.status != "running":
             raise ValueError(f"training run {run_id} is {row.status}, not running")
+        update_training_run(session, run_id=run_id, **owner)
         return run_id
 
 
@@ -197,7 +205,7 @@ def _skip(
     logger.info("training run %s skipped: %s", run_id, reason)
     metrics = {"outcome": "skipped", "reason": reason, "data": data}
     with sessions.begin() as session:
-        finish_training_run(session, run_id=run_id, status="succeeded", metrics=metrics)
+        finish_training_run(session, run_id=run_id, status="skipped", metrics=metrics)
     return RunOutcome(run_id, "skipped", None, None, reason, metrics)
 
 
@@ -284,14 +292,8 @@ class _StepHistory:
 
 
 def _update_run(sessions: sessionmaker[Session], run_id: int, **values: Any) -> None:
-    # feedback_store.runs has no function to update a running run (its metrics, parent and
-    # data watermark), so the row is changed here; replace with one when the store grows it.
     with sessions.begin() as session:
-        row = session.get(TrainingRun, run_id)
-        if row is None:
-            raise UnknownRun(f"no training run {run_id}", field="run_id")
-        for name, value in values.items():
-            setattr(row, name, value)
+        update_training_run(session, run_id=run_id, **values)
 
 
 def _mark_failed(

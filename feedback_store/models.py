@@ -42,7 +42,9 @@ NAMING_CONVENTION = {
 }
 
 ADAPTER_STATUSES = ("candidate", "champion", "retired", "rejected")
-RUN_STATUSES = ("running", "succeeded", "failed")
+# skipped: too little new data, nothing trained; interrupted: its process died with the daemon.
+TRAINING_RUN_STATUSES = ("running", "succeeded", "failed", "skipped", "interrupted")
+EVAL_RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")
 FEEDBACK_KINDS = ("rating", "preference", "correction", "outcome")
 ENDPOINTS = ("chat.completions", "completions")
 
@@ -198,8 +200,13 @@ class TrainingRun(Base):
     config: Mapped[dict[str, Any]] = mapped_column(Json)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(Json)
     error: Mapped[str | None] = mapped_column(Text)
+    # The process that trains it: a restarted daemon marks its own dead ones interrupted.
+    host: Mapped[str | None] = mapped_column(String)
+    pid: Mapped[int | None] = mapped_column(Integer)
 
-    __table_args__ = (CheckConstraint(f"status IN ({_one_of(RUN_STATUSES)})", name="status"),)
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_one_of(TRAINING_RUN_STATUSES)})", name="status"),
+    )
 
 
 class EvalRun(Base):
@@ -217,7 +224,9 @@ class EvalRun(Base):
     summary: Mapped[dict[str, Any] | None] = mapped_column(Json)
     error: Mapped[str | None] = mapped_column(Text)
 
-    __table_args__ = (CheckConstraint(f"status IN ({_one_of(RUN_STATUSES)})", name="status"),)
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_one_of(EVAL_RUN_STATUSES)})", name="status"),
+    )
 
 
 class Adapter(Base):

@@ -1,25 +1,39 @@
-"""Training and eval runs: started, then finished as succeeded or failed, with what they found.
+"""Training and eval runs: started, updated while they run, then finished with what they found.
 
-Minimal on purpose: the trainer and the gate add columns through migrations as they need them.
-Functions flush, never commit: the caller frames the transaction.
+A training run ends `succeeded` (an adapter), `skipped` (too little data; nothing trained),
+`failed` (with the error) or `interrupted` (its process died with the daemon). Eval runs end
+`succeeded`, `failed` or `interrupted`. Functions flush, never commit: the caller frames the
+transaction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lifelong.feedback_store.errors import UnknownRun
 from lifelong.feedback_store.models import EvalRun, TrainingRun
 
-Finished = Literal["succeeded", "failed"]
+TrainingFinished = Literal["succeeded", "failed", "skipped", "interrupted"]
+EvalFinished = Literal["succeeded", "failed", "interrupted"]
 
 
-def _check_finished(status: str) -> None:
-    if status not in ("succeeded", "failed"):
-        raise ValueError(f"a run finishes as 'succeeded' or 'failed', not {status!r}")
+def _check_finished(status: str, allowed: tuple[str, ...]) -> None:
+    if status not in allowed:
+        raise ValueError(f"a run finishes as one of {allowed}, not {status!r}")
+
+
+def _running_training_run(session: Session, run_id: int) -> TrainingRun:
+    row = session.get(TrainingRun, run_id)
+    if row is None:
+        raise UnknownRun(f"no training run {run_id}", field="run_id")
+    if row.status != "running":
+        raise ValueError(f"training run {run_id} is {row.status}, not running")
+    return row
 
 
 def start_training_run(
@@ -29,13 +43,41 @@ def start_training_run(
     parent_version: str | None,
     config: dict[str, Any],
     data_watermark: int | None = None,
+    host: str | None = None,
+    pid: int | None = None,
 ) -> TrainingRun:
-    """A `running` training run (id assigned)."""
+    """A `running` training run (id assigned); `host`/`pid`: the process that trains it."""
     row = TrainingRun(
         started_at=datetime.now(UTC), status="running", method=method,
         parent_version=parent_version, data_watermark=data_watermark, config=config,
+        host=host, pid=pid,
     )
     session.add(row)
+    session.flush()
+    return row
+
+
+def update_training_run(
+    session: Session,
+    *,
+    run_id: int,
+    metrics: dict[str, Any] | None = None,
+    parent_version: str | None = None,
+    data_watermark: int | None = None,
+    host: str | None = None,
+    pid: int | None = None,
+) -> TrainingRun:
+    """Change a running run as it learns more about itself; None leaves a field as it is.
+
+    Raises UnknownRun; ValueError if the run is no longer running (a late progress write from
+    a trainer that was already marked failed must not resurrect it)."""
+    row = _running_training_run(session, run_id)
+    for name, value in (
+        ("metrics", metrics), ("parent_version", parent_version),
+        ("data_watermark", data_watermark), ("host", host), ("pid", pid),
+    ):
+        if value is not None:
+            setattr(row, name, value)
     session.flush()
     return row
 
@@ -44,16 +86,15 @@ def finish_training_run(
     session: Session,
     *,
     run_id: int,
-    status: Finished,
+    status: TrainingFinished,
     adapter_version: str | None = None,
     metrics: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> TrainingRun:
-    """Record the end of a training run. Raises UnknownRun; ValueError for another status."""
-    _check_finished(status)
-    row = session.get(TrainingRun, run_id)
-    if row is None:
-        raise UnknownRun(f"no training run {run_id}", field="run_id")
+    """Record the end of a running training run. Raises UnknownRun; ValueError for a status a
+    run cannot end in, or a run that already ended (the first end is the truth)."""
+    _check_finished(status, ("succeeded", "failed", "skipped", "interrupted"))
+    row = _running_training_run(session, run_id)
     row.finished_at = datetime.now(UTC)
     row.status, row.adapter_version, row.metrics, row.error = status, adapter_version, metrics, error
     session.flush()
@@ -81,12 +122,12 @@ def finish_eval_run(
     session: Session,
     *,
     run_id: int,
-    status: Finished,
+    status: EvalFinished,
     summary: dict[str, Any] | None = None,
     error: str | None = None,
 ) -> EvalRun:
     """Record the end of an eval run. Raises UnknownRun; ValueError for another status."""
-    _check_finished(status)
+    _check_finished(status, ("succeeded", "failed", "interrupted"))
     row = session.get(EvalRun, run_id)
     if row is None:
         raise UnknownRun(f"no eval run {run_id}", field="run_id")
@@ -94,3 +135,21 @@ def finish_eval_run(
     row.status, row.summary, row.error = status, summary, error
     session.flush()
     return row
+
+
+def interrupt_dead_training_runs(
+    session: Session, *, host: str, alive: Callable[[int], bool]
+) -> list[int]:
+    """Mark `interrupted` every running run on `host` whose process is gone (`alive(pid)` false,
+    or no pid yet). Runs on other hosts are left alone: only their own host can tell."""
+    rows = session.scalars(
+        select(TrainingRun).where(TrainingRun.status == "running", TrainingRun.host == host)
+    )
+    ended = []
+    for row in rows:
+        if row.pid is None or not alive(row.pid):
+            row.status, row.finished_at = "interrupted", datetime.now(UTC)
+            row.error = f"the trainer process ({row.pid or 'not started'}) ended with the daemon"
+            ended.append(row.id)
+    session.flush()
+    return ended

@@ -105,7 +105,7 @@ def test_too_little_new_data_skips_the_run_and_says_why(store, train, tmp_path):
     assert (outcome.status, outcome.adapter_version) == ("skipped", None)
     assert outcome.reason == "4 new examples for sft since feedback id 0; at least 5 needed"
     run = run_row(store, outcome.run_id)
-    assert run.status == "succeeded" and run.adapter_version is None
+    assert run.status == "skipped" and run.adapter_version is None
     assert run.metrics["outcome"] == "skipped" and run.metrics["reason"] == outcome.reason
     assert adapters(store) == [] and version_folders(tmp_path) == []
 
