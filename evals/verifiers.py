@@ -1,0 +1,315 @@
+"""Verifiers: plain functions that judge one answer against a reference.
+
+A verifier is `(answer: str, reference: str, options: Mapping[str, Any]) -> VerifierResult`, with
+a score in [0, 1], passed, and a short reason a person can read. Built in:
+
+- exact_match: the normalised answer equals the normalised reference. Options `strip`,
+  `case_sensitive`, `collapse_whitespace` (bools, all true by default).
+- numeric: the answer's final number is within tolerance of the reference's. Options `abs_tol`
+  (default 0) and `rel_tol` (default 1e-9), numbers >= 0.
+- regex: the whole (stripped) answer matches the `pattern` option, else the reference as a
+  pattern. Options `pattern`, `search` (match anywhere), `ignore_case`.
+- contains: the reference occurs in the answer. Option `case_sensitive`.
+- json: the answer parses as JSON (a ```json fence is allowed), is valid under the `schema`
+  option (a JSON Schema) if given, and equals the reference's JSON if the reference is not empty.
+- python_tests: the answer's code (a ```python fence is allowed), then the reference's test code,
+  run to the end in the sandbox (`sandbox.py`). Options `timeout_s` (<= 60), `memory_mb` (>= 64).
+
+Custom verifiers come from other installed packages through the entry point group
+`lifelong.verifiers`; the entry point's name is the verifier's name and its object a verifier
+function. In the other package's pyproject.toml:
+
+    [project.entry-points."lifelong.verifiers"]
+    sql_result = "my_package.verifiers:sql_result"
+
+Their options are checked only for being a JSON object (the function knows the rest); a built-in
+name always wins over a plugin of the same name. Names are checked when a task or suite is
+registered (`check_verifier`), so an unknown verifier never reaches an eval.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import jsonschema
+
+from lifelong.evals import sandbox
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "lifelong.verifiers"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierResult:
+    score: float  # in [0, 1]
+    passed: bool
+    reason: str
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"a verifier score lies in [0, 1], got {self.score}")
+
+
+Verifier = Callable[[str, str, Mapping[str, Any]], VerifierResult]
+
+
+class UnknownVerifier(LookupError):
+    """No built-in verifier and no `lifelong.verifiers` entry point has this name."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"unknown verifier {name!r}; known verifiers: {', '.join(known)}")
+        self.name, self.known = name, known
+
+
+class InvalidVerifierOptions(ValueError):
+    """Options a verifier cannot work with (wrong type, unknown key, a pattern that won't compile)."""
+
+    def __init__(self, verifier: str, message: str) -> None:
+        super().__init__(f"verifier {verifier!r}: {message}")
+        self.verifier = verifier
+
+
+def _result(passed: bool, reason: str) -> VerifierResult:
+    return VerifierResult(score=1.0 if passed else 0.0, passed=passed, reason=reason)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+
+
+# --- the built-in verifiers ------------------------------------------------------------------
+
+def _normalise(text: str, options: Mapping[str, Any]) -> str:
+    if options.get("strip", True):
+        text = text.strip()
+    if options.get("collapse_whitespace", True):
+        text = " ".join(text.split())
+    if not options.get("case_sensitive", True):
+        text = text.casefold()
+    return text
+
+
+def exact_match(answer: str, reference: str, options: Mapping[str, Any]) -> VerifierResult:
+    got, want = _normalise(answer, options), _normalise(reference, options)
+    if got == want:
+        return _result(True, "exact match")
+    return _result(False, f"expected {_short(want)}, got {_short(got)}")
+
+
+# Signed integers and decimals, thousands separators allowed ("1,234.5"), exponents too.
+_NUMBER = re.compile(r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+)?")
+
+
+def final_number(text: str) -> float | None:
+    """The last number written in `text` (what a worked answer ends with), or None."""
+    found = _NUMBER.findall(text)
+    return float(found[-1].replace(",", "")) if found else None
+
+
+def numeric(answer: str, reference: str, options: Mapping[str, Any]) -> VerifierResult:
+    want = final_number(reference)
+    if want is None:
+        return _result(False, f"reference {_short(reference)} holds no number")
+    got = final_number(answer)
+    if got is None:
+        return _result(False, f"no number in the answer {_short(answer)}")
+    abs_tol, rel_tol = float(options.get("abs_tol", 0.0)), float(options.get("rel_tol", 1e-9))
+    if math.isclose(got, want, abs_tol=abs_tol, rel_tol=rel_tol):
+        return _result(True, f"{got:g} is within tolerance of {want:g}")
+    return _result(False, f"{got:g} differs from {want:g} (abs_tol {abs_tol:g}, rel_tol {rel_tol:g})")
+
+
+def _compile(options: Mapping[str, Any], reference: str) -> re.Pattern[str]:
+    flags = re.IGNORECASE if options.get("ignore_case", False) else 0
+    return re.compile(options.get("pattern", reference), flags)
+
+
+def regex(answer: str, reference: str, options: Mapping[str, Any]) -> VerifierResult:
+    try:
+        pattern = _compile(options, reference)
+    except re.error as error:
+        return _result(False, f"pattern does not compile: {error}")
+    text = answer.strip()
+    found = pattern.search(text) if options.get("search", False) else pattern.fullmatch(text)
+    if found:
+        return _result(True, f"matches /{pattern.pattern}/")
+    return _result(False, f"{_short(text)} does not match /{pattern.pattern}/")
+
+
+def contains(answer: str, reference: str, options: Mapping[str, Any]) -> VerifierResult:
+    if options.get("case_sensitive", True):
+        found = reference in answer
+    else:
+        found = reference.casefold() in answer.casefold()
+    return _result(found, f"{'contains' if found else 'does not contain'} {_short(reference)}")
+
+
+_FENCE = re.compile(r"```(?:json|python|py)?\s*\n(.*?)```", re.DOTALL)
+
+
+def _unfence(text: str) -> str:
+    """The body of the first ``` fence if the answer has one (models like to wrap code)."""
+    match = _FENCE.search(text)
+    return match.group(1) if match else text
+
+
+def json_verifier(answer: str, reference: str, options: Mapping[str, Any]) -> VerifierResult:
+    try:
+        value = json.loads(_unfence(answer))
+    except json.JSONDecodeError as error:
+        return _result(False, f"not JSON: {error.msg} at line {error.lineno} column {error.colno}")
+    if "schema" in options:
+        try:
+            jsonschema.validate(value, options["schema"])
+        except jsonschema.ValidationError as error:
+            where = "/".join(str(part) for part in error.absolute_path) or "(root)"
+            return _result(False, f"schema violation at {where}: {error.message}")
+    if reference.strip():
+        try:
+            wanted = json.loads(reference)
+        except json.JSONDecodeError:
+            return _result(False, "the reference is not JSON")
+        if value != wanted:
+            return _result(False, "valid JSON, but not equal to the reference")
+    return _result(True, "valid JSON" + (" under the schema" if "schema" in options else ""))
+
+
+def python_tests(answer: str, reference: str, options: Mapping[str, Any]) -> VerifierResult:
+    limits = sandbox.SandboxLimits(
+        wall_s=float(options.get("timeout_s", 10.0)),
+        memory_bytes=int(options.get("memory_mb", 512)) * 2**20,
+    )
+    outcome = sandbox.run_python_tests(_unfence(answer), reference, limits=limits)
+    return _result(outcome.passed, outcome.reason)
+
+
+# --- options: checked at registration time -----------------------------------------------------
+
+def _bool(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _tolerance(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return None if ok and value >= 0 else "must be a finite number >= 0"
+
+
+def _pattern(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "must be a string"
+    try:
+        re.compile(value)
+    except re.error as error:
+        return f"does not compile: {error}"
+    return None
+
+
+def _schema(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return "must be a JSON Schema object"
+    try:
+        jsonschema.validators.validator_for(value).check_schema(value)
+    except jsonschema.SchemaError as error:
+        return f"is not a valid JSON Schema: {error.message}"
+    return None
+
+
+def _timeout(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return None if ok and 0 < value <= 60 else "must be a number of seconds in (0, 60]"
+
+
+def _memory(value: Any) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    return None if ok and 64 <= value <= 16384 else "must be a whole number of MiB in [64, 16384]"
+
+
+OptionCheck = Callable[[Any], str | None]
+
+# name -> (verifier, {option: check}): the verifiers are many and open, so a table is justified.
+BUILTIN: dict[str, tuple[Verifier, dict[str, OptionCheck]]] = {
+    "exact_match": (exact_match, {"strip": _bool, "case_sensitive": _bool, "collapse_whitespace": _bool}),
+    "numeric": (numeric, {"abs_tol": _tolerance, "rel_tol": _tolerance}),
+    "regex": (regex, {"pattern": _pattern, "search": _bool, "ignore_case": _bool}),
+    "contains": (contains, {"case_sensitive": _bool}),
+    "json": (json_verifier, {"schema": _schema}),
+    "python_tests": (python_tests, {"timeout_s": _timeout, "memory_mb": _memory}),
+}
+
+
+def _plugins() -> dict[str, Any]:
+    # Read each time: packages installed after start-up count, and it is cheap next to an eval.
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name not in BUILTIN}
+
+
+def verifier_names() -> list[str]:
+    """Every verifier name available: the built-ins, then the installed plugins, sorted."""
+    return sorted(BUILTIN) + sorted(_plugins())
+
+
+def get_verifier(name: str) -> Verifier:
+    """The verifier called `name`. Raises UnknownVerifier, naming the known ones."""
+    if name in BUILTIN:
+        return BUILTIN[name][0]
+    plugin = _plugins().get(name)
+    if plugin is None:
+        raise UnknownVerifier(name, verifier_names())
+    loaded = plugin.load()
+    if not callable(loaded):
+        raise UnknownVerifier(name, verifier_names())
+    return loaded  # type: ignore[no-any-return]
+
+
+def check_verifier(name: str, options: Mapping[str, Any], *, reference: str | None = None) -> None:
+    """Refuse, before any eval, a verifier name or options that cannot work.
+
+    With `reference`, also refuses one the verifier cannot use (a numeric reference with no
+    number, a regex reference that does not compile, a json reference that is not JSON).
+    Raises UnknownVerifier or InvalidVerifierOptions (every bad option named in one message).
+    """
+    get_verifier(name)
+    if not isinstance(options, Mapping):
+        raise InvalidVerifierOptions(name, "options must be a JSON object")
+    if name not in BUILTIN:
+        return
+    checks = BUILTIN[name][1]
+    problems = []
+    for key, value in options.items():
+        if key not in checks:
+            known = ", ".join(sorted(checks)) or "none"
+            problems.append(f"unknown option {key!r} (known: {known})")
+        elif (problem := checks[key](value)) is not None:
+            problems.append(f"option {key!r} {problem}")
+    if reference is not None:
+        if name == "numeric" and final_number(reference) is None:
+            problems.append(f"reference {_short(reference)} holds no number")
+        if name == "regex" and "pattern" not in options and (problem := _pattern(reference)):
+            problems.append(f"reference pattern {problem}")
+        if name == "json" and reference.strip():
+            try:
+                json.loads(reference)
+            except json.JSONDecodeError as error:
+                problems.append(f"reference is not JSON: {error.msg}")
+    if problems:
+        raise InvalidVerifierOptions(name, "; ".join(problems))
+
+
+def verify(name: str, answer: str, reference: str, options: Mapping[str, Any]) -> VerifierResult:
+    """Run the verifier `name`. A verifier that raises fails the item rather than the eval.
+
+    Raises UnknownVerifier.
+    """
+    verifier = get_verifier(name)
+    try:
+        return verifier(answer, reference, options)
+    except Exception as error:  # a plugin's bug must not take the whole eval down
+        logger.exception("verifier %s raised", name)
+        return _result(False, f"verifier {name!r} raised {type(error).__name__}: {error}")
