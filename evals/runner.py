@@ -1,0 +1,232 @@
+"""The eval runner: a model answers suites through vLLM's OpenAI HTTP API, verifiers judge.
+
+The model is a name vLLM serves: the base model's served name or a loaded LoRA adapter's. Items
+with a `prompt` go to /v1/completions, items with `messages` to /v1/chat/completions, as the
+gateway sends them. Requests go out concurrently (at most `concurrency` in flight, the HTTP
+connector's limit) so vLLM's scheduler batches them; greedy (temperature 0) unless told
+otherwise, `n` samples per item.
+
+An item's score is the mean of its samples' scores; it passes when at least half its samples
+pass (with one sample: when that one passes). An HTTP failure is not a wrong answer: after
+retries it stops the run (EvalRequestFailed), since a gate must not judge a model by its server.
+
+`compare` answers the same suites with the candidate and the champion at once, for the gate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from lifelong.evals.statistics import mean_interval
+from lifelong.evals.suites import EvalItem, Suite, SuiteKind
+from lifelong.evals.verifiers import Verifier, VerifierResult, get_verifier
+
+logger = logging.getLogger(__name__)
+
+RETRIES = 2  # per request, on connection errors and 5xx (a restarting server), with backoff
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    max_tokens: int = 256
+    temperature: float = 0.0  # greedy: the same answer every run, so differences are the model's
+    top_p: float = 1.0
+    n: int = 1
+    seed: int = 0  # used by vLLM when sampling (temperature > 0)
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature,
+                                "top_p": self.top_p, "n": self.n}
+        if self.temperature > 0:
+            body["seed"] = self.seed
+        return body
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    item_id: str
+    answers: tuple[str, ...]  # one per sample
+    score: float  # mean over samples, in [0, 1]
+    passed: bool
+    reason: str  # the first sample's verifier reason (and k/n when sampling several)
+    latency_s: float  # the request's wall time, all samples together
+    finish_reasons: tuple[str | None, ...]
+
+    @property
+    def answer(self) -> str:
+        return self.answers[0]
+
+    @property
+    def format_ok(self) -> bool:
+        """Every sample non-empty and ended by the model itself (not cut at max_tokens)."""
+        return all(a.strip() for a in self.answers) and all(f == "stop" for f in self.finish_reasons)
+
+
+@dataclass(frozen=True, slots=True)
+class SuiteSummary:
+    suite: str
+    kind: SuiteKind
+    model: str
+    n: int
+    mean: float  # mean score
+    ci_low: float  # 95% interval of the mean score
+    ci_high: float
+    pass_rate: float
+    empty_answers: int
+    format_rate: float
+    mean_latency_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SuiteRun:
+    suite: Suite
+    model: str
+    results: tuple[ItemResult, ...]  # in the suite's item order
+    summary: SuiteSummary
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Candidate and champion on the same suite, item for item."""
+
+    suite: Suite
+    candidate: SuiteRun
+    champion: SuiteRun
+
+
+class EvalRequestFailed(RuntimeError):
+    """vLLM could not answer an item (unknown model, server down after retries, bad response)."""
+
+
+def summarise(suite: Suite, model: str, results: Sequence[ItemResult]) -> SuiteSummary:
+    """Mean, n and a 95% interval for one suite's results (all zeros when it has no items)."""
+    n = len(results)
+    if n == 0:
+        return SuiteSummary(suite.name, suite.kind, model, 0, 0.0, 0.0, 0.0, 0.0, 0, 0.0, 0.0)
+    mean, low, high = mean_interval([r.score for r in results])
+    return SuiteSummary(
+        suite=suite.name, kind=suite.kind, model=model, n=n, mean=mean, ci_low=low, ci_high=high,
+        pass_rate=sum(r.passed for r in results) / n,
+        empty_answers=sum(1 for r in results if not all(a.strip() for a in r.answers)),
+        format_rate=sum(r.format_ok for r in results) / n,
+        mean_latency_s=sum(r.latency_s for r in results) / n,
+    )
+
+
+async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    for attempt in range(RETRIES + 1):
+        try:
+            async with http.post(url, json=body) as response:
+                if response.status < 500:
+                    payload = await response.json(content_type=None)
+                    if response.status != 200:
+                        message = (payload.get("error") or {}).get("message", payload) \
+                            if isinstance(payload, dict) else payload
+                        raise EvalRequestFailed(f"{url} answered {response.status}: {message}")
+                    return payload  # type: ignore[no-any-return]
+                problem = f"{url} answered {response.status}: {(await response.text())[:300]}"
+        except (TimeoutError, aiohttp.ClientConnectionError) as error:
+            problem = f"{url}: {type(error).__name__}: {error}"
+        if attempt < RETRIES:
+            logger.warning("eval request failed (%s); retrying", problem)
+            await asyncio.sleep(0.5 * 2**attempt)
+    raise EvalRequestFailed(problem)
+
+
+async def _answer(http: aiohttp.ClientSession, base_url: str, model: str, item: EvalItem,
+                  sampling: Sampling) -> tuple[list[str], list[str | None], float]:
+    body = {"model": model, **sampling.body()}
+    if item.messages is not None:
+        url, body["messages"] = f"{base_url}/v1/chat/completions", item.messages
+    else:
+        url, body["prompt"] = f"{base_url}/v1/completions", item.prompt
+    started = time.perf_counter()
+    payload = await _post(http, url, body)
+    latency = time.perf_counter() - started
+    try:
+        choices = sorted(payload["choices"], key=lambda c: c["index"])
+        texts = [(c["message"]["content"] or "") if item.messages is not None else c["text"]
+                 for c in choices]
+        return texts, [c.get("finish_reason") for c in choices], latency
+    except (KeyError, TypeError) as error:
+        raise EvalRequestFailed(f"{url}: unexpected response shape ({error!r})") from error
+
+
+def _judge(item: EvalItem, verifier: Verifier, answers: list[str]) -> tuple[float, bool, str]:
+    verdicts = []
+    for answer in answers:
+        try:
+            verdicts.append(verifier(answer, item.reference, item.options))
+        except Exception as error:  # a plugin's bug fails the item, not the eval
+            logger.exception("verifier %s raised on item %s", item.verifier, item.id)
+            reason = f"verifier {item.verifier!r} raised {type(error).__name__}: {error}"
+            verdicts.append(VerifierResult(score=0.0, passed=False, reason=reason))
+    passes = sum(1 for v in verdicts if v.passed)
+    reason = verdicts[0].reason
+    if len(answers) > 1:
+        reason = f"{passes}/{len(answers)} samples passed; first: {reason}"
+    return sum(v.score for v in verdicts) / len(verdicts), 2 * passes >= len(answers), reason
+
+
+async def run_suite(
+    http: aiohttp.ClientSession, base_url: str, model: str, suite: Suite, *,
+    sampling: Sampling = Sampling(),
+) -> SuiteRun:
+    """`model` answers every item of `suite` (through `http`, from `client_session`); results in
+    item order, with a summary.
+
+    Raises EvalRequestFailed, or UnknownVerifier for an item whose verifier is gone.
+    """
+    verifiers = {name: get_verifier(name) for name in {item.verifier for item in suite.items}}
+
+    async def one(item: EvalItem) -> ItemResult:
+        # All items are in flight at once; the session's connector admits `concurrency` of them.
+        answers, finishes, latency = await _answer(http, base_url, model, item, sampling)
+        # Verifiers may take seconds (python_tests): off the event loop.
+        score, passed, reason = await asyncio.to_thread(_judge, item, verifiers[item.verifier], answers)
+        return ItemResult(item_id=item.id, answers=tuple(answers), score=score, passed=passed,
+                          reason=reason, latency_s=latency, finish_reasons=tuple(finishes))
+
+    results = await asyncio.gather(*(one(item) for item in suite.items))
+    return SuiteRun(suite=suite, model=model, results=tuple(results),
+                    summary=summarise(suite, model, results))
+
+
+def client_session(concurrency: int = 64, timeout_s: float = 600.0) -> aiohttp.ClientSession:
+    """An HTTP session sized for `concurrency` requests; close it (async with) when done."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=concurrency),
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+    )
+
+
+async def evaluate(
+    base_url: str, model: str, suites: Sequence[Suite], *, sampling: Sampling = Sampling(),
+    concurrency: int = 64,
+) -> list[SuiteRun]:
+    """`model` answers every suite, all items in flight together (bounded by `concurrency`)."""
+    async with client_session(concurrency) as http:
+        return list(await asyncio.gather(*(
+            run_suite(http, base_url, model, suite, sampling=sampling)
+            for suite in suites)))
+
+
+async def compare(
+    base_url: str, *, candidate: str, champion: str, suites: Sequence[Suite],
+    sampling: Sampling = Sampling(), concurrency: int = 64,
+) -> list[Comparison]:
+    """Candidate and champion answer the same items (together, to keep vLLM's batches full)."""
+    async with client_session(concurrency) as http:
+        runs = await asyncio.gather(*(
+            run_suite(http, base_url, model, suite, sampling=sampling)
+            for model in (candidate, champion) for suite in suites))
+    k = len(suites)
+    return [Comparison(suite=suite, candidate=runs[i], champion=runs[k + i])
+            for i, suite in enumerate(suites)]
