@@ -12,41 +12,89 @@ A library: it reads and writes the store (`lifelong.feedback_store`) and the bas
   `verify` refuses a corrupted adapter or one for another base model.
 - `training_run`: `run_training`, one run from the run row to the registered candidate, the
   entry point the daemon's CLI calls in a process of its own.
+
+Importing this package is cheap: each name loads its module (and torch, for the trainer) on first
+use, so a process that only reads manifests never loads torch.
 """
 
-from lifelong.adapters.artifact import (
-    AdapterChecksumMismatch,
-    AdapterError,
-    AdapterManifestInvalid,
-    BaseModelMismatch,
-    Manifest,
-    VersionTaken,
-    base_model_identity,
-    manifest_checksum,
-    next_version,
-    read_manifest,
-    verify,
-    write_adapter,
-)
-from lifelong.adapters.lora_config import InvalidTrainingConfig, LoraTrainingConfig
-from lifelong.adapters.lora_trainer import (
-    DEFAULT_RECIPE,
-    METHODS,
-    InvalidRecipe,
-    LoraShapeMismatch,
-    TrainingDiverged,
-    TrainingReport,
-    UnknownMethod,
-    load_model,
-    train_lora,
-)
-from lifelong.adapters.training_run import (
-    NothingTrained,
-    RunOutcome,
-    TrainingCancelled,
-    run_training,
-)
-from lifelong.adapters.training_set import TrainingSet, build_training_set
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "AdapterChecksumMismatch": "lifelong.adapters.artifact",
+    "AdapterError": "lifelong.adapters.artifact",
+    "AdapterManifestInvalid": "lifelong.adapters.artifact",
+    "BaseModelMismatch": "lifelong.adapters.artifact",
+    "DEFAULT_RECIPE": "lifelong.adapters.lora_trainer",
+    "InvalidRecipe": "lifelong.adapters.lora_trainer",
+    "InvalidTrainingConfig": "lifelong.adapters.lora_config",
+    "LoraShapeMismatch": "lifelong.adapters.lora_trainer",
+    "LoraTrainingConfig": "lifelong.adapters.lora_config",
+    "METHODS": "lifelong.adapters.lora_trainer",
+    "Manifest": "lifelong.adapters.artifact",
+    "NothingTrained": "lifelong.adapters.training_run",
+    "RunOutcome": "lifelong.adapters.training_run",
+    "TrainingCancelled": "lifelong.adapters.training_run",
+    "TrainingDiverged": "lifelong.adapters.lora_trainer",
+    "TrainingReport": "lifelong.adapters.lora_trainer",
+    "TrainingSet": "lifelong.adapters.training_set",
+    "UnknownMethod": "lifelong.adapters.lora_trainer",
+    "VersionTaken": "lifelong.adapters.artifact",
+    "base_model_identity": "lifelong.adapters.artifact",
+    "build_training_set": "lifelong.adapters.training_set",
+    "load_model": "lifelong.adapters.lora_trainer",
+    "manifest_checksum": "lifelong.adapters.artifact",
+    "next_version": "lifelong.adapters.artifact",
+    "read_manifest": "lifelong.adapters.artifact",
+    "run_training": "lifelong.adapters.training_run",
+    "train_lora": "lifelong.adapters.lora_trainer",
+    "verify": "lifelong.adapters.artifact",
+    "write_adapter": "lifelong.adapters.artifact",
+}
+
+if TYPE_CHECKING:
+    from lifelong.adapters.artifact import (
+        AdapterChecksumMismatch,
+        AdapterError,
+        AdapterManifestInvalid,
+        BaseModelMismatch,
+        Manifest,
+        VersionTaken,
+        base_model_identity,
+        manifest_checksum,
+        next_version,
+        read_manifest,
+        verify,
+        write_adapter,
+    )
+    from lifelong.adapters.lora_config import InvalidTrainingConfig, LoraTrainingConfig
+    from lifelong.adapters.lora_trainer import (
+        DEFAULT_RECIPE,
+        METHODS,
+        InvalidRecipe,
+        LoraShapeMismatch,
+        TrainingDiverged,
+        TrainingReport,
+        UnknownMethod,
+        load_model,
+        train_lora,
+    )
+    from lifelong.adapters.training_run import (
+        NothingTrained,
+        RunOutcome,
+        TrainingCancelled,
+        run_training,
+    )
+    from lifelong.adapters.training_set import TrainingSet, build_training_set
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
 
 __all__ = [
     "DEFAULT_RECIPE",

@@ -30,9 +30,10 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from peft import PeftModel
+if TYPE_CHECKING:  # the registry reads manifests without loading torch
+    from peft import PeftModel
 
 FORMAT = 1
 MANIFEST = "manifest.json"

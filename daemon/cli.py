@@ -6,17 +6,24 @@ Every failure a user can fix ends as one line on stderr naming the fix, and exit
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 import yaml
 
 from lifelong.daemon import log
 from lifelong.daemon.settings import Settings, SettingsError, load_settings, masked
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+T = TypeVar("T")
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -27,7 +34,9 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect the effective setti
 db_app = typer.Typer(no_args_is_help=True, help="The feedback database.")
 base_app = typer.Typer(no_args_is_help=True, help="The embedded default base model.")
 keys_app = typer.Typer(no_args_is_help=True, help="API keys.")
+adapters_app = typer.Typer(no_args_is_help=True, help="The adapter registry.")
 app.add_typer(config_app, name="config")
+app.add_typer(adapters_app, name="adapters")
 app.add_typer(db_app, name="db")
 app.add_typer(base_app, name="base")
 app.add_typer(keys_app, name="keys")
@@ -191,6 +200,167 @@ def _serve(settings: Settings) -> None:
         fail(fatal[0] if fatal else "the gateway did not start; see the log above")
 
 
+@app.command("train")
+def train(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    now: Annotated[bool, typer.Option(
+        "--now", help="Train even below training.min_new_examples (one new example will do).",
+    )] = False,
+    method: Annotated[list[str] | None, typer.Option(
+        "--method", "-m", help="A method of the recipe, in order (repeat it); default: "
+        "training.recipe.",
+    )] = None,
+    fresh: Annotated[bool, typer.Option(
+        "--fresh", help="Start from zero rather than the champion's weights.",
+    )] = False,
+    parent: Annotated[str | None, typer.Option(
+        help="Continue from this adapter version instead of the champion.",
+    )] = None,
+    run_id: Annotated[int | None, typer.Option(
+        "--run-id", hidden=True, help="A running run made by the daemon, to carry out.",
+    )] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train one adapter from the feedback since the champion's data, in this process.
+
+    It becomes a `candidate` in the registry; the gate decides whether it is served. Ctrl-C or
+    SIGTERM cancels it (the run is marked failed and nothing is registered).
+    """
+    _quiet_openmp()
+    import signal
+    import threading
+
+    from lifelong.adapters import (
+        AdapterError,
+        InvalidRecipe,
+        InvalidTrainingConfig,
+        LoraTrainingConfig,
+        UnknownMethod,
+        run_training,
+    )
+    from lifelong.feedback_store.errors import DatabaseNotMigrated, StoreError
+
+    settings = settings_from(config, data_dir=data_dir)
+    t = settings.training
+    if fresh and parent is not None:
+        fail("give --fresh or --parent, not both")
+    if not (settings.base_model_path / "config.json").is_file():
+        fail(f"no base model at {settings.base_model_path}; run `lifelong base build` "
+             "or set base_model.path to a Hugging Face model folder")
+    try:
+        lora = LoraTrainingConfig(
+            rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout,
+            target_modules=tuple(t.target_modules), learning_rate=t.learning_rate,
+            warmup_steps=t.warmup_steps, epochs=t.epochs, max_steps=t.max_steps,
+            batch_size=t.batch_size, max_length=t.max_seq_len, beta=t.beta,
+        )
+    except InvalidTrainingConfig as exc:
+        fail(f"training settings: {exc}")
+    cancel = threading.Event()
+
+    def cancelled(signum: int, frame: object) -> None:
+        logging.getLogger(__name__).warning("%s: cancelling training", signal.strsignal(signum))
+        cancel.set()
+
+    signal.signal(signal.SIGTERM, cancelled)
+    signal.signal(signal.SIGINT, cancelled)
+    try:
+        outcome = run_training(
+            db_url=settings.database_url, base_model_dir=settings.base_model_path,
+            adapters_dir=settings.adapters_dir, parent_version=parent, fresh=fresh or t.fresh,
+            methods=method or t.recipe, config=lora, seed=t.seed,
+            replay_fraction=t.replay_fraction, min_new_examples=1 if now else t.min_new_examples,
+            min_rating=t.min_rating, max_seconds=t.max_seconds, device=t.device, run_id=run_id,
+            cancelled=cancel.is_set, progress=progress,
+        )
+    except (UnknownMethod, InvalidRecipe, DatabaseNotMigrated) as exc:
+        fail(str(exc))
+    except (StoreError, AdapterError) as exc:  # a bad --parent, a corrupted champion
+        fail(f"training run failed: {exc}")
+    except Exception as exc:
+        typer.echo(f"lifelong: training run failed: {type(exc).__name__}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if outcome.status == "skipped":
+        typer.echo(f"training run {outcome.run_id} skipped: {outcome.reason}")
+        return
+    stages = ", ".join(
+        f"{stage['method']} {stage['examples']} examples, loss {stage['first_loss']:.3f} -> "
+        f"{stage['final_loss']:.3f}" for stage in outcome.metrics["stages"]
+    )
+    typer.echo(f"training run {outcome.run_id} made candidate {outcome.adapter_version} "
+               f"in {outcome.metrics['seconds']:.0f} s ({stages}); at {outcome.adapter_path}")
+
+
+@adapters_app.command("list")
+def adapters_list(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per adapter.")] = False,
+) -> None:
+    """Every registered adapter, oldest first: status, lineage, data and final losses."""
+    from lifelong.daemon.adapter_report import adapter_rows
+
+    settings = settings_from(config, data_dir=data_dir)
+    rows = _with_store(settings, adapter_rows)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row))
+        return
+    if not rows:
+        typer.echo("no adapters yet; `lifelong train` makes one from feedback")
+        return
+    header = ("VERSION", "STATUS", "PARENT", "CREATED", "RUN", "EXAMPLES", "LOSS")
+    table = [header] + [
+        (row["version"], row["status"] + (" (forced)" if row["forced"] else ""),
+         row["parent_version"] or "-", row["created_at"][:19].replace("T", " "),
+         str(row["training_run_id"] or "-"), row["examples"], row["losses"])
+        for row in rows
+    ]
+    widths = [max(len(str(line[i])) for line in table) for i in range(len(header))]
+    for line in table:
+        cells = (str(cell).ljust(width) for cell, width in zip(line, widths, strict=True))
+        typer.echo("  ".join(cells).rstrip())
+
+
+@adapters_app.command("show")
+def adapters_show(
+    version: Annotated[str, typer.Argument(help="An adapter version, e.g. v0003.")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Everything, as one JSON object.")] = False,
+) -> None:
+    """One adapter: registry row, manifest (data counts, hyperparameters), loss curve summary."""
+    from lifelong.daemon.adapter_report import adapter_detail, describe_detail
+    from lifelong.feedback_store.errors import UnknownAdapter
+
+    settings = settings_from(config, data_dir=data_dir)
+    try:
+        detail = _with_store(settings, lambda session: adapter_detail(
+            session, version=version, base_model_dir=settings.base_model_path))
+    except UnknownAdapter:
+        fail(f"no adapter {version!r}; `lifelong adapters list` shows the registered ones")
+    typer.echo(json.dumps(detail, indent=2) if as_json else describe_detail(detail))
+
+
+def _with_store(settings: Settings, read: Callable[[Session], T]) -> T:
+    """Run `read` in a session on the migrated store, or exit naming the fix."""
+    from sqlalchemy.orm import Session as OrmSession
+
+    from lifelong.feedback_store.database import ensure_migrated, make_engine
+    from lifelong.feedback_store.errors import DatabaseNotMigrated
+
+    engine = make_engine(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
+    try:
+        ensure_migrated(engine)
+        with OrmSession(engine) as session:
+            return read(session)
+    except DatabaseNotMigrated as exc:
+        fail(str(exc))
+    finally:
+        engine.dispose()
+
+
 DEMO_HINT = """
 lifelong is starting vLLM and the gateway on http://{host}:{port} (Ctrl-C stops both).
 Once it logs "gateway ready", paste into another terminal:
@@ -229,3 +399,7 @@ def main() -> None:
     except KeyboardInterrupt:
         logging.getLogger(__name__).info("interrupted")
         sys.exit(130)
+
+
+if __name__ == "__main__":  # how the daemon starts its trainer: `python -m lifelong.daemon.cli train`
+    main()

@@ -8,6 +8,7 @@ Built once in `main` and passed down; components never read settings themselves.
 from __future__ import annotations
 
 import contextvars
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -155,14 +156,65 @@ class GatewaySettings(Section):
 
 
 class TrainingSettings(Section):
+    """How adapters are learned from feedback (`lifelong train`, or the daemon's trainer)."""
+
+    recipe: list[Literal["sft", "dpo", "kto"]] = Field(
+        default_factory=lambda: ["sft", "dpo"], min_length=1,
+        description="Methods in order; one with no examples is left out.",
+    )
+    fresh: bool = Field(
+        default=False,
+        description="Start each adapter from zero instead of the champion's weights.",
+    )
     lora_rank: int = Field(default=8, ge=1)
-    lora_alpha: float = Field(default=16.0, gt=0)
+    lora_alpha: int = Field(default=16, ge=1, description="The update is scaled by alpha / rank.")
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: [
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+        ],
+        min_length=1, description="Linear layers that get a LoRA update (Llama-family names).",
+    )
     learning_rate: float = Field(default=1e-3, gt=0)
-    max_steps: int = Field(default=200, ge=1)
+    warmup_steps: int = Field(default=10, ge=0)
+    epochs: int = Field(default=3, ge=1, description="Passes over each method's examples.")
+    max_steps: int | None = Field(
+        default=200, ge=1, description="Cap on the optimizer steps of each method; null: epochs."
+    )
     batch_size: int = Field(default=16, ge=1)
     max_seq_len: int = Field(default=256, ge=8)
+    beta: float = Field(default=0.1, gt=0, description="DPO/KTO: how tightly held to the reference.")
     seed: int = 0
+    replay_fraction: float = Field(
+        default=0.25, ge=0.0, le=1.0,
+        description="Older examples mixed in, as a share of the new ones, against forgetting.",
+    )
+    min_new_examples: int = Field(
+        default=20, ge=1, description="Fewer new examples than this: the run is skipped."
+    )
+    min_rating: float = Field(
+        default=1.0, description="Rated answers at or above this score are SFT examples."
+    )
+    max_seconds: float = Field(
+        default=1800.0, gt=0,
+        description="Training stops here and keeps what it learned (the gate judges it).",
+    )
+    timeout_s: float = Field(
+        default=3600.0, gt=0,
+        description="The daemon kills a trainer process still running after this long.",
+    )
+    device: str = Field(default="auto", description="auto (GPU if any), cpu, cuda, cuda:1, ...")
+
+    @model_validator(mode="after")
+    def _timeout_after_the_limit(self) -> TrainingSettings:
+        if self.timeout_s <= self.max_seconds:
+            raise ValueError(
+                f"timeout_s ({self.timeout_s}) must exceed max_seconds ({self.max_seconds}): "
+                "the trainer needs time to save what it learned before it is killed"
+            )
+        if len(set(self.recipe)) != len(self.recipe):
+            raise ValueError(f"recipe names each method once, got {self.recipe}")
+        return self
 
 
 class Settings(BaseSettings):
@@ -194,6 +246,10 @@ class Settings(BaseSettings):
     @property
     def base_model_path(self) -> Path:
         return self.base_model.path or self.data_dir / "base_model"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.data_dir / "adapters"
 
     @property
     def database_url(self) -> str:
@@ -263,6 +319,23 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None
     finally:
         _yaml_file.reset(token)
+
+
+def write_settings_file(settings: Settings, path: Path) -> Path:
+    """The effective settings, secrets included, as a YAML file only its owner can read: how a
+    child process (the trainer) gets exactly the settings its daemon runs with."""
+    import yaml
+
+    data = settings.model_dump(mode="json")
+    if settings.database.url is not None:
+        data["database"]["url"] = settings.database.url.get_secret_value()
+    for key, value in zip(data["gateway"]["api_keys"], settings.gateway.api_keys, strict=True):
+        key["sha256"] = value.sha256.get_secret_value()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        yaml.safe_dump(data, file, sort_keys=False)
+    return path
 
 
 _URL_PASSWORD = re.compile(r"(?<=://)([^:/@]+):([^@]+)@")

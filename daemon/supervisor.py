@@ -33,7 +33,7 @@ class StartupFailed(Exception):
     """vLLM did not become healthy; the message carries the end of its log."""
 
 
-def _new_group_dying_with_parent() -> None:
+def new_group_dying_with_parent() -> None:
     # Runs in the child before exec: its own process group (killed as a whole at stop), and
     # SIGTERM from the kernel if the daemon dies without a chance to stop it (no orphans).
     os.setsid()
@@ -41,7 +41,7 @@ def _new_group_dying_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _tail(path: Path, lines: int = 25) -> str:
+def tail(path: Path, lines: int = 25) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
@@ -104,7 +104,7 @@ class Supervisor:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_new_group_dying_with_parent,
+                preexec_fn=new_group_dying_with_parent,
             )
         logger.info("vLLM starting", extra={"pid": self._process.pid, "log": str(self.log_path)})
 
@@ -117,13 +117,13 @@ class Supervisor:
             if self._process.returncode is not None:
                 raise StartupFailed(
                     f"vLLM exited with status {self._process.returncode} during start-up; "
-                    f"its log ({self.log_path}) ends with:\n{_tail(self.log_path)}"
+                    f"its log ({self.log_path}) ends with:\n{tail(self.log_path)}"
                 )
             if time.monotonic() > deadline:
                 await self._kill()
                 raise StartupFailed(
                     f"vLLM was not healthy after {self.startup_timeout_s:.0f} s "
-                    f"(vllm.startup_timeout_s); its log ends with:\n{_tail(self.log_path)}"
+                    f"(vllm.startup_timeout_s); its log ends with:\n{tail(self.log_path)}"
                 )
             await asyncio.sleep(0.5)
         await self.on_ready(self.upstream)

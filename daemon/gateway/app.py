@@ -15,11 +15,13 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict
+from pathlib import Path
 
 from fastapi import FastAPI
 from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.daemon.gateway import errors
+from lifelong.daemon.gateway.admin.router import router as admin_router
 from lifelong.daemon.gateway.auth import KeyRing
 from lifelong.daemon.gateway.body_limit import BodyLimit
 from lifelong.daemon.gateway.catalog import ModelCatalog
@@ -28,8 +30,9 @@ from lifelong.daemon.gateway.feedback.service import FeedbackService
 from lifelong.daemon.gateway.health import router as health_router
 from lifelong.daemon.gateway.inference.router import router as inference_router
 from lifelong.daemon.gateway.inference.service import InferenceService
-from lifelong.daemon.settings import Settings
+from lifelong.daemon.settings import ENV_PREFIX, Settings, write_settings_file
 from lifelong.daemon.supervisor import HealthWatch, Supervisor
+from lifelong.daemon.trainer import Trainer, TrainRequest
 from lifelong.daemon.upstream import BASE_MODEL_NAME, HttpUpstream, Upstream, UpstreamPool
 from lifelong.feedback_store import registry
 from lifelong.feedback_store.database import ensure_migrated, make_engine
@@ -64,6 +67,24 @@ def vllm_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def trainer_command(settings_file: Path) -> Callable[[int, TrainRequest], list[str]]:
+    """`lifelong train` for one run the daemon recorded, with the daemon's exact settings."""
+
+    def command(run_id: int, request: TrainRequest) -> list[str]:
+        return [
+            sys.executable, "-m", "lifelong.daemon.cli", "train", "--config", str(settings_file),
+            "--run-id", str(run_id), "--no-progress", *request.arguments(),
+        ]
+
+    return command
+
+
+def trainer_env() -> dict[str, str]:
+    # The settings file holds every effective value; LIFELONG_* variables would override it.
+    env = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
+    return {**env, "OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
     """The gateway for `settings`. `on_fatal(reason)` is called if vLLM cannot be kept alive."""
 
@@ -86,6 +107,16 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             max_text_chars=settings.database.max_text_chars,
         )
         catalog = ModelCatalog(alias=settings.gateway.public_alias)
+        trainer = Trainer(
+            sessions=sessions,
+            command=trainer_command(
+                write_settings_file(settings, settings.data_dir / "run" / "trainer-settings.yaml")
+            ),
+            env=trainer_env(),
+            log_dir=settings.data_dir / "logs",
+            timeout_s=settings.training.timeout_s,
+        )
+        await trainer.recover()
 
         async def apply_adapters(upstream: Upstream) -> None:
             # The registry is the truth: after any (re)start, serve its champion, never the
@@ -124,6 +155,8 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
                 )
             ]
         app.state.keyring = KeyRing(settings.gateway.api_keys)
+        app.state.sessions = sessions
+        app.state.trainer = trainer
         app.state.catalog = catalog
         app.state.pool = pool
         app.state.watchers = watchers
@@ -153,6 +186,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             yield
         finally:
             # uvicorn has stopped accepting and drained in-flight requests by now.
+            await trainer.stop()
             stats = await asyncio.to_thread(interaction_log.close, 30.0)
             await asyncio.to_thread(committer.close, 30.0)
             logger.info("interaction log flushed", extra={"stats": asdict(stats)})
@@ -172,4 +206,5 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     app.include_router(inference_router)
     app.include_router(feedback_router)
     app.include_router(health_router)
+    app.include_router(admin_router)
     return app

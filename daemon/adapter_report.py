@@ -1,0 +1,140 @@
+"""What a person reads about adapters: registry rows joined with their training runs and manifests.
+
+Plain JSON-ready dicts, so the CLI (`lifelong adapters list|show`) and the admin API show the same
+facts. Reading never loads torch: manifests are checked by checksum only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from lifelong.adapters import AdapterError, read_manifest, verify
+from lifelong.feedback_store import registry
+from lifelong.feedback_store.models import Adapter, TrainingRun
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def adapter_rows(session: Session) -> list[dict[str, Any]]:
+    """Every registered adapter, oldest first, with its data and final losses in short."""
+    rows = []
+    for adapter in registry.list_adapters(session):
+        run = session.get(TrainingRun, adapter.training_run_id) if adapter.training_run_id else None
+        metrics = (run.metrics or {}) if run else {}
+        examples = metrics.get("data", {}).get("examples", {})
+        rows.append({
+            **_registry_fields(adapter),
+            "examples": ", ".join(
+                f"{method} {counts['new']}+{counts['replayed']}" for method, counts in examples.items()
+            ) or "-",
+            "losses": ", ".join(
+                f"{stage['method']} {stage['final_loss']:.3f}" for stage in metrics.get("stages", [])
+            ) or "-",
+        })
+    return rows
+
+
+def adapter_detail(session: Session, *, version: str, base_model_dir: Path | None = None
+                   ) -> dict[str, Any]:
+    """One adapter: registry row, its training run, its manifest and a loss-curve summary.
+    `base_model_dir`: also verify the folder against that base model. Raises UnknownAdapter."""
+    adapter = registry.get(session, version=version)
+    run = session.get(TrainingRun, adapter.training_run_id) if adapter.training_run_id else None
+    detail: dict[str, Any] = {**_registry_fields(adapter), "path": adapter.path}
+    try:
+        if base_model_dir is not None:
+            verify(Path(adapter.path), base_model_dir, checksum=adapter.checksum)
+            detail["verified"] = True
+        manifest = read_manifest(Path(adapter.path))
+        detail["manifest"] = {
+            "created_at": manifest.created_at, "base_model": manifest.base_model,
+            "data_watermark": manifest.data_watermark, "data": manifest.data,
+            "methods": manifest.methods, "hyperparameters": manifest.hyperparameters,
+            "seed": manifest.seed, "metrics": manifest.metrics,
+        }
+    except AdapterError as exc:
+        detail["verified"] = False
+        detail["problem"] = str(exc)
+    if run is not None:
+        metrics = run.metrics or {}
+        detail["training_run"] = {
+            "id": run.id, "status": run.status, "method": run.method,
+            "started_at": run.started_at.isoformat(),
+            "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+            "stages": metrics.get("stages", []), "seconds": metrics.get("seconds"),
+            "tokens_per_second": metrics.get("tokens_per_second"),
+            "stop_reason": metrics.get("stop_reason"),
+            "loss_curve": loss_curve(metrics.get("history", {})),
+        }
+    return detail
+
+
+def loss_curve(history: dict[str, list[float]], *, width: int = 40) -> dict[str, Any] | None:
+    """The per-step losses in short: first, lowest, last (mean of the last ten) and a sparkline
+    of `width` buckets (each the mean of its steps)."""
+    losses = history.get("loss") or []
+    if not losses:
+        return None
+    per = max(1, -(-len(losses) // width))
+    buckets = [sum(chunk) / len(chunk) for chunk in
+               (losses[i : i + per] for i in range(0, len(losses), per))]
+    low, high = min(buckets), max(buckets)
+    scale = (len(SPARK) - 1) / (high - low) if high > low else 0.0
+    tail = losses[-10:]
+    return {
+        "steps": len(losses), "first": losses[0], "lowest": min(losses),
+        "last": sum(tail) / len(tail),
+        "sparkline": "".join(SPARK[round((value - low) * scale)] for value in buckets),
+    }
+
+
+def describe_detail(detail: dict[str, Any]) -> str:
+    """`adapter_detail` as text for a terminal."""
+    lines = [
+        f"adapter {detail['version']}: {detail['status']}"
+        + (" (forced)" if detail["forced"] else ""),
+        f"  parent:      {detail['parent_version'] or 'the base model'}",
+        f"  created:     {detail['created_at']}",
+        f"  path:        {detail['path']}",
+    ]
+    if detail["promoted_at"]:
+        lines.append(f"  promoted:    {detail['promoted_at']} by {detail['promoted_by']}")
+    if "problem" in detail:
+        lines.append(f"  PROBLEM:     {detail['problem']}")
+    manifest = detail.get("manifest")
+    if manifest:
+        data = manifest["data"]
+        lines.append(f"  data:        feedback ids {data['since']} < id <= {data['watermark']}, "
+                     f"{data.get('feedback_ids', '?')} feedback items")
+        for method, counts in data["examples"].items():
+            lines.append(f"    {method:<5} {counts['new']} new + {counts['replayed']} replayed")
+        hp = manifest["hyperparameters"]
+        lines.append(f"  lora:        rank {hp['rank']}, alpha {hp['alpha']}, lr {hp['learning_rate']}, "
+                     f"batch {hp['batch_size']}, seed {manifest['seed']}")
+        lines.append(f"  base model:  {manifest['base_model'].get('path')}")
+    run = detail.get("training_run")
+    if run:
+        lines.append(f"  training:    run {run['id']} {run['status']}, "
+                     f"{(run['seconds'] or 0):.0f} s, stopped by {run['stop_reason']}")
+        for stage in run["stages"]:
+            lines.append(f"    {stage['method']:<5} {stage['steps']} steps on {stage['examples']} "
+                         f"examples, loss {stage['first_loss']:.3f} -> {stage['final_loss']:.3f}")
+        curve = run["loss_curve"]
+        if curve:
+            lines.append(f"  loss curve:  {curve['sparkline']}  ({curve['steps']} steps: "
+                         f"{curve['first']:.3f} first, {curve['lowest']:.3f} lowest, "
+                         f"{curve['last']:.3f} last)")
+    return "\n".join(lines)
+
+
+def _registry_fields(adapter: Adapter) -> dict[str, Any]:
+    return {
+        "version": adapter.version, "status": adapter.status,
+        "parent_version": adapter.parent_version, "created_at": adapter.created_at.isoformat(),
+        "promoted_at": adapter.promoted_at.isoformat() if adapter.promoted_at else None,
+        "promoted_by": adapter.promoted_by, "forced": adapter.forced,
+        "training_run_id": adapter.training_run_id,
+    }

@@ -1,0 +1,1 @@
+"""The admin API: training on demand, training runs, the adapter registry (scope `admin`)."""

@@ -1,0 +1,37 @@
+"""Wire types of the admin API (extend them, never rename: operators' scripts depend on them)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Method = Literal["sft", "dpo", "kto"]
+
+
+class TrainIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    methods: list[Method] | None = Field(
+        default=None, min_length=1, description="The recipe for this run; default training.recipe."
+    )
+    fresh: bool = Field(default=False, description="Start from zero, not the champion's weights.")
+    now: bool = Field(
+        default=False, description="Train even below training.min_new_examples (one will do)."
+    )
+
+
+class TrainingRunOut(BaseModel):
+    id: int
+    status: str = Field(description="running, succeeded, skipped, failed or interrupted.")
+    method: str
+    started_at: str
+    finished_at: str | None
+    parent_version: str | None
+    adapter_version: str | None = Field(description="The candidate it made, if any.")
+    data_watermark: int | None
+    pid: int | None
+    error: str | None
+    progress: dict[str, Any] = Field(description="Last step, loss, learning rate; tokens so far.")
+    outcome: str | None
+    reason: str | None = Field(description="Why a run was skipped.")
+    stages: list[dict[str, Any]]

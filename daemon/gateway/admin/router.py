@@ -1,0 +1,98 @@
+"""HTTP routes of the admin API: parse, check the `admin` scope, hand to the trainer or the store."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from lifelong.daemon.adapter_report import adapter_detail, adapter_rows
+from lifelong.daemon.gateway.admin.protocol import TrainIn, TrainingRunOut
+from lifelong.daemon.gateway.auth import AdminPrincipal
+from lifelong.daemon.gateway.errors import ApiError
+from lifelong.daemon.trainer import NotTheRunningRun, Trainer, TrainerBusy, TrainRequest, describe_run
+from lifelong.feedback_store.models import TrainingRun
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid API key."},
+    403: {"description": "Key lacks the `admin` scope."},
+}
+
+
+def _trainer(request: Request) -> Trainer:
+    return request.app.state.trainer
+
+
+def _sessions(request: Request) -> sessionmaker[Session]:
+    return request.app.state.sessions
+
+
+@router.post("/train", status_code=202, responses={**ERRORS, 409: {"description": "Busy."}})
+async def train(body: TrainIn, principal: AdminPrincipal, request: Request) -> TrainingRunOut:
+    """Start a training run now, in its own process; 202 with the running run."""
+    trainer = _trainer(request)
+    train_request = TrainRequest(
+        requested_by=principal.name or "anonymous",
+        methods=tuple(body.methods) if body.methods else None, fresh=body.fresh, now=body.now,
+    )
+    try:
+        run_id = await trainer.start(train_request)
+    except TrainerBusy as exc:
+        raise ApiError(409, str(exc), code="trainer_busy") from exc
+    return await _run(request, run_id)
+
+
+@router.get("/training-runs/{run_id}", responses={**ERRORS, 404: {"description": "No such run."}})
+async def training_run(run_id: int, _: AdminPrincipal, request: Request) -> TrainingRunOut:
+    """One training run: its state, live progress while running, what it made or why not."""
+    return await _run(request, run_id)
+
+
+@router.post("/training-runs/{run_id}/cancel", status_code=202,
+             responses={**ERRORS, 409: {"description": "Not running here."}})
+async def cancel_training_run(run_id: int, _: AdminPrincipal, request: Request) -> TrainingRunOut:
+    """Ask the running run to stop; it ends `failed` (cancelled) and registers nothing."""
+    try:
+        await _trainer(request).cancel(run_id)
+    except NotTheRunningRun as exc:
+        raise ApiError(409, str(exc), code="not_running") from exc
+    return await _run(request, run_id)
+
+
+@router.get("/adapters", responses=ERRORS)
+async def adapters(_: AdminPrincipal, request: Request) -> list[dict[str, Any]]:
+    """Every registered adapter, oldest first (as `lifelong adapters list --json`)."""
+
+    def read() -> list[dict[str, Any]]:
+        with _sessions(request)() as session:
+            return adapter_rows(session)
+
+    return await asyncio.to_thread(read)
+
+
+@router.get("/adapters/{version}", responses={**ERRORS, 404: {"description": "No such adapter."}})
+async def adapter(version: str, _: AdminPrincipal, request: Request) -> dict[str, Any]:
+    """One adapter: registry row, training run, manifest, loss curve (as `adapters show --json`)."""
+
+    def read() -> dict[str, Any]:
+        with _sessions(request)() as session:
+            return adapter_detail(session, version=version)
+
+    return await asyncio.to_thread(read)
+
+
+async def _run(request: Request, run_id: int) -> TrainingRunOut:
+    def read() -> dict[str, Any] | None:
+        with _sessions(request)() as session:
+            row = session.get(TrainingRun, run_id)
+            return describe_run(row) if row is not None else None
+
+    found = await asyncio.to_thread(read)
+    if found is None:
+        raise ApiError(404, f"no training run {run_id}", type="not_found_error",
+                       param="run_id", code="unknown_run")
+    return TrainingRunOut(**found)
