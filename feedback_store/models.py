@@ -257,3 +257,53 @@ class Adapter(Base):
             postgresql_where=text("status = 'champion'"),
         ),
     )
+
+
+EVAL_SIDES = ("candidate", "champion")
+SUITE_KINDS = ("target", "regression", "retention")
+GATE_STATUSES = ("approved", "rejected", "not_enough_evidence")
+
+
+class EvalResult(Base):
+    """One item's answer and verdict in an eval run, for the candidate or the champion."""
+
+    __tablename__ = "eval_results"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    eval_run_id: Mapped[int] = mapped_column(ForeignKey("eval_runs.id"), index=True)
+    suite: Mapped[str] = mapped_column(String)
+    suite_kind: Mapped[str] = mapped_column(String(16))
+    item_id: Mapped[str] = mapped_column(String)
+    side: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String)  # the name vLLM served it under
+    answers: Mapped[list[str]] = mapped_column(Json)  # one per sample
+    score: Mapped[float] = mapped_column(Double)
+    passed: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    latency_ms: Mapped[float] = mapped_column(Double)
+    format_ok: Mapped[bool] = mapped_column(Boolean)
+
+    __table_args__ = (
+        CheckConstraint(f"suite_kind IN ({_one_of(SUITE_KINDS)})", name="suite_kind"),
+        CheckConstraint(f"side IN ({_one_of(EVAL_SIDES)})", name="side"),
+        CheckConstraint("score >= 0 AND score <= 1", name="score_range"),
+        # One answer per item and side in a run: what pairs the candidate with the champion.
+        Index("uq_eval_results_item", "eval_run_id", "suite", "item_id", "side", unique=True),
+    )
+
+
+class GateDecision(Base):
+    """The gate's verdict on one eval run's candidate, with every test's numbers."""
+
+    __tablename__ = "gate_decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    eval_run_id: Mapped[int] = mapped_column(ForeignKey("eval_runs.id"), unique=True)
+    decided_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    candidate_version: Mapped[str | None] = mapped_column(String, index=True)  # None: the base
+    champion_version: Mapped[str | None] = mapped_column(String)
+    status: Mapped[str] = mapped_column(String(24))
+    reasons: Mapped[list[str]] = mapped_column(Json)  # one line each, the deciding one first
+    details: Mapped[dict[str, Any]] = mapped_column(Json)  # the whole decision: suites, checks, policy
+
+    __table_args__ = (CheckConstraint(f"status IN ({_one_of(GATE_STATUSES)})", name="status"),)

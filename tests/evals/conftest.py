@@ -1,5 +1,5 @@
-"""Real parts for the eval tests: a migrated SQLite store, and a vLLM server on the tiny base model
-(started once per session, LoRA on, as the daemon starts it) with a LoRA adapter to load."""
+"""Real parts for the eval tests: a migrated store (SQLite and PostgreSQL), and a vLLM server on
+the tiny base model (started once per session, LoRA on, as the daemon starts it)."""
 
 from __future__ import annotations
 
@@ -9,26 +9,60 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import Engine, create_engine, make_url, text
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from lifelong.feedback_store.database import make_engine, upgrade
+from lifelong.feedback_store.models import Base
 
 STARTUP_TIMEOUT_S = 300  # about 30 s on 2 idle cores; far more when the machine is shared
 TINY_NAME = "base"  # the daemon serves the base model under this name too
 
 
-@pytest.fixture
-def session(tmp_path: Path) -> Iterator[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'lifelong.db'}")
-    upgrade(engine)
+POSTGRES_SERVER_URL = os.environ.get(
+    "LIFELONG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[Engine]:
+    """A migrated PostgreSQL database made for this test session, dropped at its end."""
+    name = f"lifelong_evals_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_SERVER_URL, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    engine = make_engine(make_url(POSTGRES_SERVER_URL).set(database=name).render_as_string(False))
+    try:
+        upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def session(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Session]:
+    """A session on a migrated, empty store: SQLite or PostgreSQL."""
+    if request.param == "sqlite":
+        engine = make_engine(f"sqlite:///{tmp_path / 'lifelong.db'}")
+        upgrade(engine)
+    else:
+        engine = request.getfixturevalue("postgres_engine")
+        with engine.begin() as connection:
+            connection.execute(text(f"TRUNCATE {', '.join(Base.metadata.tables)} RESTART IDENTITY CASCADE"))
     with sessionmaker(engine)() as session:
         yield session
-    engine.dispose()
+    if request.param == "sqlite":
+        engine.dispose()
 
 
 def free_port() -> int:
