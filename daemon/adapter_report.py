@@ -67,17 +67,28 @@ def adapter_detail(session: Session, *, version: str, base_model_dir: Path | Non
             "stages": metrics.get("stages", []), "seconds": metrics.get("seconds"),
             "tokens_per_second": metrics.get("tokens_per_second"),
             "stop_reason": metrics.get("stop_reason"),
-            "loss_curve": loss_curve(metrics.get("history", {})),
+            "loss_curves": loss_curves(metrics.get("history", {}), metrics.get("stages", [])),
         }
     return detail
 
 
-def loss_curve(history: dict[str, list[float]], *, width: int = 40) -> dict[str, Any] | None:
-    """The per-step losses in short: first, lowest, last (mean of the last ten) and a sparkline
-    of `width` buckets (each the mean of its steps)."""
+def loss_curves(history: dict[str, list[float]], stages: list[dict[str, Any]]
+                ) -> list[dict[str, Any]]:
+    """One curve per stage (an SFT loss and a DPO loss are not on one scale), cut from the
+    run's per-step history by each stage's step count."""
     losses = history.get("loss") or []
-    if not losses:
-        return None
+    curves, start = [], 0
+    for stage in stages:
+        part = losses[start : start + stage["steps"]]
+        start += stage["steps"]
+        if part:
+            curves.append({"method": stage["method"], **loss_curve(part)})
+    return curves
+
+
+def loss_curve(losses: list[float], *, width: int = 40) -> dict[str, Any]:
+    """Per-step losses in short: first, lowest, last (mean of the last ten) and a sparkline of
+    at most `width` buckets (each the mean of its steps)."""
     per = max(1, -(-len(losses) // width))
     buckets = [sum(chunk) / len(chunk) for chunk in
                (losses[i : i + per] for i in range(0, len(losses), per))]
@@ -122,10 +133,9 @@ def describe_detail(detail: dict[str, Any]) -> str:
         for stage in run["stages"]:
             lines.append(f"    {stage['method']:<5} {stage['steps']} steps on {stage['examples']} "
                          f"examples, loss {stage['first_loss']:.3f} -> {stage['final_loss']:.3f}")
-        curve = run["loss_curve"]
-        if curve:
-            lines.append(f"  loss curve:  {curve['sparkline']}  ({curve['steps']} steps: "
-                         f"{curve['first']:.3f} first, {curve['lowest']:.3f} lowest, "
+        for curve in run["loss_curves"]:
+            lines.append(f"  {curve['method']} loss:    {curve['sparkline']}  ({curve['steps']} "
+                         f"steps: {curve['first']:.3f} first, {curve['lowest']:.3f} lowest, "
                          f"{curve['last']:.3f} last)")
     return "\n".join(lines)
 
