@@ -1,10 +1,10 @@
 """The eval runner: a model answers suites through vLLM's OpenAI HTTP API, verifiers judge.
 
 The model is a name vLLM serves: the base model's served name or a loaded LoRA adapter's. Items
-with a `prompt` go to /v1/completions, items with `messages` to /v1/chat/completions, as the
-gateway sends them. Requests go out concurrently (at most `concurrency` in flight, the HTTP
-connector's limit) so vLLM's scheduler batches them; greedy (temperature 0) unless told
-otherwise, `n` samples per item.
+with a `prompt` go to /v1/completions, several to a request (a list prompt), items with
+`messages` to /v1/chat/completions, one to a request, as the gateway sends them. Requests go out
+concurrently (at most `concurrency` in flight, the HTTP connector's limit) so vLLM's scheduler
+batches them; greedy (temperature 0) unless told otherwise, `n` samples per item.
 
 An item's score is the mean of its samples' scores; it passes when at least half its samples
 pass (with one sample: when that one passes). An HTTP failure is not a wrong answer: after
@@ -40,6 +40,10 @@ class Sampling:
     top_p: float = 1.0
     n: int = 1
     seed: int = 0  # used by vLLM when sampling (temperature > 0)
+
+    def __post_init__(self) -> None:
+        if self.n > 1 and self.temperature == 0:
+            raise ValueError("several samples need a temperature above 0 (greedy gives one answer)")
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"max_tokens": self.max_tokens, "temperature": self.temperature,
@@ -140,21 +144,42 @@ async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> 
     raise EvalRequestFailed(problem)
 
 
-async def _answer(http: aiohttp.ClientSession, base_url: str, model: str, item: EvalItem,
-                  sampling: Sampling) -> tuple[list[str], list[str | None], float]:
-    body = {"model": model, **sampling.body()}
-    if item.messages is not None:
-        url, body["messages"] = f"{base_url}/v1/chat/completions", item.messages
-    else:
-        url, body["prompt"] = f"{base_url}/v1/completions", item.prompt
+Answers = tuple[list[list[str]], list[list[str | None]], float]  # per item: texts, finishes; latency
+
+
+async def _chat(http: aiohttp.ClientSession, base_url: str, model: str, item: EvalItem,
+                sampling: Sampling) -> Answers:
+    url = f"{base_url}/v1/chat/completions"
     started = time.perf_counter()
-    payload = await _post(http, url, body)
+    payload = await _post(http, url, {"model": model, "messages": item.messages, **sampling.body()})
     latency = time.perf_counter() - started
     try:
         choices = sorted(payload["choices"], key=lambda c: c["index"])
-        texts = [(c["message"]["content"] or "") if item.messages is not None else c["text"]
-                 for c in choices]
-        return texts, [c.get("finish_reason") for c in choices], latency
+        texts = [c["message"]["content"] or "" for c in choices]
+        return [texts], [[c.get("finish_reason") for c in choices]], latency
+    except (KeyError, TypeError) as error:
+        raise EvalRequestFailed(f"{url}: unexpected response shape ({error!r})") from error
+
+
+async def _completions(http: aiohttp.ClientSession, base_url: str, model: str,
+                       items: Sequence[EvalItem], sampling: Sampling) -> Answers:
+    # One request for many prompts (a list prompt): vLLM schedules them together, and the
+    # per-request cost (HTTP, parsing, a response) is paid once per chunk, not once per item.
+    url = f"{base_url}/v1/completions"
+    started = time.perf_counter()
+    payload = await _post(http, url, {"model": model, "prompt": [item.prompt for item in items],
+                                      **sampling.body()})
+    latency = time.perf_counter() - started
+    try:
+        # Choice index = prompt index * n + sample index.
+        choices = sorted(payload["choices"], key=lambda c: c["index"])
+        if len(choices) != len(items) * sampling.n:
+            raise EvalRequestFailed(f"{url}: {len(choices)} choices for {len(items)} prompts")
+        n = sampling.n
+        texts = [[c["text"] for c in choices[k * n:(k + 1) * n]] for k in range(len(items))]
+        finishes = [[c.get("finish_reason") for c in choices[k * n:(k + 1) * n]]
+                    for k in range(len(items))]
+        return texts, finishes, latency
     except (KeyError, TypeError) as error:
         raise EvalRequestFailed(f"{url}: unexpected response shape ({error!r})") from error
 
@@ -177,26 +202,40 @@ def _judge(item: EvalItem, verifier: Verifier, answers: list[str]) -> tuple[floa
 
 async def run_suite(
     http: aiohttp.ClientSession, base_url: str, model: str, suite: Suite, *,
-    sampling: Sampling = Sampling(),
+    sampling: Sampling = Sampling(), prompt_batch: int = 32,
 ) -> SuiteRun:
     """`model` answers every item of `suite` (through `http`, from `client_session`); results in
-    item order, with a summary.
+    item order, with a summary. Prompt items go `prompt_batch` to a request (their latency is
+    that request's); chat items one to a request.
 
     Raises EvalRequestFailed, or UnknownVerifier for an item whose verifier is gone.
     """
     verifiers = {name: get_verifier(name) for name in {item.verifier for item in suite.items}}
+    results: dict[str, ItemResult] = {}
 
-    async def one(item: EvalItem) -> ItemResult:
-        # All items are in flight at once; the session's connector admits `concurrency` of them.
-        answers, finishes, latency = await _answer(http, base_url, model, item, sampling)
+    def judge(items: Sequence[EvalItem], answered: Answers) -> None:
+        texts, finishes, latency = answered
+        for item, answers, finish in zip(items, texts, finishes, strict=True):
+            score, passed, reason = _judge(item, verifiers[item.verifier], answers)
+            results[item.id] = ItemResult(
+                item_id=item.id, answers=tuple(answers), score=score, passed=passed,
+                reason=reason, latency_s=latency, finish_reasons=tuple(finish))
+
+    async def ask(items: Sequence[EvalItem]) -> None:
+        if items[0].messages is not None:
+            answered = await _chat(http, base_url, model, items[0], sampling)
+        else:
+            answered = await _completions(http, base_url, model, items, sampling)
         # Verifiers may take seconds (python_tests): off the event loop.
-        score, passed, reason = await asyncio.to_thread(_judge, item, verifiers[item.verifier], answers)
-        return ItemResult(item_id=item.id, answers=tuple(answers), score=score, passed=passed,
-                          reason=reason, latency_s=latency, finish_reasons=tuple(finishes))
+        await asyncio.to_thread(judge, items, answered)
 
-    results = await asyncio.gather(*(one(item) for item in suite.items))
-    return SuiteRun(suite=suite, model=model, results=tuple(results),
-                    summary=summarise(suite, model, results))
+    prompts = [item for item in suite.items if item.prompt is not None]
+    requests = [prompts[k:k + prompt_batch] for k in range(0, len(prompts), prompt_batch)]
+    requests += [[item] for item in suite.items if item.messages is not None]
+    # All requests are in flight at once; the session's connector admits `concurrency` of them.
+    await asyncio.gather(*(ask(items) for items in requests))
+    ordered = tuple(results[item.id] for item in suite.items)
+    return SuiteRun(suite=suite, model=model, results=ordered, summary=summarise(suite, model, ordered))
 
 
 def client_session(concurrency: int = 64, timeout_s: float = 600.0) -> aiohttp.ClientSession:
@@ -209,23 +248,23 @@ def client_session(concurrency: int = 64, timeout_s: float = 600.0) -> aiohttp.C
 
 async def evaluate(
     base_url: str, model: str, suites: Sequence[Suite], *, sampling: Sampling = Sampling(),
-    concurrency: int = 64,
+    concurrency: int = 64, prompt_batch: int = 32,
 ) -> list[SuiteRun]:
     """`model` answers every suite, all items in flight together (bounded by `concurrency`)."""
     async with client_session(concurrency) as http:
         return list(await asyncio.gather(*(
-            run_suite(http, base_url, model, suite, sampling=sampling)
+            run_suite(http, base_url, model, suite, sampling=sampling, prompt_batch=prompt_batch)
             for suite in suites)))
 
 
 async def compare(
     base_url: str, *, candidate: str, champion: str, suites: Sequence[Suite],
-    sampling: Sampling = Sampling(), concurrency: int = 64,
+    sampling: Sampling = Sampling(), concurrency: int = 64, prompt_batch: int = 32,
 ) -> list[Comparison]:
     """Candidate and champion answer the same items (together, to keep vLLM's batches full)."""
     async with client_session(concurrency) as http:
         runs = await asyncio.gather(*(
-            run_suite(http, base_url, model, suite, sampling=sampling)
+            run_suite(http, base_url, model, suite, sampling=sampling, prompt_batch=prompt_batch)
             for model in (candidate, champion) for suite in suites))
     k = len(suites)
     return [Comparison(suite=suite, candidate=runs[i], champion=runs[k + i])

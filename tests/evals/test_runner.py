@@ -72,13 +72,49 @@ def test_greedy_runs_repeat_exactly(vllm_url):
     assert [r.answers for r in first.results] == [r.answers for r in again.results]
 
 
-def test_prompt_items_go_to_the_completions_endpoint(vllm_url):
-    item = EvalItem(id="p", prompt="<|im_start|>user\nWhat is 12 + 34?<|im_end|>\n<|im_start|>assistant\n",
-                    reference="46", verifier="numeric")
-    (run,) = asyncio.run(evaluate(vllm_url, "base", [Suite("raw", "regression", (item,))]))
-    direct = httpx.post(f"{vllm_url}/v1/completions", timeout=120, json={
-        "model": "base", "prompt": item.prompt, "max_tokens": 256, "temperature": 0}).json()
-    assert run.results[0].answer == direct["choices"][0]["text"]
+def prompt_item(a: int, b: int) -> EvalItem:
+    return EvalItem(id=f"p-{a}-{b}", prompt=f"<|im_start|>user\nWhat is {a} + {b}?<|im_end|>\n"
+                    "<|im_start|>assistant\n", reference=str(a + b), verifier="numeric")
+
+
+def direct_completion(url: str, item: EvalItem) -> str:
+    body = {"model": "base", "prompt": item.prompt, "max_tokens": 256, "temperature": 0}
+    return httpx.post(f"{url}/v1/completions", json=body, timeout=120).json()["choices"][0]["text"]
+
+
+ITEMS = tuple(prompt_item(a, b) for a, b in [(12, 34), (50, 21), (9, 90), (33, 44), (71, 18)])
+
+
+def test_prompt_items_are_batched_into_completions_requests_and_matched_back(vllm_url):
+    (run,) = asyncio.run(evaluate(vllm_url, "base", [Suite("raw", "regression", ITEMS)],
+                                  prompt_batch=2))
+    direct = [direct_completion(vllm_url, item) for item in ITEMS]
+    assert len(set(direct)) > 1  # distinct answers, so a mix-up between items would show
+    assert [r.answer for r in run.results] == direct
+
+
+def test_samples_of_a_batched_prompt_stay_with_their_item(vllm_url):
+    sampling = Sampling(n=2, temperature=1.0, seed=7)
+    (run,) = asyncio.run(evaluate(vllm_url, "base", [Suite("raw", "regression", ITEMS)],
+                                  sampling=sampling, prompt_batch=len(ITEMS)))
+    # The same request, seeded, straight to vLLM: choice index = prompt index * n + sample index.
+    body = {"model": "base", "prompt": [item.prompt for item in ITEMS], **sampling.body()}
+    choices = httpx.post(f"{vllm_url}/v1/completions", json=body, timeout=120).json()["choices"]
+    texts = [c["text"] for c in sorted(choices, key=lambda c: c["index"])]
+    assert [r.answers for r in run.results] == [tuple(texts[2 * k:2 * k + 2]) for k in range(5)]
+
+
+def test_several_greedy_samples_are_refused():
+    with pytest.raises(ValueError, match="temperature above 0"):
+        Sampling(n=2)
+
+
+def test_prompt_and_chat_items_mix_in_one_suite_in_item_order(vllm_url):
+    items = (prompt_item(12, 34), chat_item(50, 21), prompt_item(9, 90))
+    (run,) = asyncio.run(evaluate(vllm_url, "base", [Suite("mixed", "regression", items)]))
+    assert [r.item_id for r in run.results] == [item.id for item in items]
+    assert run.results[1].answer == direct_chat(vllm_url, "base", items[1])
+    assert run.results[2].answer == direct_completion(vllm_url, items[2])
 
 
 def test_items_are_in_flight_together_so_vllm_batches_them(vllm_url):
