@@ -105,7 +105,7 @@ def start_daemon(tmp: Path, model: Path, **extra: object) -> Daemon:
     raise RuntimeError(f"lifelong serve not ready in time:\n{log.read_text()}")
 
 
-@pytest.fixture(name="start_daemon")
+@pytest.fixture(name="start_daemon", scope="session")
 def start_daemon_fixture():
     """`start_daemon(tmp, model, **settings_sections)` for tests that need their own daemon."""
     return start_daemon

@@ -56,6 +56,8 @@ async def training_run(run_id: int, _: AdminPrincipal, request: Request) -> Trai
              responses={**ERRORS, 409: {"description": "Not running here."}})
 async def cancel_training_run(run_id: int, _: AdminPrincipal, request: Request) -> TrainingRunOut:
     """Ask the running run to stop; it ends `failed` (cancelled) and registers nothing."""
+    if (await _run(request, run_id)).status != "running":
+        raise ApiError(409, f"training run {run_id} has already ended", code="not_running")
     try:
         await _trainer(request).cancel(run_id)
     except NotTheRunningRun as exc:

@@ -1,0 +1,124 @@
+"""Training from the admin API of a real daemon: the trainer is its own process, so killing it
+(as the OOM killer would) fails its run and nothing else; serving never notices."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import httpx
+import openai
+import pytest
+
+from lifelong.feedback_store.records import Correction
+
+pytestmark = pytest.mark.integration
+
+TRAINING = {"max_steps": 150, "epochs": 1000, "batch_size": 8, "min_new_examples": 5,
+            "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def daemon(tiny_base_model, tmp_path_factory, start_daemon, migrated_store):
+    """A daemon of its own (it trains adapters), its store holding 40 corrected answers."""
+    running = start_daemon(tmp_path_factory.mktemp("training"), tiny_base_model, training=TRAINING)
+    with migrated_store(f"sqlite:///{running.data_dir / 'lifelong.db'}") as store:
+        rng = random.Random(0)
+        pairs = [(f"Repeat {x}.", str(x)) for x in (rng.randint(1000, 9999) for _ in range(40))]
+        ids = store.ask_many([(question, "0") for question, _ in pairs])
+        store.give(*[Correction(i, text=a) for i, (_, a) in zip(ids, pairs, strict=True)])
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(daemon):
+    with httpx.Client(base_url=daemon.url, headers=daemon.headers("ops"), timeout=30) as client:
+        yield client
+
+
+def wait_for(admin: httpx.Client, run_id: int, done, timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = admin.get(f"/admin/training-runs/{run_id}").json()
+        if done(run):
+            return run
+        time.sleep(0.2)
+    raise AssertionError(f"training run {run_id} never got there: {run}")
+
+
+def start_training(admin: httpx.Client, body: dict) -> int:
+    # The trainer stays busy until the last run's process has exited, a moment after its run
+    # ended; a 409 until then is the contract.
+    deadline = time.monotonic() + 60
+    while (started := admin.post("/admin/train", json=body)).status_code == 409:
+        assert time.monotonic() < deadline, started.text
+        time.sleep(0.2)
+    assert started.status_code == 202, started.text
+    return started.json()["id"]
+
+
+def chat_still_answers(daemon) -> None:
+    client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=daemon.key("alice"), max_retries=0)
+    reply = client.chat.completions.with_raw_response.create(
+        model="lifelong", messages=[{"role": "user", "content": "Repeat 1234."}], max_tokens=8)
+    assert reply.parse().choices[0].message.content is not None
+    assert reply.headers["x-lifelong-adapter"] == "base"  # a candidate is never served
+
+
+def test_training_needs_the_admin_scope(daemon):
+    denied = httpx.post(f"{daemon.url}/admin/train", json={}, headers=daemon.headers("alice"))
+    assert denied.status_code == 403
+
+
+def test_a_killed_trainer_fails_its_run_and_the_daemon_serves_on(daemon, admin):
+    started = admin.post("/admin/train", json={"methods": ["sft"]})
+    assert started.status_code == 202, started.text
+    run_id = started.json()["id"]
+    assert started.json()["status"] == "running"
+    busy = admin.post("/admin/train", json={})
+    assert busy.status_code == 409 and busy.json()["error"]["code"] == "trainer_busy"
+
+    running = wait_for(admin, run_id, lambda run: run["progress"]["step"] > 0 and run["pid"])
+    assert running["status"] == "running" and running["progress"]["loss"] > 0
+    os.kill(running["pid"], signal.SIGKILL)  # what the OOM killer does
+
+    ended = wait_for(admin, run_id, lambda run: run["status"] != "running")
+    assert ended["status"] == "failed" and ended["adapter_version"] is None
+    assert "the trainer process was killed by SIGKILL" in ended["error"]
+    assert admin.get("/admin/adapters").json() == []
+    assert httpx.get(f"{daemon.url}/readyz").status_code == 200
+    chat_still_answers(daemon)
+
+
+def test_a_cancelled_run_registers_nothing(daemon, admin):
+    run_id = start_training(admin, {"methods": ["sft"]})
+    wait_for(admin, run_id, lambda run: run["progress"]["step"] > 0)
+    cancelled = admin.post(f"/admin/training-runs/{run_id}/cancel")
+    assert cancelled.status_code == 202
+    ended = wait_for(admin, run_id, lambda run: run["status"] != "running")
+    assert ended["status"] == "failed" and ended["error"].startswith("TrainingCancelled")
+    assert admin.get("/admin/adapters").json() == []
+    again = admin.post(f"/admin/training-runs/{run_id}/cancel")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "not_running"
+
+
+def test_a_run_that_finishes_makes_a_candidate_with_its_progress_on_record(daemon, admin):
+    run_id = start_training(admin, {"methods": ["sft"]})
+    ended = wait_for(admin, run_id, lambda run: run["status"] != "running")
+    assert (ended["status"], ended["adapter_version"]) == ("succeeded", "v0001"), ended
+    assert ended["progress"]["step"] == TRAINING["max_steps"]
+    (adapter,) = admin.get("/admin/adapters").json()
+    assert (adapter["version"], adapter["status"], adapter["training_run_id"]) == (
+        "v0001", "candidate", run_id)
+    detail = admin.get("/admin/adapters/v0001").json()
+    assert detail["manifest"]["data"]["examples"]["sft"]["new"] == 40
+    chat_still_answers(daemon)
+
+
+def test_unknown_runs_and_adapters_are_404(admin):
+    missing = admin.get("/admin/training-runs/999")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_run"
+    assert admin.get("/admin/adapters/v0999").status_code == 404
