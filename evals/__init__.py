@@ -1,0 +1,11 @@
+"""Judging candidates: verifiers, suites, the eval runner, paired statistics and the promotion gate.
+
+A library: it imports the feedback store and nothing of the daemon; the daemon wires it.
+
+- `verifiers`: named judges of one answer (plus `lifelong.verifiers` entry points);
+  `sandbox` (+ `sandbox_child`) runs untrusted code for `python_tests`.
+- `suites`: target (held-out tasks per family), regression (JSONL folder), retention (frozen).
+- `runner`: answers suites through vLLM's OpenAI API, candidate vs champion.
+- `statistics`: exact McNemar, paired bootstrap, Holm, smallest detectable difference.
+- `gate`: the policy and the decision; `records`: both into the store.
+"""
