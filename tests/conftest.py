@@ -1,22 +1,146 @@
-"""Fixtures every test folder shares: a tiny base model, built once per session."""
+"""Fixtures every test folder shares: a tiny base model built once per session, a real vLLM
+serving it, and real databases (a SQLite file per test, one PostgreSQL database per run).
+
+`engine` runs a test on both: SQLite (a fresh copy of a migrated file) and PostgreSQL (a
+database created for this test session on the server at $LIFELONG_TEST_POSTGRES_URL, migrated
+once, its tables emptied before each test, dropped at the end). PostgreSQL cases carry the
+`postgres` marker and fail when the server cannot be reached (skipped, saying why, only with
+LIFELONG_TEST_SKIP_POSTGRES=1).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from lifelong.base_model import build, messages
 from lifelong.feedback_store.database import make_engine, upgrade
 from lifelong.feedback_store.feedback import add_feedback
 from lifelong.feedback_store.interactions import add_interactions
+from lifelong.feedback_store.models import Base
 from lifelong.feedback_store.records import FeedbackItem, NewInteraction
+
+POSTGRES_SERVER_URL = os.environ.get(
+    "LIFELONG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def fresh_postgres_database(server_url: str) -> Iterator[str]:
+    """A new, empty database `lifelong_test_<random>` on the server; dropped on exit."""
+    name = f"lifelong_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            # FORCE: a test that failed may have left connections open.
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    """The server to create test databases on; skips the test when it is unreachable."""
+    probe = create_engine(POSTGRES_SERVER_URL, poolclass=NullPool)
+    try:
+        with probe.connect():
+            pass
+    except OperationalError as exc:
+        # The PostgreSQL half is part of the suite: a missing server fails it, unless the
+        # person running it says they know (`LIFELONG_TEST_SKIP_POSTGRES=1`).
+        message = f"PostgreSQL not reachable at {POSTGRES_SERVER_URL}: {exc.orig}"
+        if os.environ.get("LIFELONG_TEST_SKIP_POSTGRES") == "1":
+            pytest.skip(message)
+        pytest.fail(message + " (set LIFELONG_TEST_SKIP_POSTGRES=1 to skip these tests)")
+    finally:
+        probe.dispose()
+    return POSTGRES_SERVER_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test session."""
+    with fresh_postgres_database(postgres_server_url) as url:
+        yield url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A SQLite file in this test's folder, not yet created."""
+    return f"sqlite:///{tmp_path / 'data' / 'lifelong.db'}"
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied by each test (quicker than migrating each time)."""
+    path = tmp_path_factory.mktemp("template") / "lifelong.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()  # the last connection closing checkpoints the WAL into the file
+    return path
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_engine(postgres_url: str) -> Iterator[Engine]:
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A migrated, empty database: SQLite or PostgreSQL."""
+    if request.param == "sqlite":
+        path = tmp_path / "lifelong.db"
+        shutil.copy(request.getfixturevalue("migrated_sqlite_file"), path)
+        sqlite = make_engine(f"sqlite:///{path}")
+        yield sqlite
+        sqlite.dispose()
+    else:
+        postgres: Engine = request.getfixturevalue("migrated_postgres_engine")
+        tables = ", ".join(Base.metadata.tables)
+        with postgres.begin() as connection:
+            connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        yield postgres
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """A database with no schema at all: SQLite or PostgreSQL."""
+    if request.param == "sqlite":
+        engine = make_engine(request.getfixturevalue("sqlite_url"))
+        yield engine
+        engine.dispose()
+    else:
+        with fresh_postgres_database(request.getfixturevalue("postgres_server_url")) as url:
+            engine = make_engine(url)
+            yield engine
+            engine.dispose()
+
 
 # The real build() on a shape small enough for seconds: 2 layers, 2 heads of 64. Enough steps
 # that it answers in the chat format (digits, then <|im_end|>); accuracy is not the point.
@@ -24,10 +148,58 @@ TINY_BUILD = {"seed": 0, "steps": 300, "layers": 2, "hidden": 128, "batch_size":
               "eval_items": 20}
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def tiny_base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of a tiny embedded base model (transformers, peft and vLLM load it)."""
     return build(tmp_path_factory.mktemp("base_model") / "tiny", **TINY_BUILD, progress=False).path
+
+
+STARTUP_TIMEOUT_S = 300  # about 30 s on 2 idle cores; far more when the machine is shared
+
+
+@pytest.fixture(scope="session")
+def vllm_url(tiny_base_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real vLLM OpenAI server on the tiny model (served as `base`, LoRA on), one per session:
+    tests load adapters into it under names of their own."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+         "--model", str(tiny_base_model), "--served-model-name", "base",
+         "--enable-lora", "--max-lora-rank", "8", "--max-loras", "4", "--max-model-len", "512",
+         "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
+        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so the engine workers go with it
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"vLLM exited {process.returncode}:\n{log.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM not up in {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 @dataclass
