@@ -41,7 +41,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-ADAPTER_STATUSES = ("candidate", "champion", "retired", "rejected")
+ADAPTER_STATUSES = ("candidate", "approved", "champion", "retired", "rejected")
 # skipped: too little new data, nothing trained; interrupted: its process died with the daemon.
 TRAINING_RUN_STATUSES = ("running", "succeeded", "failed", "skipped", "interrupted")
 EVAL_RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")

@@ -1,8 +1,9 @@
 """The adapter registry: trained adapters, their lineage and status, and the one champion.
 
-Statuses: `candidate` (registered, not judged), `champion` (served by default; at most one, which
-a partial unique index enforces in the database), `retired` (a former champion), `rejected`
-(failed the gate). Functions flush, never commit: the caller frames the transaction.
+Statuses: `candidate` (registered, not judged), `approved` (the gate let it through; not yet
+promoted), `champion` (served by default; at most one, which a partial unique index enforces in
+the database), `retired` (a former champion), `rejected` (the gate refused it). Functions
+flush, never commit: the caller frames the transaction.
 """
 
 from __future__ import annotations
@@ -94,6 +95,17 @@ def reject(session: Session, *, version: str) -> Adapter:
     if row.status == "champion":
         raise ValueError(f"adapter {version!r} is the champion; promote another one first")
     row.status = "rejected"
+    session.flush()
+    return row
+
+
+def approve(session: Session, *, version: str) -> Adapter:
+    """Mark a candidate as approved by the gate. Raises UnknownAdapter; ValueError unless it is
+    a candidate (or already approved)."""
+    row = get(session, version=version)
+    if row.status not in ("candidate", "approved"):
+        raise ValueError(f"adapter {version!r} is {row.status}; only a candidate can be approved")
+    row.status = "approved"
     session.flush()
     return row
 

@@ -116,6 +116,21 @@ def test_tasks_are_registered(daemon):
     assert post(daemon, "/v1/tasks", both).status_code == 422
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"verifier": "exact_matsch"}, "exact_matsch"),
+        ({"verifier": "regex", "options": {"pattern": "(unclosed"}}, "pattern"),
+        ({"verifier": "numeric", "options": {"abs_tol": "close"}}, "abs_tol"),
+    ],
+)
+def test_a_task_whose_verifier_cannot_run_is_refused_at_registration(daemon, change, message):
+    task = {"prompt": "What is 2 + 2?", "reference": "4", "verifier": "exact_match", **change}
+    response = post(daemon, "/v1/tasks", task)
+    assert response.status_code == 422, response.text
+    assert message in response.json()["error"]["message"]
+
+
 # --- who may do what ---------------------------------------------------------------------------
 
 HI = [{"role": "user", "content": "hi"}]

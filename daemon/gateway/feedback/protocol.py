@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lifelong.evals.verifiers import InvalidVerifierOptions, UnknownVerifier, check_verifier
+
 Text = Annotated[str, Field(min_length=1)]
 
 
@@ -119,6 +121,15 @@ class TaskIn(BaseModel):
     def _one_prompt(self) -> TaskIn:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give exactly one of `prompt` or `messages`")
+        return self
+
+    @model_validator(mode="after")
+    def _known_verifier(self) -> TaskIn:
+        # Refused now, at registration, rather than when an eval first runs the task.
+        try:
+            check_verifier(self.verifier, self.options, reference=self.reference)
+        except (UnknownVerifier, InvalidVerifierOptions) as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 
