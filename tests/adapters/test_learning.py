@@ -12,10 +12,11 @@ teach it subtraction in CI time: 600 SFT steps on 2,000 sub2 corrections moved h
 match from 0% to 8%. Copying digits needs a new attention pattern, not arithmetic, and the tiny
 model can find it in a few hundred steps. This does not show that arithmetic is learned.
 
-Measured with this test as written (seed -> held-out exact match of the adapter; the base model
-scores 0% every time): 0 -> 100%, 1 -> 80%, 2 -> 100%, 3 -> 91.5%. How soon the pattern is found
-depends on the seed (at learning rates of 5e-3 and up some seeds never found it), hence a margin
-of 50 points rather than a pinned number.
+Measured with this test as written (seed -> held-out exact match of the adapter through peft;
+the base model scores 0% every time): 0 -> 92.0%, 1 -> 70.0% (20 epochs, 640 steps). Capped at
+500 steps, seed 0 reached only 48%: how soon the pattern is found depends on the seed (at
+learning rates of 5e-3 and up some seeds never found it), hence a margin of 50 points rather
+than a pinned number.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ TRAIN_QUESTIONS = 1000
 HELDOUT_QUESTIONS = 200
 MARGIN = 0.5  # the adapter must beat the base model by 50 points of exact match
 CONFIG = LoraTrainingConfig(rank=8, alpha=16, learning_rate=3e-3, warmup_steps=20, batch_size=32,
-                            epochs=20, max_steps=500)
+                            epochs=20)
 
 
 def _echo(rng: random.Random) -> tuple[str, str]:
@@ -107,7 +108,6 @@ def test_feedback_teaches_a_skill_the_base_model_lacks_on_questions_it_never_saw
     adapted = PeftModel.from_pretrained(load(tiny_base_model)[0], str(outcome.adapter_path))
     adapted.eval()
     in_peft = exact_match(adapted, tokenizer, heldout), exact_match(base, tokenizer, heldout)
-    print(f"served {before:.1%} -> {after:.1%}; peft {in_peft[1]:.1%} -> {in_peft[0]:.1%}")
     assert after >= before + MARGIN, f"served: exact match {before:.1%} -> {after:.1%} (seed {SEED})"
     # vLLM's kernels and transformers' differ in float rounding, so a greedy answer may differ
     # now and then; the adapter must mean the same thing in both.
