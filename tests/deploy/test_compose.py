@@ -182,7 +182,8 @@ def test_gateway_runs_serve_after_the_migration_and_outlives_its_drain(
     assert migrate["command"] == ["lifelong", "db", "upgrade", "--config", CONFIG_IN_CONTAINER]
     assert gateway["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert seconds(gateway["stop_grace_period"]) > gateway_settings.gateway.drain_timeout_s + SHUTDOWN_AFTER_DRAIN_S
+    drain_s = gateway_settings.gateway.drain_timeout_s
+    assert seconds(gateway["stop_grace_period"]) > drain_s + SHUTDOWN_AFTER_DRAIN_S
     port = gateway_settings.gateway.port
     assert gateway["ports"] == [f"8000:{port}"]
     assert f"127.0.0.1:{port}/readyz'" in " ".join(gateway["healthcheck"]["test"])
