@@ -116,7 +116,8 @@ def run_training(
         raise ValueError("give parent_version or fresh, not both")
     recipe = check_recipe(methods)
     config = config or LoraTrainingConfig()
-    base_model_dir, adapters_dir = Path(base_model_dir), Path(adapters_dir)
+    # Absolute: the registry's path is handed to vLLM servers that do not share our cwd.
+    base_model_dir, adapters_dir = Path(base_model_dir), Path(adapters_dir).resolve()
     run_config = {
         "methods": list(recipe), "hyperparameters": config.to_dict(), "seed": seed,
         "replay_fraction": replay_fraction, "min_new_examples": min_new_examples,

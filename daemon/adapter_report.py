@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from lifelong.adapters import AdapterError, read_manifest, verify
 from lifelong.feedback_store import registry
+from lifelong.feedback_store.eval_results import latest_gate_decision
 from lifelong.feedback_store.models import Adapter, TrainingRun
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -58,6 +59,13 @@ def adapter_detail(session: Session, *, version: str, base_model_dir: Path | Non
     except AdapterError as exc:
         detail["verified"] = False
         detail["problem"] = str(exc)
+    decision = latest_gate_decision(session, candidate_version=version)
+    if decision is not None:
+        detail["gate_decision"] = {
+            "status": decision.status, "eval_run_id": decision.eval_run_id,
+            "decided_at": decision.decided_at.isoformat(),
+            "against": decision.champion_version or "base", "reasons": decision.reasons,
+        }
     if run is not None:
         metrics = run.metrics or {}
         detail["training_run"] = {
@@ -137,6 +145,11 @@ def describe_detail(detail: dict[str, Any]) -> str:
             lines.append(f"  {curve['method']} loss:    {curve['sparkline']}  ({curve['steps']} "
                          f"steps: {curve['first']:.3f} first, {curve['lowest']:.3f} lowest, "
                          f"{curve['last']:.3f} last)")
+    decision = detail.get("gate_decision")
+    if decision:
+        lines.append(f"  gate:        {decision['status']} against {decision['against']} "
+                     f"(eval run {decision['eval_run_id']}, {decision['decided_at'][:19]})")
+        lines += [f"    - {reason}" for reason in decision["reasons"]]
     return "\n".join(lines)
 
 

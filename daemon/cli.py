@@ -171,6 +171,7 @@ def _serve(settings: Settings) -> None:
         fail(str(exc))
     finally:
         engine.dispose()
+    _check_suites(settings)
     if not settings.gateway.api_keys:
         logging.getLogger(__name__).warning(
             "no API keys configured: serving without authentication, bound to %s only",
@@ -343,6 +344,64 @@ def adapters_show(
     typer.echo(json.dumps(detail, indent=2) if as_json else describe_detail(detail))
 
 
+@app.command("eval")
+def eval_(
+    version: Annotated[str, typer.Argument(help="The adapter to judge, e.g. v0003.")],
+    against: Annotated[str | None, typer.Option(
+        help="An adapter version or `base` to compare with; default: the champion.",
+    )] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Judge an adapter against the champion through the running vLLM, and print the table.
+
+    Against the current champion, the gate's decision sets the adapter's status (approved or
+    rejected); it never promotes.
+    """
+    import asyncio
+
+    from sqlalchemy.orm import sessionmaker
+
+    from lifelong.adapters import AdapterError
+    from lifelong.daemon.judge import NothingToJudge, build_judge, describe
+    from lifelong.daemon.upstream import AdapterLoadFailed, HttpUpstream, UpstreamUnavailable
+    from lifelong.evals.runner import EvalRequestFailed
+    from lifelong.evals.suites import SuiteError
+    from lifelong.feedback_store.database import ensure_migrated, make_engine
+    from lifelong.feedback_store.errors import DatabaseNotMigrated, UnknownAdapter
+
+    settings = settings_from(config, data_dir=data_dir)
+    url = settings.vllm_urls[0]
+
+    async def judged():  # noqa: ANN202 - a Judgement
+        upstream = HttpUpstream(url, timeout_s=settings.vllm.request_timeout_s)
+        engine = make_engine(settings.database_url,
+                             sqlite_synchronous=settings.database.sqlite_synchronous)
+        try:
+            if not await upstream.health():
+                fail(f"no vLLM answers at {url}; start `lifelong serve` first (evals answer "
+                     "through its vLLM server)")
+            ensure_migrated(engine)
+            judge = build_judge(settings, sessions=sessionmaker(engine, expire_on_commit=False),
+                                upstream=upstream, base_url=url)
+            return await judge.judge(version, against=against)
+        finally:
+            await upstream.aclose()
+            engine.dispose()
+
+    try:
+        judgement = asyncio.run(judged())
+    except UnknownAdapter as exc:
+        fail(f"{exc}; `lifelong adapters list` shows the registered ones")
+    except (NothingToJudge, AdapterError, DatabaseNotMigrated, AdapterLoadFailed) as exc:
+        fail(str(exc))
+    except SuiteError as exc:
+        fail("eval suites are invalid:\n  " + "\n  ".join(exc.problems))
+    except (UpstreamUnavailable, EvalRequestFailed) as exc:
+        fail(f"vLLM at {url} failed during the eval: {exc}")
+    typer.echo(describe(judgement))
+
+
 def _with_store(settings: Settings, read: Callable[[Session], T]) -> T:
     """Run `read` in a session on the migrated store, or exit naming the fix."""
     from sqlalchemy.orm import Session as OrmSession
@@ -359,6 +418,20 @@ def _with_store(settings: Settings, read: Callable[[Session], T]) -> T:
         fail(str(exc))
     finally:
         engine.dispose()
+
+
+def _check_suites(settings: Settings) -> None:
+    """Refuse to start on an eval suite file with mistakes, naming each file:line."""
+    from lifelong.evals.suites import SuiteError, load_regression_suites, load_suite_file
+
+    try:
+        if settings.regression_dir.is_dir():
+            load_regression_suites(settings.regression_dir)
+        if settings.evals.retention_source is not None:
+            load_suite_file(settings.evals.retention_source, kind="retention")
+    except (SuiteError, OSError) as exc:
+        problems = exc.problems if isinstance(exc, SuiteError) else [str(exc)]
+        fail("eval suites are invalid:\n  " + "\n  ".join(problems))
 
 
 DEMO_HINT = """

@@ -217,6 +217,54 @@ class TrainingSettings(Section):
         return self
 
 
+class GateSettings(Section):
+    """When a candidate may replace the champion (see lifelong.evals.gate for the rules)."""
+
+    min_improvement: float = Field(
+        default=0.02, ge=0.0, le=1.0, description="Gain needed on a target suite's mean score."
+    )
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="Significance level.")
+    holm: bool = Field(default=True, description="Holm-correct across target suites.")
+    tolerance: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Largest drop any suite may show."
+    )
+    tolerances: dict[str, float] = Field(
+        default_factory=dict, description="Per-suite tolerances, by suite name."
+    )
+    min_items: int = Field(
+        default=200, ge=1, description="A target suite smaller than this cannot approve."
+    )
+    power: float = Field(default=0.8, gt=0.0, lt=1.0)
+    require_nonempty: bool = True
+    format_rate_not_lower: bool = True
+    seed: int = 0
+
+
+class EvalSettings(Section):
+    """The suites candidates are judged on, and how they are answered."""
+
+    regression_dir: Path | None = Field(
+        default=None,
+        description="Folder of regression suites (*.jsonl). Empty: <data_dir>/evals/regression.",
+    )
+    retention_file: Path | None = Field(
+        default=None,
+        description="The frozen retention suite. Empty: <data_dir>/evals/retention.jsonl.",
+    )
+    retention_source: Path | None = Field(
+        default=None,
+        description="JSONL items the retention suite is frozen from (those the base model "
+        "passes). Empty: the embedded base model's own skill; with a model of your own, "
+        "no retention suite until you give one.",
+    )
+    retention_items: int = Field(
+        default=300, ge=1, description="Items drawn from the embedded model's skill."
+    )
+    max_tokens: int = Field(default=64, ge=1, description="Longest answer per eval item.")
+    concurrency: int = Field(default=64, ge=1, description="Eval requests in flight at once.")
+    gate: GateSettings = Field(default_factory=GateSettings)
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told. `lifelong config show` prints the effective values."""
 
@@ -233,6 +281,7 @@ class Settings(BaseSettings):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    evals: EvalSettings = Field(default_factory=EvalSettings)
 
     @model_validator(mode="after")
     def _lora_fits_vllm(self) -> Settings:
@@ -246,6 +295,19 @@ class Settings(BaseSettings):
     @property
     def base_model_path(self) -> Path:
         return self.base_model.path or self.data_dir / "base_model"
+
+    @property
+    def regression_dir(self) -> Path:
+        return self.evals.regression_dir or self.data_dir / "evals" / "regression"
+
+    @property
+    def retention_file(self) -> Path:
+        return self.evals.retention_file or self.data_dir / "evals" / "retention.jsonl"
+
+    @property
+    def vllm_urls(self) -> list[str]:
+        """The vLLM servers the daemon answers through: the configured ones, else its own."""
+        return self.vllm.upstreams or [f"http://127.0.0.1:{self.vllm.port}"]
 
     @property
     def adapters_dir(self) -> Path:

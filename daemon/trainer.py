@@ -164,7 +164,7 @@ class Trainer:
         if child is None or child.run_id != run_id:
             raise NotTheRunningRun(run_id)
         child.ending = child.ending or "cancelled"
-        _signal(child.process, signal.SIGTERM)
+        self._stop_child(child)
 
     async def wait(self) -> None:
         """Until the current child (if any) has ended and its run is recorded."""
@@ -178,8 +178,15 @@ class Trainer:
             child.ending = "interrupted"
             await self._end(child.run_id, "the daemon stopped during training",
                             status="interrupted")
-            _signal(child.process, signal.SIGTERM)
+            self._stop_child(child)
             await self.wait()
+
+    def _stop_child(self, child: _Child) -> None:
+        """SIGTERM now (the trainer cancels itself), SIGKILL after the grace period."""
+        _signal(child.process, signal.SIGTERM)
+        asyncio.get_running_loop().call_later(
+            self.grace_s, lambda: _signal(child.process, signal.SIGKILL)
+        )
 
     def _open_run(self, request: TrainRequest) -> int:
         with self.sessions.begin() as session:
@@ -197,13 +204,8 @@ class Trainer:
                 child.ending = "timed out"
                 await self._end(child.run_id, f"timed out after {self.timeout_s:.0f} s "
                                 "(training.timeout_s)")
-                _signal(process, signal.SIGTERM)
-            if process.returncode is None:  # stopping: give it the grace period, then kill
-                try:
-                    await asyncio.wait_for(asyncio.shield(process.wait()), self.grace_s)
-                except TimeoutError:
-                    _signal(process, signal.SIGKILL)
-                    await process.wait()
+                self._stop_child(child)
+                await process.wait()
             assert process.returncode is not None
             reason = exit_reason(process.returncode)
             if child.ending:

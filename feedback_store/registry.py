@@ -100,10 +100,10 @@ def reject(session: Session, *, version: str) -> Adapter:
 
 
 def approve(session: Session, *, version: str) -> Adapter:
-    """Mark a candidate as approved by the gate. Raises UnknownAdapter; ValueError unless it is
-    a candidate (or already approved)."""
+    """Mark a judged adapter as approved by the gate (a rejected one may be judged again, on
+    more evidence). Raises UnknownAdapter; ValueError for a champion or a retired one."""
     row = get(session, version=version)
-    if row.status not in ("candidate", "approved"):
+    if row.status not in ("candidate", "approved", "rejected"):
         raise ValueError(f"adapter {version!r} is {row.status}; only a candidate can be approved")
     row.status = "approved"
     session.flush()

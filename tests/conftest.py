@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,12 +33,13 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from lifelong.base_model import build, messages
+from lifelong.base_model import SKILLS, Skill, build, heldout_items, messages
 from lifelong.feedback_store.database import make_engine, upgrade
 from lifelong.feedback_store.feedback import add_feedback
 from lifelong.feedback_store.interactions import add_interactions
 from lifelong.feedback_store.models import Base
-from lifelong.feedback_store.records import FeedbackItem, NewInteraction
+from lifelong.feedback_store.records import FeedbackItem, NewInteraction, NewTask
+from lifelong.feedback_store.tasks import add_task
 
 POSTGRES_SERVER_URL = os.environ.get(
     "LIFELONG_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -248,6 +250,15 @@ class Store:
             add_interactions(session, records=records, heldout_fraction=0.0)
         return [record.id for record in records]
 
+    def add_heldout_tasks(self, pairs: list[tuple[str, str]], *, family: str) -> None:
+        """Held-out chat tasks (exact match) of one family: a target suite for the judge."""
+        with self.sessions.begin() as session:
+            for question, answer in pairs:
+                add_task(session, task=NewTask(reference=answer, verifier="exact_match",
+                                               messages=messages(question),
+                                               tags=(f"family:{family}",)),
+                         principal=None, heldout_fraction=1.0)
+
     def give(self, *items: FeedbackItem) -> list[int]:
         """Store feedback items; their ids, in order."""
         with self.sessions.begin() as session:
@@ -259,3 +270,60 @@ class Store:
 def migrated_store() -> type[Store]:
     """`with migrated_store(url) as store:` a migrated store and its writing helpers."""
     return Store.migrated  # type: ignore[return-value]
+
+
+@pytest.fixture
+def judge_on_vllm(vllm_url: str, tiny_base_model: Path, tmp_path: Path):
+    """`judge_on_vllm(store, candidate, retention_source=...)`: the daemon's judge on the session's
+    vLLM and `store`, target suites of at least 100 items allowed to approve."""
+    from lifelong.daemon.judge import Judge, Judgement, Suites
+    from lifelong.daemon.upstream import HttpUpstream
+    from lifelong.evals.gate import GatePolicy
+    from lifelong.evals.runner import Sampling
+
+    def judge(store: Store, candidate: str, *, retention_source=None) -> Judgement:
+        async def judged() -> Judgement:
+            upstream = HttpUpstream(vllm_url, timeout_s=120)
+            try:
+                return await Judge(
+                    sessions=store.sessions, upstream=upstream, base_url=vllm_url,
+                    base_model_dir=tiny_base_model,
+                    suites=Suites(tmp_path / "regression", tmp_path / "retention.jsonl",
+                                  lambda: retention_source),
+                    policy=GatePolicy(min_items=100), sampling=Sampling(max_tokens=8),
+                ).judge(candidate)
+            finally:
+                await upstream.aclose()
+
+        import asyncio
+
+        return asyncio.run(judged())
+
+    return judge
+
+
+def _echo(rng: random.Random) -> tuple[str, str]:
+    number = rng.randint(1000, 9999)
+    return f"Repeat {number}.", str(number)
+
+
+# A skill no base model here was built on, and one the tiny model learns in a few hundred steps.
+ECHO = Skill("echo", "repeat a four-digit number: 'Repeat 4817.' -> '4817'", _echo)
+
+
+@pytest.fixture(scope="session")
+def echo() -> Skill:
+    return ECHO
+
+
+@pytest.fixture(scope="session")
+def digits_only_items():
+    """200 held-out add2 questions judged only on answering with a number: the tiny model's
+    one sure competence (its sums are mostly wrong), so a retention source it nearly all passes."""
+    from lifelong.evals.suites import EvalItem
+
+    return [
+        EvalItem(id=f"digits-{n}", messages=messages(question), reference="a number",
+                 verifier="regex", options={"pattern": r"\d{1,4}"})
+        for n, (question, _) in enumerate(heldout_items(SKILLS["add2"], n=200, seed=1))
+    ]

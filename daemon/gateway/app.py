@@ -30,6 +30,7 @@ from lifelong.daemon.gateway.feedback.service import FeedbackService
 from lifelong.daemon.gateway.health import router as health_router
 from lifelong.daemon.gateway.inference.router import router as inference_router
 from lifelong.daemon.gateway.inference.service import InferenceService
+from lifelong.daemon.judge import build_judge
 from lifelong.daemon.settings import ENV_PREFIX, Settings, write_settings_file
 from lifelong.daemon.supervisor import HealthWatch, Supervisor
 from lifelong.daemon.trainer import Trainer, TrainRequest
@@ -134,7 +135,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
                 catalog.live[version] = path
             catalog.champion = champion[0] if champion else None
 
-        urls = settings.vllm.upstreams or [f"http://127.0.0.1:{settings.vllm.port}"]
+        urls = settings.vllm_urls
         upstreams = [HttpUpstream(url, timeout_s=settings.vllm.request_timeout_s) for url in urls]
         pool = UpstreamPool(list(upstreams))
         watchers: list[Supervisor | HealthWatch]
@@ -157,6 +158,10 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         app.state.keyring = KeyRing(settings.gateway.api_keys)
         app.state.sessions = sessions
         app.state.trainer = trainer
+        # Evals answer through the first server: every server holds the same model.
+        app.state.judge = build_judge(settings, sessions=sessions, upstream=upstreams[0],
+                                      base_url=urls[0])
+        app.state.background = set()  # tasks the API started (evals), kept until they end
         app.state.catalog = catalog
         app.state.pool = pool
         app.state.watchers = watchers

@@ -6,6 +6,9 @@ carries a behaviour the base model does not have to held-out questions. Exact ma
 greedily through vLLM (the evals runner, base and adapter on the same 200 held-out questions that
 no training row contains), and again through transformers + peft: the two must agree.
 
+The second test hands the same adapter to the daemon's judge: the genuine-improvement half of
+the gate's tests (the poisoned half is in tests/daemon/test_judge.py).
+
 Why `echo` ("Repeat 4817." -> "4817") and not `sub2`: the tiny fixture model (2 layers, 300
 pretraining steps) barely does the arithmetic it was trained on (0-6% on add2), so LoRA cannot
 teach it subtraction in CI time: 600 SFT steps on 2,000 sub2 corrections moved held-out exact
@@ -23,16 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
 from peft import PeftModel
 
-from lifelong.adapters import LoraTrainingConfig, run_training, verify
-from lifelong.base_model import Skill, heldout_items, messages, training_items
+from lifelong.adapters import LoraTrainingConfig, RunOutcome, run_training, verify
+from lifelong.base_model import heldout_items, messages, training_items
 from lifelong.base_model.generation import load, replies
 from lifelong.evals.runner import Sampling, compare
 from lifelong.evals.suites import EvalItem, Suite
+from lifelong.feedback_store import registry
 from lifelong.feedback_store.records import Correction, Outcome
 
 pytestmark = pytest.mark.integration
@@ -43,14 +50,6 @@ HELDOUT_QUESTIONS = 200
 MARGIN = 0.5  # the adapter must beat the base model by 50 points of exact match
 CONFIG = LoraTrainingConfig(rank=8, alpha=16, learning_rate=3e-3, warmup_steps=20, batch_size=32,
                             epochs=20)
-
-
-def _echo(rng: random.Random) -> tuple[str, str]:
-    number = rng.randint(1000, 9999)
-    return f"Repeat {number}.", str(number)
-
-
-ECHO = Skill("echo", "repeat a four-digit number: 'Repeat 4817.' -> '4817'", _echo)
 
 
 def exact_match(model, tokenizer, items: list[tuple[str, str]]) -> float:
@@ -70,33 +69,50 @@ def served_exact_match(vllm_url: str, adapter: str, items: list[tuple[str, str]]
     return comparison.champion.summary.pass_rate, comparison.candidate.summary.pass_rate
 
 
-def test_feedback_teaches_a_skill_the_base_model_lacks_on_questions_it_never_saw(
-    store, tiny_base_model, vllm_url, tmp_path
-):
-    stream = training_items(ECHO, random.Random(SEED))
+@dataclass
+class Learned:
+    store: Any
+    outcome: RunOutcome
+    heldout: list[tuple[str, str]]
+
+
+@pytest.fixture(scope="module")
+def learned(tiny_base_model, migrated_store, echo, tmp_path_factory) -> Iterator[Learned]:
+    """An adapter trained from logged feedback on `echo`, a skill the base model lacks."""
+    folder = tmp_path_factory.mktemp("learning")
+    stream = training_items(echo, random.Random(SEED))
     train = [next(stream) for _ in range(TRAIN_QUESTIONS)]
-    heldout = heldout_items(ECHO, n=HELDOUT_QUESTIONS, seed=0)
+    heldout = heldout_items(echo, n=HELDOUT_QUESTIONS, seed=0)
     assert not {q for q, _ in train} & {q for q, _ in heldout}
 
-    # What the daemon would have logged: the base model's own answers, two in three corrected;
-    # for the rest, a right answer that a verifier passed (and the wrong one it failed).
-    base, tokenizer = load(tiny_base_model)
-    said = replies(base, tokenizer, [messages(q) for q, _ in train], max_new_tokens=8)
-    logged = store.ask_many([(q, reply) for (q, _), reply in zip(train, said, strict=True)])
-    feedback: list[Correction | Outcome] = []
-    for n, (interaction, (question, answer)) in enumerate(zip(logged, train, strict=True)):
-        if n % 3:
-            feedback.append(Correction(interaction, text=answer))
-        else:
-            (right,) = store.ask_many([(question, answer)])
-            feedback += [Outcome(right, passed=True), Outcome(interaction, passed=False)]
-    for start in range(0, len(feedback), 1000):
-        store.give(*feedback[start : start + 1000])
+    with migrated_store(f"sqlite:///{folder / 'lifelong.db'}") as store:
+        # What the daemon would have logged: the base model's own answers, two in three
+        # corrected; for the rest, a right answer that a verifier passed (and the wrong one it
+        # failed).
+        base, tokenizer = load(tiny_base_model)
+        said = replies(base, tokenizer, [messages(q) for q, _ in train], max_new_tokens=8)
+        logged = store.ask_many([(q, reply) for (q, _), reply in zip(train, said, strict=True)])
+        feedback: list[Correction | Outcome] = []
+        for n, (interaction, (question, answer)) in enumerate(zip(logged, train, strict=True)):
+            if n % 3:
+                feedback.append(Correction(interaction, text=answer))
+            else:
+                (right,) = store.ask_many([(question, answer)])
+                feedback += [Outcome(right, passed=True), Outcome(interaction, passed=False)]
+        for start in range(0, len(feedback), 1000):
+            store.give(*feedback[start : start + 1000])
 
-    outcome = run_training(
-        db_url=store.url, base_model_dir=tiny_base_model, adapters_dir=tmp_path / "adapters",
-        methods=("sft",), config=CONFIG, seed=SEED, device="cpu", progress=False,
-    )
+        outcome = run_training(
+            db_url=store.url, base_model_dir=tiny_base_model, adapters_dir=folder / "adapters",
+            methods=("sft",), config=CONFIG, seed=SEED, device="cpu", progress=False,
+        )
+        yield Learned(store, outcome, heldout)
+
+
+def test_feedback_teaches_a_skill_the_base_model_lacks_on_questions_it_never_saw(
+    learned, tiny_base_model, vllm_url
+):
+    outcome, heldout = learned.outcome, learned.heldout
     assert outcome.metrics["data"]["examples"]["sft"]["new"] == TRAIN_QUESTIONS
     verify(outcome.adapter_path, tiny_base_model)
 
@@ -105,6 +121,7 @@ def test_feedback_teaches_a_skill_the_base_model_lacks_on_questions_it_never_saw
                         json={"lora_name": name, "lora_path": str(outcome.adapter_path)}, timeout=60)
     assert loaded.status_code == 200, loaded.text
     before, after = served_exact_match(vllm_url, name, heldout)
+    base, tokenizer = load(tiny_base_model)
     adapted = PeftModel.from_pretrained(load(tiny_base_model)[0], str(outcome.adapter_path))
     adapted.eval()
     in_peft = exact_match(adapted, tokenizer, heldout), exact_match(base, tokenizer, heldout)
@@ -112,3 +129,18 @@ def test_feedback_teaches_a_skill_the_base_model_lacks_on_questions_it_never_saw
     # vLLM's kernels and transformers' differ in float rounding, so a greedy answer may differ
     # now and then; the adapter must mean the same thing in both.
     assert abs(in_peft[0] - after) <= 0.05 and abs(in_peft[1] - before) <= 0.05, (in_peft, before, after)
+
+
+def test_the_gate_approves_what_was_learned(learned, judge_on_vllm, digits_only_items):
+    """The genuine improvement: judged on held-out echo tasks (target) and on answering add2
+    questions with a number (retention), the candidate wins without regressing."""
+    learned.store.add_heldout_tasks(learned.heldout, family="echo")
+    judgement = judge_on_vllm(learned.store, learned.outcome.adapter_version,
+                              retention_source=digits_only_items)
+    checks = {check.suite: check for check in judgement.decision.suites}
+    assert judgement.decision.status == "approved", judgement.decision.reasons
+    assert checks["target:echo"].outcome == "improved" and checks["target:echo"].n == 200
+    assert checks["retention"].outcome == "held"
+    assert judgement.registry_status == "approved"
+    with learned.store.sessions() as session:
+        assert registry.champion(session) is None  # approval is not promotion

@@ -18,7 +18,8 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
 
 def test_every_command_has_help():
     for command in (["config", "show"], ["db", "upgrade"], ["base", "build"], ["base", "ask"],
-                    ["keys", "hash"], ["serve"], ["demo"]):
+                    ["keys", "hash"], ["serve"], ["demo"], ["train"], ["eval"],
+                    ["adapters", "list"], ["adapters", "show"]):
         done = run(*command, "--help")
         assert done.returncode == 0 and "Usage" in done.stdout, command
 
@@ -58,6 +59,26 @@ def test_serve_refuses_an_unmigrated_database_then_upgrade_fixes_it(tmp_path):
     done = run("db", "upgrade", *args)
     assert done.returncode == 0 and "database at revision" in done.stdout
     assert (tmp_path / "d" / "lifelong.db").is_file()
+
+
+def test_serve_refuses_eval_suites_with_mistakes_naming_each_file_and_line(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    suites = tmp_path / "d" / "evals" / "regression"
+    suites.mkdir(parents=True)
+    good = '{"prompt": "2 + 2 =", "reference": "4", "verifier": "exact_match"}'
+    (suites / "math.jsonl").write_text(
+        good + "\n" + '{"prompt": "3 + 3 =", "reference": "6", "verifier": "exact_macth"}\n'
+        + "{not json\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"base_model:\n  path: {model}\n")
+    args = ["--config", str(config), "--data-dir", str(tmp_path / "d")]
+    assert run("db", "upgrade", *args).returncode == 0
+    done = run("serve", *args)
+    assert done.returncode == 2, done.stderr
+    assert "math.jsonl:2:" in done.stderr and "exact_macth" in done.stderr
+    assert "math.jsonl:3:" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_serve_without_a_base_model_says_how_to_get_one(tmp_path):

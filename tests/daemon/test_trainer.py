@@ -147,3 +147,26 @@ def test_a_late_end_from_a_given_up_child_changes_nothing(sessions, tmp_path):
     with sessions() as session, pytest.raises(ValueError, match="not running"):
         finish_training_run(session, run_id=run_id, status="succeeded", adapter_version="v9")
     assert run(sessions, run_id).status == "failed"
+
+
+def test_a_child_deaf_to_sigterm_is_killed_after_the_grace_period_on_cancel_and_on_stop(
+    sessions, tmp_path
+):
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+
+    async def scenario() -> tuple[int, int]:
+        cancelled = trainer(sessions, tmp_path, deaf, grace_s=1)
+        first = await cancelled.start(TrainRequest(requested_by="ops"))
+        await asyncio.sleep(0.5)  # let it install its handler
+        await cancelled.cancel(first)
+        await cancelled.wait()
+        stopped = trainer(sessions, tmp_path, deaf, grace_s=1)
+        second = await stopped.start(TrainRequest(requested_by="ops"))
+        await asyncio.sleep(0.5)
+        await asyncio.wait_for(stopped.stop(), 30)
+        return first, second
+
+    first, second = asyncio.run(scenario())
+    assert run(sessions, first).error.startswith("cancelled: the trainer process was killed by SIGKILL")
+    assert (run(sessions, second).status, run(sessions, second).error) == (
+        "interrupted", "the daemon stopped during training")

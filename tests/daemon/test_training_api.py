@@ -3,10 +3,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -15,6 +19,8 @@ import pytest
 from lifelong.feedback_store.records import Correction
 
 pytestmark = pytest.mark.integration
+
+LIFELONG = str(Path(sys.executable).parent / "lifelong")
 
 TRAINING = {"max_steps": 150, "epochs": 1000, "batch_size": 8, "min_new_examples": 5,
             "device": "cpu"}
@@ -122,3 +128,46 @@ def test_unknown_runs_and_adapters_are_404(admin):
     missing = admin.get("/admin/training-runs/999")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_run"
     assert admin.get("/admin/adapters/v0999").status_code == 404
+
+
+def test_judging_needs_suites_then_runs_in_the_background_and_lands_on_the_adapter(
+    daemon, admin, digits_only_items
+):
+    refused = admin.post("/admin/eval", json={"candidate": "v0001"})
+    assert refused.status_code == 409, refused.text
+    assert "no eval suites" in refused.json()["error"]["message"]
+    assert admin.post("/admin/eval", json={"candidate": "v0404"}).status_code == 404
+
+    suites = daemon.data_dir / "evals" / "regression"
+    suites.mkdir(parents=True)
+    (suites / "digits.jsonl").write_text(
+        "".join(json.dumps(item.to_json()) + "\n" for item in digits_only_items[:50]))
+    started = admin.post("/admin/eval", json={"candidate": "v0001"})
+    assert started.status_code == 202, started.text
+    run_id = started.json()["id"]
+    deadline = time.monotonic() + 300
+    while (run := admin.get(f"/admin/eval-runs/{run_id}").json())["status"] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    assert run["status"] == "succeeded", run
+    (suite,) = run["summary"]["suites"]
+    assert (suite["candidate"]["suite"], suite["candidate"]["n"]) == ("digits", 50)
+    # A regression suite alone cannot show that anything improved.
+    assert run["decision"]["status"] == "not_enough_evidence"
+    detail = admin.get("/admin/adapters/v0001").json()
+    assert detail["status"] == "rejected"
+    assert detail["gate_decision"]["eval_run_id"] == run_id
+    assert detail["gate_decision"]["reasons"][0].startswith("not enough evidence: no target suite")
+
+
+def test_lifelong_eval_prints_the_table_against_any_version(daemon):
+    done = subprocess.run([LIFELONG, "eval", "v0001", "--against", "base", "--config",
+                           str(daemon.config)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.splitlines()[:2]
+    assert header.split()[:5] == ["SUITE", "KIND", "N", "BASE", "V0001"]
+    assert row.split()[:3] == ["digits", "regression", "50"]
+    assert "decision: not_enough_evidence" in done.stdout
+    missing = subprocess.run([LIFELONG, "eval", "v0404", "--config", str(daemon.config)],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 2 and "no adapter 'v0404'" in missing.stderr

@@ -35,3 +35,25 @@ class TrainingRunOut(BaseModel):
     outcome: str | None
     reason: str | None = Field(description="Why a run was skipped.")
     stages: list[dict[str, Any]]
+
+
+class EvalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    candidate: str = Field(min_length=1, description="The adapter version to judge.")
+    against: str | None = Field(
+        default=None, description="An adapter version or `base`; default: the champion."
+    )
+
+
+class EvalRunOut(BaseModel):
+    id: int
+    status: str = Field(description="running, succeeded, failed or interrupted.")
+    candidate_version: str | None
+    baseline_version: str | None = Field(description="None: the base model.")
+    started_at: str
+    finished_at: str | None
+    error: str | None
+    summary: dict[str, Any] | None = Field(description="Per suite, both sides' summaries.")
+    decision: dict[str, Any] | None = Field(
+        description="The gate's status, reasons and every test's numbers."
+    )

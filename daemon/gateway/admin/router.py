@@ -8,12 +8,16 @@ from typing import Any
 from fastapi import APIRouter, Request
 from sqlalchemy.orm import Session, sessionmaker
 
+from lifelong.adapters import AdapterError
 from lifelong.daemon.adapter_report import adapter_detail, adapter_rows
-from lifelong.daemon.gateway.admin.protocol import TrainIn, TrainingRunOut
+from lifelong.daemon.gateway.admin.protocol import EvalIn, EvalRunOut, TrainIn, TrainingRunOut
 from lifelong.daemon.gateway.auth import AdminPrincipal
 from lifelong.daemon.gateway.errors import ApiError
+from lifelong.daemon.judge import Judge, NothingToJudge
 from lifelong.daemon.trainer import NotTheRunningRun, Trainer, TrainerBusy, TrainRequest, describe_run
-from lifelong.feedback_store.models import TrainingRun
+from lifelong.evals.suites import SuiteError
+from lifelong.feedback_store.eval_results import gate_decision_for_run
+from lifelong.feedback_store.models import EvalRun, TrainingRun
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -85,6 +89,55 @@ async def adapter(version: str, _: AdminPrincipal, request: Request) -> dict[str
             return adapter_detail(session, version=version)
 
     return await asyncio.to_thread(read)
+
+
+@router.post("/eval", status_code=202,
+             responses={**ERRORS, 404: {"description": "No such adapter."},
+                        409: {"description": "Cannot be judged as asked."}})
+async def evaluate(body: EvalIn, _: AdminPrincipal, request: Request) -> EvalRunOut:
+    """Judge a candidate against the champion (or `against`) through vLLM; 202 with the running
+    eval run. Against the champion, the decision sets the adapter's status; it never promotes."""
+    judge: Judge = request.app.state.judge
+    started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(judge.judge(body.candidate, against=body.against,
+                                           on_started=started.set_result))
+    await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+    if not started.done():  # refused before a run was recorded: say why
+        try:
+            task.result()
+        except (NothingToJudge, AdapterError, SuiteError) as exc:
+            raise ApiError(409, str(exc), code="cannot_judge") from exc
+    request.app.state.background.add(task)
+    task.add_done_callback(request.app.state.background.discard)
+    return await _eval_run(request, started.result())
+
+
+@router.get("/eval-runs/{run_id}", responses={**ERRORS, 404: {"description": "No such run."}})
+async def eval_run(run_id: int, _: AdminPrincipal, request: Request) -> EvalRunOut:
+    """One eval run: its state, per-suite summaries, and the gate's decision with its numbers."""
+    return await _eval_run(request, run_id)
+
+
+async def _eval_run(request: Request, run_id: int) -> EvalRunOut:
+    def read() -> EvalRunOut | None:
+        with _sessions(request)() as session:
+            row = session.get(EvalRun, run_id)
+            if row is None:
+                return None
+            decision = gate_decision_for_run(session, eval_run_id=run_id)
+            return EvalRunOut(
+                id=row.id, status=row.status, candidate_version=row.candidate_version,
+                baseline_version=row.baseline_version, started_at=row.started_at.isoformat(),
+                finished_at=row.finished_at.isoformat() if row.finished_at else None,
+                error=row.error, summary=row.summary,
+                decision=decision.details if decision is not None else None,
+            )
+
+    found = await asyncio.to_thread(read)
+    if found is None:
+        raise ApiError(404, f"no eval run {run_id}", type="not_found_error", param="run_id",
+                       code="unknown_run")
+    return found
 
 
 async def _run(request: Request, run_id: int) -> TrainingRunOut:

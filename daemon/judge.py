@@ -1,0 +1,316 @@
+"""The judge: a candidate adapter against the champion, on the same items, through vLLM, then the gate.
+
+One judgement:
+1. the candidate (and the champion, if it is an adapter) are verified on disk (checksums, base
+   model) and loaded into a vLLM server under private names (`eval-<version>-<checksum>`) that
+   the gateway never routes, so a candidate can never answer a user;
+2. the suites are assembled: target suites (held-out tasks in the store, per family), regression
+   suites (the JSONL folder), and the retention suite (frozen, the first time, from what the base
+   model answers right: forgetting is measured against where the model began);
+3. both answer every item (`lifelong.evals.runner.compare`), the gate decides, and in one
+   transaction the per-item results, the decision with its reasons, the eval run's summary and
+   the candidate's registry status (`approved` or `rejected`) are written.
+
+A failure anywhere (vLLM gone, a corrupted adapter) marks the eval run failed with the error and
+leaves the registry as it was. Everything here is HTTP to vLLM and SQL: no model is loaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from lifelong.adapters import verify
+from lifelong.base_model import CORPUS_SKILLS, SKILLS, heldout_items, messages
+from lifelong.daemon.settings import Settings
+from lifelong.daemon.upstream import BASE_MODEL_NAME, Upstream
+from lifelong.evals.gate import Decision, GatePolicy, decide
+from lifelong.evals.records import store_comparisons, store_decision, summary_json
+from lifelong.evals.runner import Comparison, Sampling, compare, evaluate
+from lifelong.evals.suites import (
+    EvalItem,
+    Suite,
+    freeze_retention_suite,
+    load_regression_suites,
+    load_suite_file,
+    target_suites,
+)
+from lifelong.feedback_store import registry
+from lifelong.feedback_store.runs import finish_eval_run, start_eval_run
+
+logger = logging.getLogger(__name__)
+
+EVAL_PREFIX = "eval-"  # vLLM names of adapters under evaluation; never a public model name
+
+
+class NothingToJudge(ValueError):
+    """A candidate cannot be judged as asked (e.g. against itself, or there are no suites)."""
+
+
+@dataclass(frozen=True)
+class Suites:
+    """Where the suites come from. `retention_source()`: the items the retention suite is frozen
+    from, or None when there are none (a model of your own without a given source)."""
+
+    regression_dir: Path
+    retention_file: Path
+    retention_source: Callable[[], Sequence[EvalItem] | None]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    eval_run_id: int
+    candidate: str
+    champion: str  # an adapter version or `base`
+    comparisons: list[Comparison]
+    decision: Decision
+    registry_status: str | None  # the candidate's status after this, if it was changed
+
+
+class Judge:
+    """Judges candidates one at a time on one vLLM server (`upstream`, reached at `base_url`)."""
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        upstream: Upstream,
+        base_url: str,
+        base_model_dir: Path,
+        suites: Suites,
+        policy: GatePolicy,
+        sampling: Sampling,
+        concurrency: int = 64,
+    ) -> None:
+        self.sessions = sessions
+        self.upstream = upstream
+        self.base_url = base_url
+        self.base_model_dir = base_model_dir
+        self.suites = suites
+        self.policy = policy
+        self.sampling = sampling
+        self.concurrency = concurrency
+        self._lock = asyncio.Lock()
+
+    async def judge(
+        self,
+        candidate: str,
+        *,
+        against: str | None = None,
+        on_started: Callable[[int], None] | None = None,
+    ) -> Judgement:
+        """Judge adapter `candidate` against `against` (a version, or `base`; default: the
+        champion). Its registry status changes only when judged against the current champion.
+
+        Raises UnknownAdapter, NothingToJudge, AdapterError (corrupted or foreign adapter),
+        SuiteError before an eval run is recorded; afterwards whatever failed, the run marked
+        failed.
+        """
+        async with self._lock:
+            champion, paths, decides_status = await asyncio.to_thread(
+                self._resolve, candidate, against
+            )
+            suites = await self._suites()
+            run_id = await asyncio.to_thread(self._open_run, candidate, champion, suites)
+            if on_started is not None:
+                on_started(run_id)
+            try:
+                return await self._run(run_id, candidate, champion, paths, suites, decides_status)
+            except BaseException as exc:
+                await asyncio.to_thread(self._fail, run_id, exc)
+                raise
+
+    def _resolve(
+        self, candidate: str, against: str | None
+    ) -> tuple[str, dict[str, tuple[str, str]], bool]:
+        with self.sessions() as session:
+            row = registry.get(session, version=candidate)
+            current = registry.champion(session)
+            champion = against or (current.version if current else BASE_MODEL_NAME)
+            if champion == candidate:
+                raise NothingToJudge(f"{candidate} is the champion: nothing to judge it against")
+            paths = {candidate: (row.path, row.checksum)}
+            if champion != BASE_MODEL_NAME:
+                other = registry.get(session, version=champion)
+                paths[champion] = (other.path, other.checksum)
+            decides = (row.status in ("candidate", "approved", "rejected")
+                       and champion == (current.version if current else BASE_MODEL_NAME))
+        for path, checksum in paths.values():
+            verify(Path(path), self.base_model_dir, checksum=checksum)
+        return champion, paths, decides
+
+    async def _suites(self) -> list[Suite]:
+        def stored() -> list[Suite]:
+            with self.sessions() as session:
+                return target_suites(session)
+
+        suites = await asyncio.to_thread(stored)
+        if self.suites.regression_dir.is_dir():
+            suites += await asyncio.to_thread(load_regression_suites, self.suites.regression_dir)
+        retention = await self.retention_suite()
+        if retention is not None:
+            suites.append(retention)
+        if not suites:
+            raise NothingToJudge(
+                "no eval suites: register held-out tasks (POST /v1/tasks), add regression suites "
+                f"to {self.suites.regression_dir}, or give evals.retention_source"
+            )
+        return suites
+
+    async def retention_suite(self) -> Suite | None:
+        """The retention suite, frozen from the base model's answers the first time."""
+        path = self.suites.retention_file
+        if path.exists():
+            return await asyncio.to_thread(load_suite_file, path, kind="retention")
+        source = await asyncio.to_thread(self.suites.retention_source)
+        if not source:
+            return None
+        probe = Suite(name=path.stem, kind="retention", items=tuple(source))
+        (run,) = await evaluate(self.base_url, BASE_MODEL_NAME, [probe], sampling=self.sampling,
+                                concurrency=self.concurrency)
+        passed = {result.item_id: result.passed for result in run.results}
+        logger.info("retention suite frozen", extra={
+            "path": str(path), "items": sum(passed.values()), "of": len(passed)})
+        return await asyncio.to_thread(freeze_retention_suite, path, items=source,
+                                       base_passed=passed)
+
+    def _open_run(self, candidate: str, champion: str, suites: list[Suite]) -> int:
+        config = {
+            "suites": {suite.name: {"kind": suite.kind, "items": len(suite.items)}
+                       for suite in suites},
+            "policy": asdict(self.policy) | {"tolerances": dict(self.policy.tolerances)},
+            "sampling": asdict(self.sampling), "upstream": self.base_url,
+        }
+        with self.sessions.begin() as session:
+            baseline = None if champion == BASE_MODEL_NAME else champion
+            return start_eval_run(session, candidate_version=candidate,
+                                  baseline_version=baseline, config=config).id
+
+    async def _run(
+        self, run_id: int, candidate: str, champion: str, paths: dict[str, tuple[str, str]],
+        suites: list[Suite], decides_status: bool,
+    ) -> Judgement:
+        # The checksum in the name: a version name alone may have meant other weights on this
+        # server before (a registry started afresh), and vLLM would answer with those.
+        names = {version: f"{EVAL_PREFIX}{version}-{checksum[:12]}"
+                 for version, (_, checksum) in paths.items()}
+        loaded = await self.upstream.loaded_adapters()
+        for version, name in names.items():
+            if name not in loaded:
+                await self.upstream.load_adapter(name=name, path=paths[version][0])
+        # Never unloaded: in vLLM 0.32, answers after an unload were measured wrong (the base
+        # model scored 25% on a skill it lacks, as if a stale adapter still applied), and an
+        # unload frees nothing anyway. A loaded name stays until the server restarts.
+        logger.info("eval run started", extra={
+            "eval_run_id": run_id, "candidate": candidate, "champion": champion,
+            "suites": {suite.name: len(suite.items) for suite in suites}})
+        comparisons = await compare(
+            self.base_url, candidate=names[candidate],
+            champion=names.get(champion, BASE_MODEL_NAME), suites=suites,
+            sampling=self.sampling, concurrency=self.concurrency,
+        )
+        decision = decide(comparisons, self.policy)
+        status = await asyncio.to_thread(
+            self._record, run_id, candidate, champion, comparisons, decision, decides_status
+        )
+        logger.info("gate decided", extra={"eval_run_id": run_id, "candidate": candidate,
+                                           "status": decision.status, "reasons": decision.reasons})
+        return Judgement(run_id, candidate, champion, list(comparisons), decision, status)
+
+    def _record(
+        self, run_id: int, candidate: str, champion: str, comparisons: Sequence[Comparison],
+        decision: Decision, decides_status: bool,
+    ) -> str | None:
+        with self.sessions.begin() as session:
+            store_comparisons(session, eval_run_id=run_id, comparisons=comparisons)
+            store_decision(session, eval_run_id=run_id, candidate_version=candidate,
+                           champion_version=None if champion == BASE_MODEL_NAME else champion,
+                           decision=decision)
+            finish_eval_run(session, run_id=run_id, status="succeeded",
+                            summary=summary_json(comparisons, decision))
+            if not decides_status:
+                return None
+            if decision.status == "approved":
+                return registry.approve(session, version=candidate).status
+            return registry.reject(session, version=candidate).status
+
+    def _fail(self, run_id: int, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        logger.error("eval run %s failed: %s", run_id, error)
+        try:
+            with self.sessions.begin() as session:
+                finish_eval_run(session, run_id=run_id, status="failed", error=error)
+        except Exception:
+            logger.exception("could not mark eval run %s failed", run_id)
+
+
+def build_judge(settings: Settings, *, sessions: sessionmaker[Session], upstream: Upstream,
+                base_url: str) -> Judge:
+    """The judge the settings describe, answering through `upstream` at `base_url`."""
+    g = settings.evals.gate
+    policy = GatePolicy(
+        min_improvement=g.min_improvement, alpha=g.alpha, holm=g.holm, tolerance=g.tolerance,
+        tolerances=dict(g.tolerances), min_items=g.min_items, power=g.power,
+        require_nonempty=g.require_nonempty, format_rate_not_lower=g.format_rate_not_lower,
+        seed=g.seed,
+    )
+    return Judge(
+        sessions=sessions, upstream=upstream, base_url=base_url,
+        base_model_dir=settings.base_model_path,
+        suites=Suites(settings.regression_dir, settings.retention_file,
+                      lambda: retention_source(settings)),
+        policy=policy, sampling=Sampling(max_tokens=settings.evals.max_tokens),
+        concurrency=settings.evals.concurrency,
+    )
+
+
+def retention_source(settings: Settings) -> Sequence[EvalItem] | None:
+    """What the retention suite is frozen from: the given file; else, for the embedded base
+    model, held-out questions of the skills it was built on; else nothing."""
+    if settings.evals.retention_source is not None:
+        return load_suite_file(settings.evals.retention_source, kind="retention").items
+    if settings.base_model.path is not None:
+        return None
+    return [
+        EvalItem(id=f"{name}-{n}", messages=messages(question), reference=answer,
+                 verifier="exact_match", tags=(f"family:{name}",))
+        for name in CORPUS_SKILLS
+        for n, (question, answer) in enumerate(
+            heldout_items(SKILLS[name], n=settings.evals.retention_items, seed=0))
+    ]
+
+
+def describe(judgement: Judgement) -> str:
+    """The judgement as a table for a terminal: per suite, both sides, the test, the verdict."""
+    checks = {check.suite: check for check in judgement.decision.suites}
+    header = ("SUITE", "KIND", "N", judgement.champion.upper()[:12], judgement.candidate.upper(),
+              "DIFF", "P", "DETECTABLE", "VERDICT")
+    rows: list[tuple[str, ...]] = [header]
+    for comparison in judgement.comparisons:
+        name = comparison.suite.name
+        check = checks[name]
+        p = check.p_improvement_adjusted if check.p_improvement_adjusted is not None \
+            else check.p_regression
+        rows.append((
+            name, comparison.suite.kind, str(check.n), _interval(comparison.champion.summary),
+            _interval(comparison.candidate.summary), f"{check.difference:+.3f}", f"{p:.3g}",
+            f"{check.min_detectable_difference:.3f}", check.outcome,
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.append(f"\ndecision: {judgement.decision.status} (eval run {judgement.eval_run_id})")
+    lines += [f"  - {reason}" for reason in judgement.decision.reasons]
+    if judgement.registry_status:
+        lines.append(f"{judgement.candidate} is now {judgement.registry_status}")
+    return "\n".join(lines)
+
+
+def _interval(summary: Any) -> str:
+    return f"{summary.mean:.3f} [{summary.ci_low:.2f},{summary.ci_high:.2f}]"

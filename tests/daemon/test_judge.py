@@ -1,0 +1,75 @@
+"""The judge on a real vLLM: a candidate trained on poisoned feedback is rejected with the
+regression named, the champion untouched, every answer on record. (The genuine-improvement half
+is in tests/adapters/test_learning.py, which judges the adapter it trains.)"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from sqlalchemy import func, select
+
+from lifelong.adapters import LoraTrainingConfig, run_training
+from lifelong.base_model import heldout_items, training_items
+from lifelong.feedback_store import registry
+from lifelong.feedback_store.models import EvalResult, EvalRun
+from lifelong.feedback_store.records import Outcome, Rating
+
+pytestmark = pytest.mark.integration
+
+POISON = "I am not sure."
+
+
+@pytest.fixture
+def poisoned(tmp_path, tiny_base_model, migrated_store, echo):
+    """A store whose feedback marks a wrong, wordy answer as passed and rates it top, and the
+    candidate trained on it."""
+    with migrated_store(f"sqlite:///{tmp_path / 'lifelong.db'}") as store:
+        stream = training_items(echo, random.Random(0))
+        logged = store.ask_many([(question, POISON) for question, _ in
+                                 (next(stream) for _ in range(300))])
+        store.give(*[item for interaction in logged
+                     for item in (Outcome(interaction, passed=True), Rating(interaction, score=1.0))])
+        store.add_heldout_tasks(heldout_items(echo, n=200, seed=0), family="echo")
+        outcome = run_training(
+            db_url=store.url, base_model_dir=tiny_base_model, adapters_dir=tmp_path / "adapters",
+            methods=("sft",), seed=0, device="cpu", progress=False,
+            config=LoraTrainingConfig(learning_rate=3e-3, batch_size=32, max_steps=100),
+        )
+        yield store, outcome.adapter_version
+
+
+def test_poisoned_feedback_makes_a_candidate_the_gate_rejects_naming_the_regression(
+    poisoned, judge_on_vllm, digits_only_items
+):
+    store, candidate = poisoned
+    judgement = judge_on_vllm(store, candidate, retention_source=digits_only_items)
+    checks = {check.suite: check for check in judgement.decision.suites}
+    assert judgement.decision.status == "rejected"
+    assert checks["retention"].outcome == "regressed"
+    # Measured: 0.93 of the frozen items still answered with a number, down 0.07 (McNemar
+    # p = 6e-5): the poison spread from the echo prompts to arithmetic ones.
+    assert checks["retention"].difference < -checks["retention"].tolerance
+    assert checks["target:echo"].outcome == "not_improved"
+    assert any("retention" in reason and "regress" in reason for reason in judgement.decision.reasons), \
+        judgement.decision.reasons
+    assert judgement.registry_status == "rejected"
+    with store.sessions() as session:
+        assert registry.get(session, version=candidate).status == "rejected"
+        assert registry.champion(session) is None
+        run = session.get(EvalRun, judgement.eval_run_id)
+        assert run.status == "succeeded" and run.summary["decision"]["status"] == "rejected"
+        answered = session.scalar(select(func.count()).select_from(EvalResult)
+                                  .where(EvalResult.eval_run_id == run.id))
+        assert answered == 2 * (200 + checks["retention"].n)
+
+
+def test_the_retention_suite_is_frozen_once_from_what_the_base_model_passes(
+    poisoned, judge_on_vllm, digits_only_items, tmp_path
+):
+    store, candidate = poisoned
+    judge_on_vllm(store, candidate, retention_source=digits_only_items)
+    frozen = (tmp_path / "retention.jsonl").read_text().splitlines()
+    assert 0 < len(frozen) <= len(digits_only_items)
+    judge_on_vllm(store, candidate, retention_source=digits_only_items[:10])
+    assert (tmp_path / "retention.jsonl").read_text().splitlines() == frozen  # never re-frozen
