@@ -4,7 +4,8 @@ One judgement:
 1. the candidate (and the champion, if it is an adapter) are verified on disk (checksums, base
    model) and loaded into a vLLM server under private names (`eval-<version>-<checksum>`) that
    the gateway never routes, so a candidate can never answer a user;
-2. the suites are assembled: target suites (held-out tasks in the store, per family), regression
+2. the suites are assembled: target suites (held-out tasks in the store, per family, and the
+   held-out feedback whose right answer is known: corrections, passed outcomes), regression
    suites (the JSONL folder), and the retention suite (frozen, the first time, from what the base
    model answers right: forgetting is measured against where the model began);
 3. both answer every item (`lifelong.evals.runner.compare`), the gate decides, and in one
@@ -36,6 +37,7 @@ from lifelong.evals.runner import Comparison, Sampling, compare, evaluate
 from lifelong.evals.suites import (
     EvalItem,
     Suite,
+    feedback_suite,
     freeze_retention_suite,
     load_regression_suites,
     load_suite_file,
@@ -148,7 +150,8 @@ class Judge:
     async def _suites(self) -> list[Suite]:
         def stored() -> list[Suite]:
             with self.sessions() as session:
-                return target_suites(session)
+                feedback = feedback_suite(session)
+                return target_suites(session) + ([feedback] if feedback else [])
 
         suites = await asyncio.to_thread(stored)
         if self.suites.regression_dir.is_dir():
@@ -265,7 +268,9 @@ def build_judge(settings: Settings, *, sessions: sessionmaker[Session], upstream
         base_model_dir=settings.base_model_path,
         suites=Suites(settings.regression_dir, settings.retention_file,
                       lambda: retention_source(settings)),
-        policy=policy, sampling=Sampling(max_tokens=settings.evals.max_tokens),
+        policy=policy,
+        sampling=Sampling(max_tokens=settings.evals.max_tokens, n=settings.evals.samples,
+                          temperature=settings.evals.temperature),
         concurrency=settings.evals.concurrency,
     )
 

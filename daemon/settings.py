@@ -261,8 +261,21 @@ class EvalSettings(Section):
         default=300, ge=1, description="Items drawn from the embedded model's skill."
     )
     max_tokens: int = Field(default=64, ge=1, description="Longest answer per eval item.")
+    samples: int = Field(
+        default=1, ge=1, description="Answers per item; an item passes when half of them do."
+    )
+    temperature: float = Field(
+        default=0.0, ge=0.0, description="0: greedy, one answer (then samples must be 1)."
+    )
     concurrency: int = Field(default=64, ge=1, description="Eval requests in flight at once.")
     gate: GateSettings = Field(default_factory=GateSettings)
+
+    @model_validator(mode="after")
+    def _samples_need_sampling(self) -> EvalSettings:
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"samples={self.samples} needs a temperature above 0: greedy "
+                             "decoding gives the same answer every time")
+        return self
 
 
 class Settings(BaseSettings):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session
 from lifelong.evals.verifiers import InvalidVerifierOptions, UnknownVerifier, check_verifier
 from lifelong.feedback_store.models import Task
 from lifelong.feedback_store.tasks import list_tasks
+from lifelong.feedback_store.training_data import sft_examples
 
 SuiteKind = Literal["target", "regression", "retention"]
 FAMILY_TAG = "family:"
@@ -199,6 +201,30 @@ def target_suites(session: Session) -> list[Suite]:
         by_family.setdefault(family(task.tags), []).append(_task_item(task))
     return [Suite(name=f"target:{name}", kind="target", items=tuple(items))
             for name, items in sorted(by_family.items())]
+
+
+FEEDBACK_SUITE = "target:feedback"
+
+
+def feedback_suite(session: Session) -> Suite | None:
+    """A `target` suite from the held-out split of the users' own feedback: each held-out
+    prompt whose answer was corrected (the correction is the reference) or passed its verifiable
+    outcome (the passing answer is the reference), judged by exact match; one item per prompt.
+    None when there is no such feedback."""
+    items: dict[str, EvalItem] = {}
+    for example in sft_examples(session, split="heldout", min_rating=math.inf):
+        prompt = example.prompt
+        item = EvalItem(
+            id=example.interaction_ids[0], reference=example.completion, verifier="exact_match",
+            prompt=prompt.prompt if prompt.messages is None else None, messages=prompt.messages,
+            tags=(f"source:{example.source}",),
+        )
+        key = json.dumps(item.messages if item.messages is not None else item.prompt, sort_keys=True)
+        if key not in items or example.source == "correction":  # a person's answer wins
+            items[key] = item
+    if not items:
+        return None
+    return Suite(name=FEEDBACK_SUITE, kind="target", items=tuple(items.values()))
 
 
 def freeze_retention_suite(

@@ -1,10 +1,11 @@
 """The settings tree: YAML + environment, validated at start-up with messages naming key and fix."""
 
+import re
 from pathlib import Path
 
 import pytest
 
-from lifelong.daemon.settings import SettingsError, load_settings, masked
+from lifelong.daemon.settings import SettingsError, load_settings, masked, write_settings_file
 
 DIGEST = "a" * 64
 
@@ -100,3 +101,31 @@ def test_default_build_steps_are_the_builders():
     from lifelong.base_model.builder import DEFAULT_STEPS
 
     assert load_settings().base_model.build_steps == DEFAULT_STEPS
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("training:\n  max_seconds: 600\n  timeout_s: 300\n", "timeout_s (300.0) must exceed"),
+        ("training:\n  recipe: [sft, sft]\n", "recipe names each method once"),
+        ("training:\n  recipe: [ppo]\n", "training.recipe.0"),
+        ("evals:\n  samples: 4\n", "samples=4 needs a temperature above 0"),
+        ("evals:\n  gate:\n    alpha: 1.5\n", "evals.gate.alpha"),
+    ],
+)
+def test_training_and_eval_settings_are_checked_at_start_up(tmp_path, yaml_text, message):
+    with pytest.raises(SettingsError, match=re.escape(message)):
+        load_settings(write(tmp_path, yaml_text))
+
+
+def test_the_daemons_settings_reach_its_trainer_whole(tmp_path):
+    config = write(
+        tmp_path,
+        "database:\n  url: postgresql+psycopg://bob:s3cret@db:5432/lifelong\n"
+        f"gateway:\n  api_keys:\n    - principal: a\n      sha256: {DIGEST}\n      scopes: [admin]\n"
+        "training:\n  recipe: [kto]\n  lora_rank: 4\n",
+    )
+    settings = load_settings(config, data_dir=tmp_path / "data")
+    written = write_settings_file(settings, tmp_path / "run" / "trainer.yaml")
+    assert oct(written.stat().st_mode & 0o777) == "0o600"  # it holds the database password
+    assert load_settings(written) == settings

@@ -4,6 +4,8 @@ store's held-out tasks per family, and a retention suite frozen once from the ba
 from __future__ import annotations
 
 import json
+import uuid
+from datetime import UTC, datetime
 
 import pytest
 
@@ -11,12 +13,15 @@ from lifelong.evals.suites import (
     EvalItem,
     SuiteError,
     family,
+    feedback_suite,
     freeze_retention_suite,
     load_regression_suites,
     load_suite_file,
     target_suites,
 )
-from lifelong.feedback_store.records import NewTask
+from lifelong.feedback_store.feedback import add_feedback
+from lifelong.feedback_store.interactions import add_interactions
+from lifelong.feedback_store.records import Correction, NewInteraction, NewTask, Outcome, Rating
 from lifelong.feedback_store.tasks import add_task
 
 
@@ -149,3 +154,34 @@ def test_retention_suite_refuses_missing_results_and_an_empty_freeze(tmp_path):
         freeze_retention_suite(tmp_path / "r.jsonl", items=items(2),
                                base_passed={"i0": False, "i1": False})
     assert not (tmp_path / "r.jsonl").exists()
+
+
+def _logged(session, question: str, answer: str, *, heldout: bool) -> str:
+    record = NewInteraction(
+        id=f"chatcmpl-{uuid.uuid4().hex}", created_at=datetime.now(UTC), endpoint="chat.completions",
+        request={"messages": [{"role": "user", "content": question}]}, model="lifelong",
+        response_text=answer,
+    )
+    add_interactions(session, records=[record], heldout_fraction=float(heldout))
+    return record.id
+
+
+def test_feedback_suite_is_the_heldout_feedback_with_a_known_right_answer(session):
+    corrected = _logged(session, "Repeat 1234.", "12", heldout=True)
+    passed = _logged(session, "Repeat 5678.", "5678", heldout=True)
+    failed = _logged(session, "Repeat 9012.", "90", heldout=True)
+    liked = _logged(session, "Repeat 3456.", "3456", heldout=True)
+    trained_on = _logged(session, "Repeat 7890.", "78", heldout=False)
+    add_feedback(session, items=[
+        Correction(corrected, text="1234"), Outcome(passed, passed=True),
+        Outcome(failed, passed=False), Rating(liked, score=1.0), Correction(trained_on, text="7890"),
+    ], principal=None, admin=True)
+    session.commit()
+    suite = feedback_suite(session)
+    assert (suite.name, suite.kind) == ("target:feedback", "target")
+    assert sorted((item.messages[0]["content"], item.reference, item.verifier) for item in suite.items) == [
+        ("Repeat 1234.", "1234", "exact_match"), ("Repeat 5678.", "5678", "exact_match")]
+
+
+def test_no_heldout_feedback_is_no_feedback_suite(session):
+    assert feedback_suite(session) is None
