@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 
 from lifelong.feedback_store.records import Correction
 
@@ -159,6 +160,13 @@ def test_judging_needs_suites_then_runs_in_the_background_and_lands_on_the_adapt
     detail = admin.get("/admin/adapters/v0001").json()
     assert detail["status"] == "rejected"
     assert detail["gate_decision"]["eval_run_id"] == run_id
+    # The candidate answered through vLLM under a private name that the gateway never routes.
+    vllm_port = yaml.safe_load(daemon.config.read_text())["vllm"]["port"]
+    served = httpx.get(f"http://127.0.0.1:{vllm_port}/v1/models").json()["data"]
+    (private,) = [model["id"] for model in served if model["id"].startswith("eval-v0001-")]
+    asked = httpx.post(f"{daemon.url}/v1/chat/completions", headers=daemon.headers("alice"),
+                       json={"model": private, "messages": [{"role": "user", "content": "hi"}]})
+    assert asked.status_code == 404, asked.text
     assert detail["gate_decision"]["reasons"] == decision["reasons"]
 
 
