@@ -402,6 +402,72 @@ def eval_(
     typer.echo(describe(judgement))
 
 
+UrlOption = Annotated[str | None, typer.Option(
+    "--url", help="The running daemon; default http://<gateway.host>:<gateway.port>.")]
+KeyOption = Annotated[str | None, typer.Option(
+    "--key", envvar="LIFELONG_API_KEY", help="An API key with the admin scope (LIFELONG_API_KEY).")]
+
+
+@app.command("promote")
+def promote(
+    version: Annotated[str, typer.Argument(help="The adapter to serve, e.g. v0003.")],
+    force: Annotated[bool, typer.Option(
+        "--force", help="Without the gate's approval; recorded as forced, with who did it.")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why, for the promotion log.")] = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Serve VERSION under the public alias, through the running daemon (hot-swap, no downtime)."""
+    settings = settings_from(config, data_dir=data_dir)
+    moved = _admin(settings, url, key, "/admin/promote",
+                   {"version": version, "force": force, "reason": reason})
+    typer.echo(f"champion: {moved['champion']} (was {moved['previous']})"
+               + (" [forced]" if moved["forced"] else ""))
+
+
+@app.command("rollback")
+def rollback(
+    to: Annotated[str | None, typer.Option(
+        help="A version or `base`; default: what the champion replaced.")] = None,
+    reason: Annotated[str | None, typer.Option(help="Why, for the promotion log.")] = None,
+    url: UrlOption = None,
+    key: KeyOption = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Return the public alias to the previous champion, through the running daemon."""
+    settings = settings_from(config, data_dir=data_dir)
+    moved = _admin(settings, url, key, "/admin/rollback", {"to": to, "reason": reason})
+    typer.echo(f"champion: {moved['champion']} (was {moved['previous']})")
+
+
+def _admin(settings: Settings, url: str | None, key: str | None, path: str,
+           body: dict[str, object]) -> dict[str, object]:
+    """POST to the running daemon's admin API; its error message, or how to reach it, on failure."""
+    import urllib.error
+    import urllib.request
+
+    base = url or f"http://{settings.gateway.host}:{settings.gateway.port}"
+    headers = {"content-type": "application/json"}
+    if key:
+        headers["authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(base + path, data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        hint = "; give an admin key with --key or LIFELONG_API_KEY" if exc.code in (401, 403) else ""
+        fail(f"{message}{hint}")
+    except OSError as exc:
+        fail(f"cannot reach the daemon at {base} ({exc}); is `lifelong serve` running? (--url)")
+
+
 def _with_store(settings: Settings, read: Callable[[Session], T]) -> T:
     """Run `read` in a session on the migrated store, or exit naming the fix."""
     from sqlalchemy.orm import Session as OrmSession

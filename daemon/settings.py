@@ -363,9 +363,9 @@ def _env_name(key: str) -> str:
     return ENV_PREFIX + key.replace(".", "__").upper()
 
 
-# LIFELONG_* variables that are not settings: the CLI's config file, the setup script's choices,
-# the test suite's switches.
-NOT_SETTINGS = {"LIFELONG_CONFIG", "LIFELONG_VLLM_BUILD", "LIFELONG_DEV"}
+# LIFELONG_* variables that are not settings: the CLI's config file and admin key, the setup
+# script's choices, the test suite's switches.
+NOT_SETTINGS = {"LIFELONG_CONFIG", "LIFELONG_API_KEY", "LIFELONG_VLLM_BUILD", "LIFELONG_DEV"}
 
 
 def _check_environment() -> None:

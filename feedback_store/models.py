@@ -307,3 +307,23 @@ class GateDecision(Base):
     details: Mapped[dict[str, Any]] = mapped_column(Json)  # the whole decision: suites, checks, policy
 
     __table_args__ = (CheckConstraint(f"status IN ({_one_of(GATE_STATUSES)})", name="status"),)
+
+
+PROMOTION_KINDS = ("promote", "rollback")
+
+
+class Promotion(Base):
+    """One change of champion (None: the base model), in order; rollback reads it backwards."""
+
+    __tablename__ = "promotions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(16))
+    from_version: Mapped[str | None] = mapped_column(String)
+    to_version: Mapped[str | None] = mapped_column(String)
+    by: Mapped[str] = mapped_column(String)  # a principal, or "gate"
+    forced: Mapped[bool] = mapped_column(Boolean)  # promoted without the gate's approval
+    reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (CheckConstraint(f"kind IN ({_one_of(PROMOTION_KINDS)})", name="kind"),)

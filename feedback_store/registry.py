@@ -14,7 +14,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from lifelong.feedback_store.errors import DuplicateAdapter, UnknownAdapter, UnknownRun
-from lifelong.feedback_store.models import ADAPTER_STATUSES, Adapter, TrainingRun
+from lifelong.feedback_store.models import ADAPTER_STATUSES, Adapter, Promotion, TrainingRun
 
 _PROMOTION_LOCK = 0x6C69_6665_6368_616D  # any constant shared by all promoting processes
 
@@ -61,17 +61,27 @@ def champion(session: Session) -> Adapter | None:
 
 
 def set_champion(
-    session: Session, *, version: str, promoted_by: str, forced: bool = False
-) -> Adapter:
-    """Make `version` the champion and retire the previous one, in the caller's transaction.
-    `forced`: promoted without passing the gate. Raises UnknownAdapter."""
+    session: Session,
+    *,
+    version: str | None,
+    promoted_by: str,
+    forced: bool = False,
+    kind: str = "promote",
+    reason: str | None = None,
+) -> Adapter | None:
+    """Make `version` the champion (None: the base model) and retire the previous one, logging the
+    change in `promotions`, all in the caller's transaction. `forced`: promoted without the
+    gate's approval. Raises UnknownAdapter."""
     if session.get_bind().dialect.name == "postgresql":
         # Concurrent promotions take turns, so the last one wins instead of one failing on the
         # unique index. (SQLite transactions already write one at a time.)
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PROMOTION_LOCK})
-    row = get(session, version=version)
-    if row.status == "champion":
+    row = get(session, version=version) if version is not None else None
+    current = champion(session)
+    if current is not None and row is current:
         return row
+    if current is None and row is None:
+        return None
     session.execute(
         update(Adapter)
         .where(Adapter.status == "champion")
@@ -80,12 +90,44 @@ def set_champion(
     )
     # The demotion must reach the database before the promotion, or the index would see two.
     session.flush()
-    row.status = "champion"
-    row.promoted_at = datetime.now(UTC)
-    row.promoted_by = promoted_by
-    row.forced = forced
+    now = datetime.now(UTC)
+    if row is not None:
+        row.status = "champion"
+        row.promoted_at = now
+        row.promoted_by = promoted_by
+        row.forced = forced
+    session.add(Promotion(
+        at=now, kind=kind, from_version=current.version if current else None, to_version=version,
+        by=promoted_by, forced=forced, reason=reason,
+    ))
     session.flush()
     return row
+
+
+class NothingToRollBack(ValueError):
+    """No earlier champion to return to."""
+
+
+def previous_champion(session: Session) -> str | None:
+    """What the current champion replaced (None: the base model), from its latest promotion.
+    Raises NothingToRollBack while the base model serves or no promotion is on record."""
+    current = champion(session)
+    if current is None:
+        raise NothingToRollBack("the base model is serving: there is nothing to roll back")
+    last = session.scalar(
+        select(Promotion)
+        .where(Promotion.kind == "promote", Promotion.to_version == current.version)
+        .order_by(Promotion.id.desc())
+        .limit(1)
+    )
+    if last is None:
+        raise NothingToRollBack(f"no promotion of {current.version} is on record")
+    return last.from_version
+
+
+def promotions(session: Session, *, limit: int = 50) -> list[Promotion]:
+    """The latest changes of champion, newest first."""
+    return list(session.scalars(select(Promotion).order_by(Promotion.id.desc()).limit(limit)))
 
 
 def reject(session: Session, *, version: str) -> Adapter:

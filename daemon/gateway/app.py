@@ -31,6 +31,7 @@ from lifelong.daemon.gateway.health import router as health_router
 from lifelong.daemon.gateway.inference.router import router as inference_router
 from lifelong.daemon.gateway.inference.service import InferenceService
 from lifelong.daemon.judge import build_judge
+from lifelong.daemon.promotion import Promoter
 from lifelong.daemon.settings import ENV_PREFIX, Settings, write_settings_file
 from lifelong.daemon.supervisor import HealthWatch, Supervisor
 from lifelong.daemon.trainer import Trainer, TrainRequest
@@ -161,6 +162,8 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         # Evals answer through the first server: every server holds the same model.
         app.state.judge = build_judge(settings, sessions=sessions, upstream=upstreams[0],
                                       base_url=urls[0])
+        app.state.promoter = Promoter(sessions=sessions, catalog=catalog, upstreams=list(upstreams),
+                                      base_model_dir=settings.base_model_path)
         app.state.background = set()  # tasks the API started (evals), kept until they end
         app.state.catalog = catalog
         app.state.pool = pool

@@ -144,3 +144,31 @@ def test_a_judged_adapter_is_approved_and_an_approved_one_can_be_promoted(sessio
         with pytest.raises(ValueError, match="champion; only a candidate"):
             registry.approve(session, version="v1")
     assert champions(sessions) == ["v1"]
+
+
+def test_every_change_of_champion_is_logged_and_rollback_walks_the_lineage_back(sessions):
+    for version in ("v1", "v2", "v3"):
+        register(sessions, version)
+    with sessions.begin() as session:
+        with pytest.raises(registry.NothingToRollBack, match="base model is serving"):
+            registry.previous_champion(session)
+        registry.set_champion(session, version="v1", promoted_by="gate")
+        registry.set_champion(session, version="v2", promoted_by="gate")
+        registry.set_champion(session, version="v3", promoted_by="ops", forced=True, reason="hotfix")
+    with sessions.begin() as session:
+        assert registry.previous_champion(session) == "v2"
+        registry.set_champion(session, version="v2", promoted_by="ops", kind="rollback")
+        assert registry.previous_champion(session) == "v1"  # not back to v3
+        registry.set_champion(session, version="v1", promoted_by="ops", kind="rollback")
+        assert registry.previous_champion(session) is None  # the base model
+        registry.set_champion(session, version=None, promoted_by="ops", kind="rollback")
+        assert registry.champion(session) is None
+    with sessions() as session:
+        log = [(p.kind, p.from_version, p.to_version, p.by, p.forced)
+               for p in reversed(registry.promotions(session))]
+        assert log == [
+            ("promote", None, "v1", "gate", False), ("promote", "v1", "v2", "gate", False),
+            ("promote", "v2", "v3", "ops", True), ("rollback", "v3", "v2", "ops", False),
+            ("rollback", "v2", "v1", "ops", False), ("rollback", "v1", None, "ops", False),
+        ]
+        assert registry.get(session, version="v3").status == "retired"

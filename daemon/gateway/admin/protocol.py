@@ -57,3 +57,26 @@ class EvalRunOut(BaseModel):
     decision: dict[str, Any] | None = Field(
         description="The gate's status, reasons and every test's numbers."
     )
+
+
+class PromoteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(min_length=1, description="The adapter to serve under the public alias.")
+    force: bool = Field(
+        default=False, description="Promote without the gate's approval (recorded as forced)."
+    )
+    reason: str | None = Field(default=None, description="Why, for the promotion log.")
+
+
+class RollbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    to: str | None = Field(
+        default=None, description="A version or `base`; default: what the champion replaced."
+    )
+    reason: str | None = Field(default=None, description="Why, for the promotion log.")
+
+
+class PromotedOut(BaseModel):
+    champion: str = Field(description="The version now behind the public alias, or `base`.")
+    previous: str
+    forced: bool

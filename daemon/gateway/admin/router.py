@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -10,14 +11,25 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.adapters import AdapterError
 from lifelong.daemon.adapter_report import adapter_detail, adapter_rows
-from lifelong.daemon.gateway.admin.protocol import EvalIn, EvalRunOut, TrainIn, TrainingRunOut
+from lifelong.daemon.gateway.admin.protocol import (
+    EvalIn,
+    EvalRunOut,
+    PromotedOut,
+    PromoteIn,
+    RollbackIn,
+    TrainIn,
+    TrainingRunOut,
+)
 from lifelong.daemon.gateway.auth import AdminPrincipal
 from lifelong.daemon.gateway.errors import ApiError
 from lifelong.daemon.judge import Judge, NothingToJudge
+from lifelong.daemon.promotion import Promoted, Promoter, PromotionRefused
 from lifelong.daemon.trainer import NotTheRunningRun, Trainer, TrainerBusy, TrainRequest, describe_run
+from lifelong.daemon.upstream import AdapterLoadFailed
 from lifelong.evals.suites import SuiteError
 from lifelong.feedback_store.eval_results import gate_decision_for_run
 from lifelong.feedback_store.models import EvalRun, TrainingRun
+from lifelong.feedback_store.registry import NothingToRollBack
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -116,6 +128,40 @@ async def evaluate(body: EvalIn, _: AdminPrincipal, request: Request) -> EvalRun
 async def eval_run(run_id: int, _: AdminPrincipal, request: Request) -> EvalRunOut:
     """One eval run: its state, per-suite summaries, and the gate's decision with its numbers."""
     return await _eval_run(request, run_id)
+
+
+PROMOTION_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS, 404: {"description": "No such adapter."},
+    409: {"description": "Not approved, already champion, nothing to roll back, or invalid."},
+    502: {"description": "A vLLM server refused to load it; nothing changed."},
+}
+
+
+@router.post("/promote", responses=PROMOTION_ERRORS)
+async def promote(body: PromoteIn, principal: AdminPrincipal, request: Request) -> PromotedOut:
+    """Serve `version` under the public alias: loaded and warmed on every vLLM server first,
+    then flipped; without `force`, only a version the gate approved."""
+    promoter: Promoter = request.app.state.promoter
+    return await _moved(promoter.promote(body.version, by=principal.name or "anonymous",
+                                         forced=body.force, reason=body.reason))
+
+
+@router.post("/rollback", responses=PROMOTION_ERRORS)
+async def rollback(body: RollbackIn, principal: AdminPrincipal, request: Request) -> PromotedOut:
+    """Return the public alias to the previous champion (or `to`)."""
+    promoter: Promoter = request.app.state.promoter
+    return await _moved(promoter.rollback(by=principal.name or "anonymous", to=body.to,
+                                          reason=body.reason))
+
+
+async def _moved(move: Awaitable[Promoted]) -> PromotedOut:
+    try:
+        done = await move
+    except (PromotionRefused, NothingToRollBack, AdapterError) as exc:
+        raise ApiError(409, str(exc), code="promotion_refused") from exc
+    except AdapterLoadFailed as exc:
+        raise ApiError(502, str(exc), type="upstream_error", code="adapter_load_failed") from exc
+    return PromotedOut(champion=done.version, previous=done.previous, forced=done.forced)
 
 
 async def _eval_run(request: Request, run_id: int) -> EvalRunOut:

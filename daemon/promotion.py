@@ -1,0 +1,151 @@
+"""Promotion and rollback: the public alias moves to another adapter with no failed request.
+
+A promotion (or rollback) of version V:
+1. V's folder is verified (checksums, base model); unless forced, the gate must have approved it;
+2. V is loaded into every vLLM server under its own name (never in place), warmed with one short
+   request each, and checked to answer; if any server refuses, nothing changes;
+3. the registry records V as champion (and the promotion, with who and whether forced) in one
+   transaction: from here a crash restarts the daemon serving V;
+4. the gateway's catalog flips the alias to V. Requests resolve their route when they arrive,
+   so those in flight finish on the version they started with, and every response names the
+   version that answered (`x-lifelong-adapter`).
+
+Versions are never unloaded (see the README's known limits): a rollback to a recent version is a
+catalog flip with its weights already in vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from lifelong.adapters import verify
+from lifelong.daemon.gateway.catalog import ModelCatalog
+from lifelong.daemon.upstream import (
+    BASE_MODEL_NAME,
+    AdapterLoadFailed,
+    Upstream,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from lifelong.feedback_store import registry
+
+logger = logging.getLogger(__name__)
+
+LOAD_ATTEMPTS = 3  # on connection errors only: a refused load is not retried blindly
+
+
+class PromotionRefused(Exception):
+    """The version may not be promoted (not approved, or it is the champion); nothing changed."""
+
+
+@dataclass(frozen=True)
+class Promoted:
+    version: str  # the new champion, or `base`
+    previous: str  # the old one, or `base`
+    forced: bool
+
+
+class Promoter:
+    """Moves the public alias between versions, one move at a time."""
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        catalog: ModelCatalog,
+        upstreams: list[Upstream],
+        base_model_dir: Path,
+    ) -> None:
+        self.sessions = sessions
+        self.catalog = catalog
+        self.upstreams = upstreams
+        self.base_model_dir = base_model_dir
+        self._lock = asyncio.Lock()
+
+    async def promote(self, version: str, *, by: str, forced: bool = False,
+                      reason: str | None = None) -> Promoted:
+        """Make `version` the champion. Unless `forced`, the gate must have approved it (or it is
+        a former champion that was not forced in).
+        Raises UnknownAdapter, PromotionRefused, AdapterError, AdapterLoadFailed,
+        UpstreamUnavailable; on any of them the champion is unchanged."""
+        async with self._lock:
+            path = await asyncio.to_thread(self._check, version, forced=forced)
+            return await self._move(version, path, by=by, forced=forced, kind="promote",
+                                    reason=reason)
+
+    async def rollback(self, *, by: str, to: str | None = None,
+                       reason: str | None = None) -> Promoted:
+        """Return to the champion before the current one, or to `to` (a version or `base`).
+        Raises NothingToRollBack, UnknownAdapter, AdapterError, AdapterLoadFailed."""
+        async with self._lock:
+            target = to or await asyncio.to_thread(self._previous)
+            path = None if target == BASE_MODEL_NAME else await asyncio.to_thread(
+                self._check, target, forced=True)
+            return await self._move(target, path, by=by, forced=False, kind="rollback",
+                                    reason=reason)
+
+    def _previous(self) -> str:
+        with self.sessions() as session:
+            return registry.previous_champion(session) or BASE_MODEL_NAME
+
+    def _check(self, version: str, *, forced: bool) -> str:
+        with self.sessions() as session:
+            row = registry.get(session, version=version)
+            if row.status == "champion":
+                raise PromotionRefused(f"{version} is already the champion")
+            # A former champion that had not been forced in was approved once: it may come back.
+            returning = row.status == "retired" and not row.forced
+            if not forced and row.status != "approved" and not returning:
+                raise PromotionRefused(
+                    f"{version} is {row.status}, not approved by the gate; judge it "
+                    "(`lifelong eval`) or promote with --force"
+                )
+            path, checksum = row.path, row.checksum
+        verify(Path(path), self.base_model_dir, checksum=checksum)
+        return path
+
+    async def _move(self, version: str, path: str | None, *, by: str, forced: bool, kind: str,
+                    reason: str | None) -> Promoted:
+        if path is not None:
+            await asyncio.gather(*(self._load_and_warm(u, version, path) for u in self.upstreams))
+        previous = self.catalog.champion or BASE_MODEL_NAME
+        adapter = None if version == BASE_MODEL_NAME else version
+
+        def record() -> None:
+            with self.sessions.begin() as session:
+                registry.set_champion(session, version=adapter, promoted_by=by, forced=forced,
+                                      kind=kind, reason=reason)
+
+        await asyncio.to_thread(record)
+        # The flip: two assignments with no await between them, so no request sees half of it.
+        if path is not None:
+            self.catalog.live[version] = path
+        self.catalog.champion = adapter
+        logger.info("champion changed", extra={"kind": kind, "from": previous, "to": version,
+                                               "by": by, "forced": forced})
+        return Promoted(version=version, previous=previous, forced=forced)
+
+    async def _load_and_warm(self, upstream: Upstream, version: str, path: str) -> None:
+        if version not in await upstream.loaded_adapters():
+            for attempt in range(1, LOAD_ATTEMPTS + 1):
+                try:
+                    await upstream.load_adapter(name=version, path=path)
+                    break
+                except UpstreamUnavailable:
+                    if attempt == LOAD_ATTEMPTS:
+                        raise
+                    await asyncio.sleep(attempt)
+        # The first request on a new adapter is slow (its weights move into the LoRA slots):
+        # pay it here, not in a user's request, and check that it answers at all.
+        try:
+            answer = await upstream.complete("/v1/completions", {
+                "model": version, "prompt": "ping", "max_tokens": 1, "temperature": 0})
+        except UpstreamRejected as exc:
+            raise AdapterLoadFailed(f"{version} loaded but does not answer: {exc}") from exc
+        if not answer.get("choices"):
+            raise AdapterLoadFailed(f"{version} loaded but answered with no choices: {answer}")
