@@ -9,12 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lifelong.adapters import AdapterError, read_manifest, verify
 from lifelong.feedback_store import registry
 from lifelong.feedback_store.eval_results import latest_gate_decision
-from lifelong.feedback_store.models import Adapter, TrainingRun
+from lifelong.feedback_store.models import Adapter, GateDecision, TrainingRun
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -36,6 +37,35 @@ def adapter_rows(session: Session) -> list[dict[str, Any]]:
             ) or "-",
         })
     return rows
+
+
+def learning_status(session: Session, *, recent: int = 5) -> dict[str, Any]:
+    """The registry and the last runs in short: what `lifelong status` shows besides the
+    daemon's own state (serving, cycle, schedule)."""
+    champion = registry.champion(session)
+    runs = session.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()).limit(recent))
+    decisions = session.scalars(select(GateDecision).order_by(GateDecision.id.desc()).limit(recent))
+    return {
+        "champion": champion.version if champion else None,
+        "waiting": [adapter.version for adapter in registry.list_adapters(session)
+                    if adapter.status in ("candidate", "approved")],
+        "training_runs": [
+            {"id": run.id, "status": run.status, "started_at": run.started_at.isoformat(),
+             "adapter_version": run.adapter_version,
+             "reason": (run.metrics or {}).get("reason") or run.error}
+            for run in runs
+        ],
+        "decisions": [
+            {"eval_run_id": d.eval_run_id, "candidate": d.candidate_version,
+             "against": d.champion_version or "base", "status": d.status, "why": d.reasons[0]}
+            for d in decisions
+        ],
+        "promotions": [
+            {"at": p.at.isoformat(), "kind": p.kind, "from": p.from_version or "base",
+             "to": p.to_version or "base", "by": p.by, "forced": p.forced}
+            for p in registry.promotions(session, limit=recent)
+        ],
+    }
 
 
 def adapter_detail(session: Session, *, version: str, base_model_dir: Path | None = None

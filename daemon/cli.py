@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 import yaml
@@ -443,9 +443,52 @@ def rollback(
     typer.echo(f"champion: {moved['champion']} (was {moved['previous']})")
 
 
+@app.command("status")
+def status(
+    url: UrlOption = None,
+    key: KeyOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The whole status as JSON.")] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """What the running daemon serves and learns: champion, waiting candidates, the learning
+    cycle, the next scheduled run, recent training runs, decisions and promotions."""
+    settings = settings_from(config, data_dir=data_dir)
+    found = _admin(settings, url, key, "/admin/status", None)
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    cycle, schedule = found["cycle"], found["schedule"]
+    running = f"running (training run {cycle['training_run']})" if cycle["running"] else "idle"
+    lines = [
+        f"serving:    {found['serving']} (champion in the registry: {found['champion'] or 'base'})",
+        f"waiting:    {', '.join(found['waiting']) or 'no candidates'}",
+        f"cycle:      {running}",
+        f"schedule:   {'next ' + str(schedule['next_run']) if schedule['enabled'] else 'off'}; "
+        f"{schedule['new_feedback']} new feedback items"
+        + (f" (data trigger at {schedule['min_new_feedback']})" if schedule["enabled"] else ""),
+    ]
+    if cycle["last"]:
+        last = cycle["last"]
+        lines.append(f"last cycle: {last['outcome']} ({last['trigger']}, {last['started_at'][:19]})"
+                     + (f": {last['reason']}" if last["reason"] else ""))
+    lines.append("training runs:")
+    lines += [f"  {r['id']:>4}  {r['status']:<11} {r['started_at'][:19]}  "
+              f"{r['adapter_version'] or '-'}  {r['reason'] or ''}".rstrip()
+              for r in found["training_runs"]] or ["  none"]
+    lines.append("gate decisions:")
+    lines += [f"  {d['candidate']} vs {d['against']}: {d['why']}" for d in found["decisions"]] \
+        or ["  none"]
+    lines.append("promotions:")
+    lines += [f"  {p['at'][:19]}  {p['kind']:<8} {p['from']} -> {p['to']} by {p['by']}"
+              + (" (forced)" if p["forced"] else "") for p in found["promotions"]] or ["  none"]
+    typer.echo("\n".join(lines))
+
+
 def _admin(settings: Settings, url: str | None, key: str | None, path: str,
-           body: dict[str, object]) -> dict[str, object]:
-    """POST to the running daemon's admin API; its error message, or how to reach it, on failure."""
+           body: dict[str, object] | None) -> dict[str, Any]:
+    """Call the running daemon's admin API (GET without a body, else POST); its error message,
+    or how to reach it, on failure."""
     import urllib.error
     import urllib.request
 
@@ -453,7 +496,8 @@ def _admin(settings: Settings, url: str | None, key: str | None, path: str,
     headers = {"content-type": "application/json"}
     if key:
         headers["authorization"] = f"Bearer {key}"
-    request = urllib.request.Request(base + path, data=json.dumps(body).encode(), headers=headers)
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base + path, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=600) as response:
             return json.loads(response.read())

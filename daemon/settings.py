@@ -281,6 +281,38 @@ class EvalSettings(Section):
         return self
 
 
+class ScheduleSettings(Section):
+    """When the daemon trains, judges and promotes by itself."""
+
+    enabled: bool = Field(default=True, description="Off: only `POST /admin/train` starts a cycle.")
+    interval_minutes: float | None = Field(
+        default=360.0, gt=0, description="A cycle this often (anchored on the last run's start)."
+    )
+    cron: str | None = Field(
+        default=None, description="A crontab line (UTC), e.g. '0 3 * * *'; replaces the interval."
+    )
+    min_new_feedback: int = Field(
+        default=50, ge=0, description="Data trigger: a cycle once this many new feedback items "
+        "arrived since the last run's data (0: no data trigger).",
+    )
+    check_every_s: float = Field(default=30.0, gt=0, description="How often the data is counted.")
+    auto_promote: bool = Field(
+        default=True, description="Promote what the gate approves; off: approve only."
+    )
+
+    @field_validator("cron")
+    @classmethod
+    def _crontab(cls, value: str | None) -> str | None:
+        if value is not None:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(value)
+            except ValueError as exc:
+                raise ValueError(f"not a crontab line ({exc}); e.g. '0 3 * * *'") from None
+        return value
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told. `lifelong config show` prints the effective values."""
 
@@ -298,6 +330,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evals: EvalSettings = Field(default_factory=EvalSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
 
     @model_validator(mode="after")
     def _lora_fits_vllm(self) -> Settings:

@@ -43,8 +43,9 @@ logger = logging.getLogger(__name__)
 
 
 class TrainerBusy(Exception):
-    def __init__(self, run_id: int) -> None:
-        super().__init__(f"training run {run_id} is still running; cancel it or wait")
+    def __init__(self, run_id: int | None) -> None:
+        super().__init__(f"training run {run_id} is still running; cancel it or wait"
+                         if run_id is not None else "a learning cycle is running; wait for it")
         self.run_id = run_id
 
 

@@ -153,3 +153,13 @@ def interrupt_dead_training_runs(
             ended.append(row.id)
     session.flush()
     return ended
+
+
+def interrupt_running_eval_runs(session: Session) -> list[int]:
+    """Mark every running eval run interrupted: at start-up, the judge that ran it is gone."""
+    rows = list(session.scalars(select(EvalRun).where(EvalRun.status == "running")))
+    for row in rows:
+        row.status, row.finished_at = "interrupted", datetime.now(UTC)
+        row.error = "the daemon stopped during the eval"
+    session.flush()
+    return [row.id for row in rows]

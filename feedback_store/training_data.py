@@ -19,7 +19,7 @@ from itertools import islice, product
 from statistics import fmean
 from typing import Any, Literal
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session, contains_eager
 
 from lifelong.feedback_store.feedback import settled_max_id
@@ -73,6 +73,15 @@ def latest_feedback_id(session: Session) -> int:
     """The highest feedback id below which no feedback can still appear (0 when there is none):
     the watermark to build examples `until`, and to record as a run's `data_watermark`."""
     return settled_max_id(session)
+
+
+def count_feedback_since(session: Session, *, watermark: int, split: Split = "train") -> int:
+    """How many feedback items of `split` have an id above `watermark` (a data trigger's count)."""
+    query = (
+        select(func.count()).select_from(Feedback).join(Feedback.interaction)
+        .where(Interaction.heldout == (split == "heldout"), Feedback.id > watermark)
+    )
+    return session.scalar(query) or 0
 
 
 def feedback_since(

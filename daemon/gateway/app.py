@@ -31,6 +31,7 @@ from lifelong.daemon.gateway.health import router as health_router
 from lifelong.daemon.gateway.inference.router import router as inference_router
 from lifelong.daemon.gateway.inference.service import InferenceService
 from lifelong.daemon.judge import build_judge
+from lifelong.daemon.learning_cycle import LearningCycle, Schedule
 from lifelong.daemon.promotion import Promoter
 from lifelong.daemon.settings import ENV_PREFIX, Settings, write_settings_file
 from lifelong.daemon.supervisor import HealthWatch, Supervisor
@@ -40,6 +41,7 @@ from lifelong.feedback_store import registry
 from lifelong.feedback_store.database import ensure_migrated, make_engine
 from lifelong.feedback_store.feedback_committer import FeedbackCommitter
 from lifelong.feedback_store.interaction_log import InteractionLog
+from lifelong.feedback_store.runs import interrupt_running_eval_runs
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,12 @@ def trainer_env() -> dict[str, str]:
     return {**env, "OMP_WAIT_POLICY": "PASSIVE"}
 
 
+def _interrupt_eval_runs(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        if ended := interrupt_running_eval_runs(session):
+            logger.warning("eval runs interrupted by the last shutdown", extra={"runs": ended})
+
+
 def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
     """The gateway for `settings`. `on_fatal(reason)` is called if vLLM cannot be kept alive."""
 
@@ -119,6 +127,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             timeout_s=settings.training.timeout_s,
         )
         await trainer.recover()
+        await asyncio.to_thread(_interrupt_eval_runs, sessions)
 
         async def apply_adapters(upstream: Upstream) -> None:
             # The registry is the truth: after any (re)start, serve its champion, never the
@@ -165,6 +174,15 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         app.state.promoter = Promoter(sessions=sessions, catalog=catalog, upstreams=list(upstreams),
                                       base_model_dir=settings.base_model_path)
         app.state.background = set()  # tasks the API started (evals), kept until they end
+        app.state.cycle = LearningCycle(
+            sessions=sessions, trainer=trainer, judge=app.state.judge,
+            promoter=app.state.promoter, auto_promote=settings.schedule.auto_promote,
+        )
+        s = settings.schedule
+        app.state.schedule = Schedule(
+            app.state.cycle, interval_minutes=s.interval_minutes, cron=s.cron,
+            min_new_feedback=s.min_new_feedback, check_every_s=s.check_every_s,
+        ) if s.enabled else None
         app.state.catalog = catalog
         app.state.pool = pool
         app.state.watchers = watchers
@@ -187,6 +205,8 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
                 except Exception as exc:
                     logger.error("cannot start serving: %s", exc)
                     raise
+            if app.state.schedule is not None:
+                await app.state.schedule.start()
             logger.info(
                 "gateway ready",
                 extra={"upstreams": urls, "champion": catalog.champion, "open": app.state.keyring.open},
@@ -194,6 +214,9 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             yield
         finally:
             # uvicorn has stopped accepting and drained in-flight requests by now.
+            if app.state.schedule is not None:
+                await app.state.schedule.stop()
+            await app.state.cycle.stop()
             await trainer.stop()
             stats = await asyncio.to_thread(interaction_log.close, 30.0)
             await asyncio.to_thread(committer.close, 30.0)

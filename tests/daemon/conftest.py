@@ -73,6 +73,8 @@ def write_config(tmp: Path, model: Path, **extra: object) -> Path:
             "drain_timeout_s": 10,
         },
         "training": {"lora_rank": 8},
+        # Off unless a test turns it on: a cycle would train on whatever the other tests logged.
+        "schedule": {"enabled": False},
     }
     for section, values in extra.items():
         config.setdefault(section, {}).update(values)  # type: ignore[union-attr]

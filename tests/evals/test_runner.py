@@ -13,6 +13,7 @@ import pytest
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from lifelong.adapters.lora_config import LLAMA_TARGETS
 from lifelong.evals.runner import EvalRequestFailed, Sampling, compare, evaluate
 from lifelong.evals.statistics import mcnemar_exact
 from lifelong.evals.suites import EvalItem, Suite
@@ -43,7 +44,10 @@ def twin_adapter(vllm_url: str, tiny_base_model: Path, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("adapters") / "twin"
     get_peft_model(
         AutoModelForCausalLM.from_pretrained(tiny_base_model),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+        # Every projection, as the trainer does. A q/v-only twin answered unlike the base model
+        # once this vLLM had served other (all-projection) adapters: most likely a reused LoRA
+        # slot keeps an earlier adapter's weights for the modules a later one leaves out.
+        LoraConfig(r=8, lora_alpha=16, target_modules=list(LLAMA_TARGETS), task_type="CAUSAL_LM"),
     ).save_pretrained(path)
     loaded = httpx.post(f"{vllm_url}/v1/load_lora_adapter",
                         json={"lora_name": "twin", "lora_path": str(path)}, timeout=120)

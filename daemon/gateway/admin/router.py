@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.adapters import AdapterError
-from lifelong.daemon.adapter_report import adapter_detail, adapter_rows
+from lifelong.daemon.adapter_report import adapter_detail, adapter_rows, learning_status
 from lifelong.daemon.gateway.admin.protocol import (
     EvalIn,
     EvalRunOut,
@@ -23,6 +23,7 @@ from lifelong.daemon.gateway.admin.protocol import (
 from lifelong.daemon.gateway.auth import AdminPrincipal
 from lifelong.daemon.gateway.errors import ApiError
 from lifelong.daemon.judge import Judge, NothingToJudge
+from lifelong.daemon.learning_cycle import LearningCycle, Schedule
 from lifelong.daemon.promotion import Promoted, Promoter, PromotionRefused
 from lifelong.daemon.trainer import NotTheRunningRun, Trainer, TrainerBusy, TrainRequest, describe_run
 from lifelong.daemon.upstream import AdapterLoadFailed
@@ -49,17 +50,42 @@ def _sessions(request: Request) -> sessionmaker[Session]:
 
 @router.post("/train", status_code=202, responses={**ERRORS, 409: {"description": "Busy."}})
 async def train(body: TrainIn, principal: AdminPrincipal, request: Request) -> TrainingRunOut:
-    """Start a training run now, in its own process; 202 with the running run."""
-    trainer = _trainer(request)
+    """Start a learning cycle now: training in its own process (202 with the running run), then
+    the judge, then promotion if the gate approves and schedule.auto_promote is on."""
+    cycle: LearningCycle = request.app.state.cycle
     train_request = TrainRequest(
         requested_by=principal.name or "anonymous",
         methods=tuple(body.methods) if body.methods else None, fresh=body.fresh, now=body.now,
     )
     try:
-        run_id = await trainer.start(train_request)
+        run_id = await cycle.start(train_request)
     except TrainerBusy as exc:
         raise ApiError(409, str(exc), code="trainer_busy") from exc
     return await _run(request, run_id)
+
+
+@router.get("/status", responses=ERRORS)
+async def status(_: AdminPrincipal, request: Request) -> dict[str, Any]:
+    """Champion, candidates, recent training runs and gate decisions, the last cycle, and the
+    next scheduled one (what `lifelong status` prints)."""
+    state = request.app.state
+    schedule: Schedule | None = state.schedule
+    cycle: LearningCycle = state.cycle
+
+    def read() -> dict[str, Any]:
+        with _sessions(request)() as session:
+            return learning_status(session)
+
+    found = await asyncio.to_thread(read)
+    return {
+        **found, "serving": state.catalog.champion or "base",
+        "cycle": {"running": cycle.running, "training_run": _trainer(request).running_run,
+                  "last": vars(cycle.last) if cycle.last else None},
+        "schedule": {"enabled": schedule is not None,
+                     "next_run": schedule.next_run() if schedule else None,
+                     "min_new_feedback": schedule.min_new_feedback if schedule else None,
+                     "new_feedback": (await asyncio.to_thread(cycle.new_feedback))[0]},
+    }
 
 
 @router.get("/training-runs/{run_id}", responses={**ERRORS, 404: {"description": "No such run."}})

@@ -1,0 +1,237 @@
+"""The learning cycle: train -> judge -> promote, one cycle at a time, on a schedule and on data.
+
+A cycle starts the trainer (its own process), waits for its run, judges the candidate it made
+against the champion through vLLM, and, when the gate approves and `auto_promote` is on, promotes
+it (by "gate"). Each step's outcome is already on record (training run, eval run, gate decision,
+promotion); the cycle adds its own short summary to `last` for `lifelong status`.
+
+Triggers (APScheduler, in the daemon's event loop): an interval or a cron schedule, and a data
+trigger checked every `check_every_s` that fires once at least `min_new_feedback` training-split
+feedback items arrived since the last run's data watermark. A trigger that finds a cycle running
+does nothing (the running one will see the same data). Nothing here touches serving: the trainer
+is another process and the judge talks to vLLM like any client.
+
+The interval schedule is anchored on the last training run's start in the store, so a restart
+keeps the rhythm instead of training at once or never; a run cut short by a restart was marked
+interrupted at start-up (`Trainer.recover`), and the next cycle starts cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from lifelong.daemon.judge import Judge, NothingToJudge
+from lifelong.daemon.promotion import Promoter
+from lifelong.daemon.trainer import Trainer, TrainerBusy, TrainRequest
+from lifelong.feedback_store import registry
+from lifelong.feedback_store.models import TrainingRun
+from lifelong.feedback_store.training_data import count_feedback_since
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CycleReport:
+    trigger: str
+    started_at: str
+    finished_at: str | None = None
+    training_run_id: int | None = None
+    candidate: str | None = None
+    eval_run_id: int | None = None
+    decision: str | None = None
+    promoted: bool = False
+    outcome: str = "running"  # running | promoted | approved | rejected | skipped | failed | ...
+    reason: str | None = None
+    steps: list[str] = field(default_factory=list)
+
+
+class LearningCycle:
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        trainer: Trainer,
+        judge: Judge,
+        promoter: Promoter,
+        auto_promote: bool,
+    ) -> None:
+        self.sessions = sessions
+        self.trainer = trainer
+        self.judge = judge
+        self.promoter = promoter
+        self.auto_promote = auto_promote
+        self.last: CycleReport | None = None
+        self._lock = asyncio.Lock()
+        self._background: set[asyncio.Task[CycleReport | None]] = set()
+
+    @property
+    def running(self) -> bool:
+        return self._lock.locked()
+
+    async def run(
+        self, request: TrainRequest, *, on_started: Callable[[int], None] | None = None
+    ) -> CycleReport | None:
+        """One whole cycle; None if one is already running. `on_started(run_id)` once the
+        training run is recorded. Never raises: a failed step ends the cycle with its reason
+        (and is on record where it failed)."""
+        if self._lock.locked():
+            logger.info("learning cycle already running; trigger ignored",
+                        extra={"trigger": request.requested_by})
+            return None
+        async with self._lock:
+            report = CycleReport(trigger=request.requested_by,
+                                 started_at=datetime.now(UTC).isoformat())
+            self.last = report
+            try:
+                await self._cycle(request, report, on_started)
+            except asyncio.CancelledError:
+                report.outcome, report.reason = "interrupted", "the daemon stopped"
+                raise
+            except Exception as exc:  # the daemon serves on whatever a step did
+                logger.exception("learning cycle failed")
+                report.outcome, report.reason = "failed", f"{type(exc).__name__}: {exc}"
+            finally:
+                report.finished_at = datetime.now(UTC).isoformat()
+                logger.info("learning cycle ended", extra={"cycle": vars(report)})
+            return report
+
+    async def start(self, request: TrainRequest) -> int:
+        """Start a cycle in the background; its training run's id once recorded.
+        Raises TrainerBusy (a cycle is running), or what kept the trainer from starting."""
+        if self._lock.locked():
+            raise TrainerBusy(self.trainer.running_run)
+        started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        task = asyncio.create_task(self.run(request, on_started=started.set_result))
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        if not started.done():
+            report = task.result()
+            raise TrainerBusy(None) if report is None else RuntimeError(report.reason)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return started.result()
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _cycle(self, request: TrainRequest, report: CycleReport,
+                     on_started: Callable[[int], None] | None) -> None:
+        report.training_run_id = await self.trainer.start(request)
+        if on_started is not None:
+            on_started(report.training_run_id)
+        await self.trainer.wait()
+        run = await asyncio.to_thread(self._training_run, report.training_run_id)
+        report.steps.append(f"training run {run.id}: {run.status}")
+        if run.status != "succeeded" or run.adapter_version is None:
+            report.outcome = run.status
+            report.reason = (run.metrics or {}).get("reason") or run.error
+            return
+        report.candidate = run.adapter_version
+        try:
+            judgement = await self.judge.judge(run.adapter_version)
+        except NothingToJudge as exc:
+            report.outcome, report.reason = "not_judged", str(exc)
+            return
+        report.eval_run_id = judgement.eval_run_id
+        report.decision = judgement.decision.status
+        report.steps.append(f"eval run {judgement.eval_run_id}: {judgement.decision.status}")
+        if judgement.decision.status != "approved":
+            report.outcome, report.reason = "rejected", judgement.decision.reasons[0]
+            return
+        if not self.auto_promote:
+            report.outcome, report.reason = "approved", "schedule.auto_promote is off"
+            return
+        await self.promoter.promote(run.adapter_version, by="gate")
+        report.promoted, report.outcome = True, "promoted"
+        report.steps.append(f"promoted {run.adapter_version}")
+
+    def _training_run(self, run_id: int) -> TrainingRun:
+        with self.sessions() as session:
+            row = session.get(TrainingRun, run_id)
+            assert row is not None  # the trainer recorded it
+            return row
+
+    def new_feedback(self) -> tuple[int, int]:
+        """(new training-split feedback items, the watermark they are counted from): since the
+        latest training run's data, else the champion's, else the beginning."""
+        with self.sessions() as session:
+            last = session.scalar(select(func.max(TrainingRun.data_watermark)))
+            champion = registry.champion(session)
+            watermark = last or (champion.data_watermark if champion else None) or 0
+            return count_feedback_since(session, watermark=watermark), watermark
+
+
+class Schedule:
+    """The cycle's triggers: a schedule (interval or cron) and the data trigger."""
+
+    def __init__(
+        self,
+        cycle: LearningCycle,
+        *,
+        interval_minutes: float | None,
+        cron: str | None,
+        min_new_feedback: int,
+        check_every_s: float,
+    ) -> None:
+        self.cycle = cycle
+        self.interval_minutes = interval_minutes
+        self.cron = cron
+        self.min_new_feedback = min_new_feedback
+        self.check_every_s = check_every_s
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+
+    async def start(self) -> None:
+        if self.cron:
+            trigger: Any = CronTrigger.from_crontab(self.cron, timezone=UTC)
+        elif self.interval_minutes:
+            trigger = IntervalTrigger(minutes=self.interval_minutes,
+                                      start_date=await asyncio.to_thread(self._anchor))
+        else:
+            trigger = None
+        if trigger is not None:
+            self.scheduler.add_job(self._scheduled, trigger, id="schedule", max_instances=1,
+                                   coalesce=True, misfire_grace_time=None)
+        if self.min_new_feedback > 0:
+            self.scheduler.add_job(self._data_check, IntervalTrigger(seconds=self.check_every_s),
+                                   id="data", max_instances=1, coalesce=True)
+        self.scheduler.start()
+        logger.info("learning schedule started", extra={"next": self.next_run()})
+
+    def _anchor(self) -> datetime:
+        """The next interval tick after the last training run's start (now, if overdue)."""
+        with self.cycle.sessions() as session:
+            last = session.scalar(select(func.max(TrainingRun.started_at)))
+        now = datetime.now(UTC)
+        if last is None or self.interval_minutes is None:
+            return now + timedelta(minutes=self.interval_minutes or 0)
+        return max(now + timedelta(seconds=1), last + timedelta(minutes=self.interval_minutes))
+
+    async def _scheduled(self) -> None:
+        await self.cycle.run(TrainRequest(requested_by="schedule"))
+
+    async def _data_check(self) -> None:
+        if self.cycle.running:
+            return
+        new, watermark = await asyncio.to_thread(self.cycle.new_feedback)
+        if new >= self.min_new_feedback:
+            logger.info("data trigger", extra={"new_feedback": new, "since": watermark})
+            await self.cycle.run(TrainRequest(requested_by="data"))
+
+    def next_run(self) -> str | None:
+        job = self.scheduler.get_job("schedule")
+        return job.next_run_time.isoformat() if job and job.next_run_time else None
+
+    async def stop(self) -> None:
+        self.scheduler.shutdown(wait=False)
