@@ -27,6 +27,7 @@ def start_daemon(model: Path, workdir: Path) -> tuple[subprocess.Popen, str, str
         "base_model": {"path": str(model.resolve())},
         "vllm": {"port": vllm_port},
         "gateway": {"port": gateway_port},
+        "schedule": {"enabled": False},  # a benchmark measures one thing; no learning cycles
     }))
     lifelong = str(Path(sys.executable).parent / "lifelong")
     subprocess.run([lifelong, "db", "upgrade", "--config", str(config)], check=True,
