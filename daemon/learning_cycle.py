@@ -173,6 +173,18 @@ class LearningCycle:
             return count_feedback_since(session, watermark=watermark), watermark
 
 
+FAILURE_BACKOFF = timedelta(minutes=10)
+
+
+def backing_off(last: CycleReport | None, now: datetime) -> bool:
+    """Whether the data trigger should wait: the last cycle failed recently. Without this, a
+    cause that fails every run before it reads any data (a missing base model) would start a
+    trainer at every check."""
+    if last is None or last.outcome not in ("failed", "interrupted") or last.finished_at is None:
+        return False
+    return now - datetime.fromisoformat(last.finished_at) < FAILURE_BACKOFF
+
+
 class Schedule:
     """The cycle's triggers: a schedule (interval or cron) and the data trigger."""
 
@@ -222,7 +234,7 @@ class Schedule:
         await self.cycle.run(TrainRequest(requested_by="schedule"))
 
     async def _data_check(self) -> None:
-        if self.cycle.running:
+        if self.cycle.running or backing_off(self.cycle.last, datetime.now(UTC)):
             return
         new, watermark = await asyncio.to_thread(self.cycle.new_feedback)
         if new >= self.min_new_feedback:
