@@ -217,6 +217,9 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             if app.state.schedule is not None:
                 await app.state.schedule.stop()
             await app.state.cycle.stop()
+            for task in list(app.state.background):  # evals the API started: their runs are
+                task.cancel()                        # marked failed, not left running
+            await asyncio.gather(*app.state.background, return_exceptions=True)
             await trainer.stop()
             stats = await asyncio.to_thread(interaction_log.close, 30.0)
             await asyncio.to_thread(committer.close, 30.0)
