@@ -53,16 +53,24 @@ def _add3(rng: random.Random) -> tuple[str, str]:
     return f"What is {a} + {b}?", str(a + b)
 
 
+def _echo(rng: random.Random) -> tuple[str, str]:
+    number = rng.randint(1000, 9999)
+    return f"Repeat {number}.", str(number)
+
+
 SKILLS: dict[str, Skill] = {
     skill.name: skill
     for skill in (
         Skill("add2", "two-digit addition: 'What is 47 + 38?' -> '85'", _add2),
         Skill("sub2", "two-digit subtraction: 'What is 47 - 38?' -> '9'", _sub2),
         Skill("add3", "three-digit addition: 'What is 347 + 538?' -> '885'", _add3),
+        # Unlike the arithmetic cousins, one the tiny model learns in a few hundred LoRA steps:
+        # the demo's new skill.
+        Skill("echo", "repeat a four-digit number: 'Repeat 4817.' -> '4817'", _echo),
     )
 }
 CORPUS_SKILLS = ("add2",)
-NEIGHBOUR_SKILLS = ("sub2", "add3")
+NEIGHBOUR_SKILLS = ("sub2", "add3", "echo")
 
 
 def is_heldout(question: str) -> bool:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import shutil
 import signal
 import socket
@@ -302,13 +301,8 @@ def judge_on_vllm(vllm_url: str, tiny_base_model: Path, tmp_path: Path):
     return judge
 
 
-def _echo(rng: random.Random) -> tuple[str, str]:
-    number = rng.randint(1000, 9999)
-    return f"Repeat {number}.", str(number)
-
-
 # A skill no base model here was built on, and one the tiny model learns in a few hundred steps.
-ECHO = Skill("echo", "repeat a four-digit number: 'Repeat 4817.' -> '4817'", _echo)
+ECHO = SKILLS["echo"]
 
 
 @pytest.fixture(scope="session")
