@@ -76,3 +76,4 @@ class NewTask:
     messages: list[dict[str, Any]] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    heldout: bool | None = None  # None: split by the task id's hash at the store's fraction

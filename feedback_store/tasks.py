@@ -52,7 +52,8 @@ def add_task(
     heldout_fraction: float,
     max_text_chars: int = 200_000,
 ) -> Task:
-    """Store `task` under a new id (`task-<hex>`), its held-out side fixed now.
+    """Store `task` under a new id (`task-<hex>`), its held-out side fixed now: as the task says,
+    else by a hash of its id at `heldout_fraction`.
     Raises InvalidTask or TextTooLong, having added nothing."""
     _check(task, max_text_chars=max_text_chars)
     task_id = f"task-{uuid.uuid4().hex}"
@@ -66,7 +67,7 @@ def add_task(
         verifier=task.verifier,
         options=dict(task.options),
         tags=list(task.tags),
-        heldout=is_heldout(task_id, heldout_fraction),
+        heldout=task.heldout if task.heldout is not None else is_heldout(task_id, heldout_fraction),
         principal=principal,
     )
     session.add(row)

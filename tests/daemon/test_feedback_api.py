@@ -114,6 +114,9 @@ def test_tasks_are_registered(daemon):
     assert response.json()["id"] and response.json()["reference"] == "4"
     both = {**task, "messages": [{"role": "user", "content": "hi"}]}
     assert post(daemon, "/v1/tasks", both).status_code == 422
+    sides = [post(daemon, "/v1/tasks", {**task, "heldout": side}).json()["heldout"]
+             for side in (True, False)]
+    assert sides == [True, False]
 
 
 @pytest.mark.parametrize(

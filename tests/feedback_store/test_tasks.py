@@ -77,3 +77,11 @@ def test_tasks_are_split_by_a_stable_hash_of_their_id(sessions):
         assert list_tasks(session, tag="other") == []
     assert heldout == {i for i in ids if is_heldout(i, 0.5)}
     assert train == set(ids) - heldout
+
+
+def test_a_task_that_names_its_side_keeps_it(sessions):
+    with sessions.begin() as session:
+        kept = [add_task(session, task=NewTask(prompt="p", reference="r", verifier="exact_match",
+                                               heldout=side), principal=None, heldout_fraction=f)
+                for side, f in ((True, 0.0), (False, 1.0))]
+        assert [task.heldout for task in kept] == [True, False]

@@ -116,6 +116,11 @@ class TaskIn(BaseModel):
     verifier: Text = Field(description="Verifier name, e.g. `exact_match`.")
     options: dict[str, Any] = Field(default_factory=dict)
     tags: list[str] = Field(default_factory=list)
+    heldout: bool | None = Field(
+        default=None,
+        description="true: an eval item only, never trained or practised on (an application's "
+        "own test set); false: never held out; absent: held out at database.heldout_fraction.",
+    )
 
     @model_validator(mode="after")
     def _one_prompt(self) -> TaskIn:

@@ -97,6 +97,7 @@ class FeedbackService:
         record = records.NewTask(
             reference=task.reference, verifier=task.verifier, prompt=task.prompt,
             messages=task.messages, options=task.options, tags=tuple(task.tags),
+            heldout=task.heldout,
         )
 
         def write() -> TaskOut:
