@@ -95,6 +95,11 @@ def adapter_detail(session: Session, *, version: str, base_model_dir: Path | Non
             "status": decision.status, "eval_run_id": decision.eval_run_id,
             "decided_at": decision.decided_at.isoformat(),
             "against": decision.champion_version or "base", "reasons": decision.reasons,
+            "suites": [
+                {key: suite[key] for key in ("suite", "kind", "outcome", "n", "candidate_mean",
+                                             "champion_mean", "difference")}
+                for suite in decision.details.get("suites", [])
+            ],
         }
     if run is not None:
         metrics = run.metrics or {}

@@ -168,6 +168,9 @@ def test_judging_needs_suites_then_runs_in_the_background_and_lands_on_the_adapt
                        json={"model": private, "messages": [{"role": "user", "content": "hi"}]})
     assert asked.status_code == 404, asked.text
     assert detail["gate_decision"]["reasons"] == decision["reasons"]
+    (shown,) = detail["gate_decision"]["suites"]
+    assert (shown["suite"], shown["n"], shown["candidate_mean"]) == (
+        "digits", 50, decision["suites"][0]["candidate_mean"])
 
 
 def test_lifelong_eval_prints_the_table_against_any_version(daemon):
