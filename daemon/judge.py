@@ -76,14 +76,13 @@ class Judgement:
 
 
 class Judge:
-    """Judges candidates one at a time on one vLLM server (`upstream`, reached at `base_url`)."""
+    """Judges candidates one at a time on one vLLM server (`upstream`)."""
 
     def __init__(
         self,
         *,
         sessions: sessionmaker[Session],
         upstream: Upstream,
-        base_url: str,
         base_model_dir: Path,
         suites: Suites,
         policy: GatePolicy,
@@ -92,13 +91,12 @@ class Judge:
     ) -> None:
         self.sessions = sessions
         self.upstream = upstream
-        self.base_url = base_url
         self.base_model_dir = base_model_dir
         self.suites = suites
         self.policy = policy
         self.sampling = sampling
         self.concurrency = concurrency
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()
 
     async def judge(
         self,
@@ -114,7 +112,7 @@ class Judge:
         SuiteError before an eval run is recorded; afterwards whatever failed, the run marked
         failed.
         """
-        async with self._lock:
+        async with self.lock:
             champion, paths, decides_status = await asyncio.to_thread(
                 self._resolve, candidate, against
             )
@@ -175,8 +173,8 @@ class Judge:
         if not source:
             return None
         probe = Suite(name=path.stem, kind="retention", items=tuple(source))
-        (run,) = await evaluate(self.base_url, BASE_MODEL_NAME, [probe], sampling=self.sampling,
-                                concurrency=self.concurrency)
+        (run,) = await evaluate(self.upstream.base_url, BASE_MODEL_NAME, [probe],
+                                sampling=self.sampling, concurrency=self.concurrency)
         passed = {result.item_id: result.passed for result in run.results}
         logger.info("retention suite frozen", extra={
             "path": str(path), "items": sum(passed.values()), "of": len(passed)})
@@ -188,7 +186,7 @@ class Judge:
             "suites": {suite.name: {"kind": suite.kind, "items": len(suite.items)}
                        for suite in suites},
             "policy": asdict(self.policy) | {"tolerances": dict(self.policy.tolerances)},
-            "sampling": asdict(self.sampling), "upstream": self.base_url,
+            "sampling": asdict(self.sampling), "upstream": self.upstream.base_url,
         }
         with self.sessions.begin() as session:
             baseline = None if champion == BASE_MODEL_NAME else champion
@@ -214,7 +212,7 @@ class Judge:
             "eval_run_id": run_id, "candidate": candidate, "champion": champion,
             "suites": {suite.name: len(suite.items) for suite in suites}})
         comparisons = await compare(
-            self.base_url, candidate=names[candidate],
+            self.upstream.base_url, candidate=names[candidate],
             champion=names.get(champion, BASE_MODEL_NAME), suites=suites,
             sampling=self.sampling, concurrency=self.concurrency,
         )
@@ -253,9 +251,9 @@ class Judge:
             logger.exception("could not mark eval run %s failed", run_id)
 
 
-def build_judge(settings: Settings, *, sessions: sessionmaker[Session], upstream: Upstream,
-                base_url: str) -> Judge:
-    """The judge the settings describe, answering through `upstream` at `base_url`."""
+def build_judge(settings: Settings, *, sessions: sessionmaker[Session],
+                upstream: Upstream) -> Judge:
+    """The judge the settings describe, answering through `upstream`."""
     g = settings.evals.gate
     policy = GatePolicy(
         min_improvement=g.min_improvement, alpha=g.alpha, holm=g.holm, tolerance=g.tolerance,
@@ -264,7 +262,7 @@ def build_judge(settings: Settings, *, sessions: sessionmaker[Session], upstream
         seed=g.seed,
     )
     return Judge(
-        sessions=sessions, upstream=upstream, base_url=base_url,
+        sessions=sessions, upstream=upstream,
         base_model_dir=settings.base_model_path,
         suites=Suites(settings.regression_dir, settings.retention_file,
                       lambda: retention_source(settings)),

@@ -65,7 +65,7 @@ class Promoter:
         self.catalog = catalog
         self.upstreams = upstreams
         self.base_model_dir = base_model_dir
-        self._lock = asyncio.Lock()
+        self.lock = asyncio.Lock()
 
     async def promote(self, version: str, *, by: str, forced: bool = False,
                       reason: str | None = None) -> Promoted:
@@ -73,7 +73,7 @@ class Promoter:
         a former champion that was not forced in).
         Raises UnknownAdapter, PromotionRefused, AdapterError, AdapterLoadFailed,
         UpstreamUnavailable; on any of them the champion is unchanged."""
-        async with self._lock:
+        async with self.lock:
             path = await asyncio.to_thread(self._check, version, forced=forced)
             return await self._move(version, path, by=by, forced=forced, kind="promote",
                                     reason=reason)
@@ -82,7 +82,7 @@ class Promoter:
                        reason: str | None = None) -> Promoted:
         """Return to the champion before the current one, or to `to` (a version or `base`).
         Raises NothingToRollBack, UnknownAdapter, AdapterError, AdapterLoadFailed."""
-        async with self._lock:
+        async with self.lock:
             target = to or await asyncio.to_thread(self._previous)
             path = None if target == BASE_MODEL_NAME else await asyncio.to_thread(
                 self._check, target, forced=True)
@@ -112,7 +112,7 @@ class Promoter:
     async def _move(self, version: str, path: str | None, *, by: str, forced: bool, kind: str,
                     reason: str | None) -> Promoted:
         if path is not None:
-            await asyncio.gather(*(self._load_and_warm(u, version, path) for u in self.upstreams))
+            await asyncio.gather(*(self.load_and_warm(u, version, path) for u in self.upstreams))
         previous = self.catalog.champion or BASE_MODEL_NAME
         adapter = None if version == BASE_MODEL_NAME else version
 
@@ -130,7 +130,7 @@ class Promoter:
                                                "by": by, "forced": forced})
         return Promoted(version=version, previous=previous, forced=forced)
 
-    async def _load_and_warm(self, upstream: Upstream, version: str, path: str) -> None:
+    async def load_and_warm(self, upstream: Upstream, version: str, path: str) -> None:
         if version not in await upstream.loaded_adapters():
             for attempt in range(1, LOAD_ATTEMPTS + 1):
                 try:

@@ -90,7 +90,10 @@ class DatabaseSettings(Section):
 class VLLMSettings(Section):
     """How the daemon launches and talks to vLLM's OpenAI server."""
 
-    port: int = Field(default=8100, ge=1, le=65535, description="Internal port, bound to 127.0.0.1.")
+    port: int = Field(
+        default=8100, ge=1, le=65534,
+        description="Internal port, bound to 127.0.0.1; a replacement server uses port + 1.",
+    )
     upstreams: list[str] = Field(
         default_factory=list,
         description="Base URLs of vLLM servers managed elsewhere. Empty: one is started locally.",
@@ -112,6 +115,25 @@ class VLLMSettings(Section):
         default=5, ge=0, description="Restarts allowed within restart_window_s before giving up."
     )
     restart_window_s: float = Field(default=600.0, gt=0)
+    replace_after_adapters: int | None = Field(
+        default=32, ge=1,
+        description="Replace the local vLLM with a fresh one (no request fails) once it has "
+        "registered this many adapters: vLLM frees none, so memory grows with each. Null: never.",
+    )
+    keep_adapters: int = Field(
+        default=3, ge=0,
+        description="Former champions kept loaded across a replacement (instant rollback).",
+    )
+
+    @model_validator(mode="after")
+    def _room_after_replacement(self) -> VLLMSettings:
+        limit = self.replace_after_adapters
+        if limit is not None and limit < self.keep_adapters + 2:
+            raise ValueError(
+                f"replace_after_adapters ({limit}) must exceed keep_adapters + 1 "
+                f"({self.keep_adapters + 1}): a replacement starts with the champion and the kept "
+                "versions, and must have room for a new one")
+        return self
 
 
 class ApiKey(Section):

@@ -5,6 +5,13 @@ re-applies the adapter state after every (re)start before the gateway sends it t
 workers go with it). `HealthWatch` does the same readiness dance for a server managed elsewhere.
 Both call `on_ready(upstream)` (load the champion adapter) before marking the upstream ready, so a
 restarted server never silently answers with the bare base model.
+
+vLLM frees nothing when an adapter is unloaded (measured on 0.32), so every version a server has
+registered stays in its memory. Past `replace_after` registrations the supervisor replaces its
+child: a fresh server starts beside it on the other port, takes the champion and the versions
+kept for rollback, and new requests move to it; requests in flight finish on the old one, which
+is stopped once they have. No request fails, at the price of a second server's memory for a
+minute.
 """
 
 from __future__ import annotations
@@ -18,13 +25,15 @@ import signal
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
-from lifelong.daemon.upstream import Upstream
+from lifelong.daemon.upstream import HttpUpstream, Upstream
 
 logger = logging.getLogger(__name__)
 
 OnReady = Callable[[Upstream], Awaitable[None]]
+Exclusive = Callable[[], AbstractAsyncContextManager[None]]
 HEALTH_INTERVAL_S = 2.0
 UNHEALTHY_KILL_AFTER = 15  # consecutive failed /health probes (~30 s) before a hung server is killed
 
@@ -49,22 +58,36 @@ def tail(path: Path, lines: int = 25) -> str:
 
 
 class Supervisor:
-    """One local vLLM child process, restarted with backoff up to `max_restarts` per window."""
+    """One local vLLM child process, restarted with backoff up to `max_restarts` per window, and
+    replaced by a fresh one (no request failing) once it has registered `replace_after` adapters.
+
+    `command(port)` is the server's command line; it alternates between the two `ports`.
+    `on_replacement(upstream)` readies a replacement (champion and kept versions loaded) and
+    `on_replaced()` runs right after the switch; both run inside `exclusive()`, which holds off
+    promotions and evals so the adapter state cannot change under them.
+    """
 
     def __init__(
         self,
         *,
-        command: Sequence[str],
+        command: Callable[[int], Sequence[str]],
+        ports: tuple[int, int],
         env: dict[str, str],
-        upstream: Upstream,
+        upstream: HttpUpstream,
         log_path: Path,
         on_ready: OnReady,
         startup_timeout_s: float,
         max_restarts: int,
         restart_window_s: float,
         on_give_up: Callable[[str], None],
+        replace_after: int | None = None,
+        on_replacement: OnReady | None = None,
+        on_replaced: Callable[[], None] = lambda: None,
+        exclusive: Exclusive = contextlib.nullcontext,  # type: ignore[assignment]
     ) -> None:
-        self.command = list(command)
+        self.command = command
+        self.ports = ports
+        self.port = ports[0]
         self.env = env
         self.upstream = upstream
         self.log_path = log_path
@@ -73,13 +96,19 @@ class Supervisor:
         self.max_restarts = max_restarts
         self.restart_window_s = restart_window_s
         self.on_give_up = on_give_up
+        self.replace_after = replace_after
+        self.on_replacement = on_replacement or on_ready
+        self.on_replaced = on_replaced
+        self.exclusive = exclusive
         self.restarts = 0
+        self.replacements = 0
         self.state = "stopped"  # stopped | starting | ready | restarting | failed
         self.last_error: str | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._recent_restarts: deque[float] = deque()
+        self._next_replacement_try = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -94,19 +123,25 @@ class Supervisor:
         self._task = asyncio.create_task(self._watch(), name="vllm-supervisor")
 
     async def _launch(self) -> None:
+        self._process = await self._spawn(self.port)
+
+    async def _spawn(self, port: int) -> asyncio.subprocess.Process:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
-            log_file.write(f"\n==== lifelong: starting vLLM at {time.ctime()} ====\n".encode())
+            log_file.write(
+                f"\n==== lifelong: starting vLLM on port {port} at {time.ctime()} ====\n".encode())
             log_file.flush()
-            self._process = await asyncio.create_subprocess_exec(
-                *self.command,
+            process = await asyncio.create_subprocess_exec(
+                *self.command(port),
                 env=self.env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=new_group_dying_with_parent,
             )
-        logger.info("vLLM starting", extra={"pid": self._process.pid, "log": str(self.log_path)})
+        logger.info("vLLM starting", extra={"pid": process.pid, "port": port,
+                                            "log": str(self.log_path)})
+        return process
 
     async def _launch_until_ready(self) -> None:
         self.state = "starting"
@@ -126,6 +161,7 @@ class Supervisor:
                     f"(vllm.startup_timeout_s); its log ends with:\n{tail(self.log_path)}"
                 )
             await asyncio.sleep(0.5)
+        self.upstream.adapters_registered = 0  # a fresh server
         await self.on_ready(self.upstream)
         self.upstream.ready = True
         self.state = "ready"
@@ -137,6 +173,7 @@ class Supervisor:
             assert self._process is not None
             exited = asyncio.ensure_future(self._process.wait())
             failed_probes = 0
+            replaced = False
             while not exited.done():
                 await asyncio.wait({exited}, timeout=HEALTH_INTERVAL_S)
                 if exited.done() or self._stopping:
@@ -147,6 +184,13 @@ class Supervisor:
                 if failed_probes >= UNHEALTHY_KILL_AFTER:
                     logger.error("vLLM stopped answering /health; killing it")
                     await self._kill()
+                elif healthy and self._replacement_due():
+                    replaced = await self._replace()
+                    if replaced:
+                        break  # watch the replacement
+            if replaced:
+                exited.cancel()
+                continue
             if self._stopping:
                 exited.cancel()
                 return
@@ -158,6 +202,54 @@ class Supervisor:
             logger.error("vLLM died", extra={"status": self._process.returncode})
             if not await self._restart():
                 return
+
+    def _replacement_due(self) -> bool:
+        return (self.replace_after is not None and self.state == "ready"
+                and self.upstream.adapters_registered >= self.replace_after
+                and time.monotonic() >= self._next_replacement_try)
+
+    async def _replace(self) -> bool:
+        """Start a fresh server on the other port, ready it, move new requests to it, stop the
+        old one once its requests are done. False (the old one keeps serving) if it fails."""
+        old_process, port = self._process, self.ports[1] if self.port == self.ports[0] \
+            else self.ports[0]
+        assert old_process is not None
+        url = self.upstream.base_url.rsplit(":", 1)[0] + f":{port}"
+        logger.info("replacing vLLM: it has registered many adapters and frees none",
+                    extra={"adapters": self.upstream.adapters_registered, "port": port})
+        new = HttpUpstream(url, timeout_s=60)
+        process = await self._spawn(port)
+        try:
+            deadline = time.monotonic() + self.startup_timeout_s
+            while not await new.health():
+                if process.returncode is not None or time.monotonic() > deadline:
+                    raise StartupFailed(f"the replacement vLLM did not become healthy; its log "
+                                        f"({self.log_path}) ends with:\n{tail(self.log_path)}")
+                await asyncio.sleep(0.5)
+            async with self.exclusive():
+                await self.on_replacement(new)
+                drained = self.upstream.retarget(url)
+                self.upstream.adapters_registered = new.adapters_registered
+                self._process, self.port = process, port
+                self.on_replaced()
+        except BaseException as exc:  # the old server keeps serving; tried again later
+            await asyncio.shield(self._kill_process(process))
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the daemon is stopping
+            self.last_error = f"replacing vLLM failed: {exc}"
+            logger.error("replacing vLLM failed", extra={"error": str(exc)[:2000]})
+            self._next_replacement_try = time.monotonic() + 600
+            return False
+        finally:
+            await new.aclose()
+        self.replacements += 1
+        try:
+            await drained()
+        finally:
+            await asyncio.shield(self._kill_process(old_process))
+        logger.info("vLLM replaced", extra={"pid": process.pid, "port": port,
+                                            "replacements": self.replacements})
+        return True
 
     async def _restart(self) -> bool:
         """Relaunch with exponential backoff; False once the restart budget is spent."""
@@ -191,8 +283,12 @@ class Supervisor:
         return False
 
     async def _kill(self, grace_s: float = 20.0) -> None:
-        process = self._process
-        if process is None or process.returncode is not None:
+        if self._process is not None:
+            await self._kill_process(self._process, grace_s)
+
+    @staticmethod
+    async def _kill_process(process: asyncio.subprocess.Process, grace_s: float = 20.0) -> None:
+        if process.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)

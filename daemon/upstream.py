@@ -8,10 +8,12 @@ servers that are ready.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
@@ -50,6 +52,7 @@ class AdapterLoadFailed(Exception):
 class Upstream(Protocol):
     base_url: str
     ready: bool
+    adapters_registered: int
 
     async def health(self) -> bool: ...
 
@@ -89,8 +92,10 @@ class HttpUpstream:
     def __init__(self, base_url: str, *, timeout_s: float) -> None:
         self.base_url = base_url.rstrip("/")
         self.ready = False
+        self.adapters_registered = 0  # on the server now behind base_url, since it started
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._in_flight: Counter[aiohttp.ClientSession] = Counter()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -103,6 +108,25 @@ class HttpUpstream:
                 json_serialize=_dumps,
             )
         return self._session
+
+    def retarget(self, base_url: str) -> Callable[[], Awaitable[None]]:
+        """Send new requests to the server at `base_url` (a replacement for the current one);
+        requests in flight finish on the connections they started on. Returns a coroutine
+        function that waits for those requests and closes their connections."""
+        old = self._session
+        self.base_url = base_url.rstrip("/")
+        self._session = None
+        self.adapters_registered = 0
+
+        async def drained() -> None:
+            if old is None:
+                return
+            while self._in_flight[old] > 0:
+                await asyncio.sleep(0.05)
+            del self._in_flight[old]
+            await old.close()
+
+        return drained
 
     async def health(self) -> bool:
         try:
@@ -124,11 +148,15 @@ class HttpUpstream:
         return {card["id"] for card in json.loads(body)["data"]} - {BASE_MODEL_NAME}
 
     async def _post(self, route: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        session = self.session
+        self._in_flight[session] += 1
         try:
-            async with self.session.post(route, json=body) as response:
+            async with session.post(route, json=body) as response:
                 return response.status, await response.read()
         except _FAILURES as exc:
             raise _translate(exc, self.base_url) from exc
+        finally:
+            self._in_flight[session] -= 1
 
     async def load_adapter(self, *, name: str, path: str) -> None:
         """Register adapter `name` from folder `path`; loading a name twice is refused by vLLM.
@@ -140,6 +168,7 @@ class HttpUpstream:
         )
         if status != 200:
             raise AdapterLoadFailed(f"{self.base_url} refused adapter {name}: {text.decode()}")
+        self.adapters_registered += 1
         logger.info("adapter loaded", extra={"upstream": self.base_url, "adapter": name})
 
     async def unload_adapter(self, *, name: str) -> None:
@@ -156,13 +185,17 @@ class HttpUpstream:
     @asynccontextmanager
     async def stream(self, route: str, body: dict[str, Any]) -> AsyncIterator[AsyncIterator[str]]:
         """Open a server-sent-event stream; yields an iterator over its `data:` payloads."""
+        session = self.session
+        self._in_flight[session] += 1
         try:
-            async with self.session.post(route, json=body) as response:
+            async with session.post(route, json=body) as response:
                 if response.status != 200:
                     raise UpstreamRejected(response.status, await response.read())
                 yield _sse_data(response)
         except _FAILURES as exc:
             raise _translate(exc, self.base_url) from exc
+        finally:
+            self._in_flight[session] -= 1
 
     async def aclose(self) -> None:
         if self._session is not None:

