@@ -372,6 +372,9 @@ def eval_(
 
     settings = settings_from(config, data_dir=data_dir)
     url = settings.vllm_urls[0]
+    noted = settings.data_dir / "run" / "vllm.url"  # the daemon's own vLLM moves when replaced
+    if not settings.vllm.upstreams and noted.exists():
+        url = noted.read_text().strip()
 
     async def judged():  # noqa: ANN202 - a Judgement
         upstream = HttpUpstream(url, timeout_s=settings.vllm.request_timeout_s)
@@ -383,7 +386,7 @@ def eval_(
                      "through its vLLM server)")
             ensure_migrated(engine)
             judge = build_judge(settings, sessions=sessionmaker(engine, expire_on_commit=False),
-                                upstream=upstream, base_url=url)
+                                upstream=upstream)
             return await judge.judge(version, against=against)
         finally:
             await upstream.aclose()
@@ -544,36 +547,66 @@ def _check_suites(settings: Settings) -> None:
         fail("eval suites are invalid:\n  " + "\n  ".join(problems))
 
 
-DEMO_HINT = """
-lifelong is starting vLLM and the gateway on http://{host}:{port} (Ctrl-C stops both).
-Once it logs "gateway ready", paste into another terminal:
-
-  curl -s {host}:{port}/v1/chat/completions -H 'content-type: application/json' \\
-    -d '{{"model": "lifelong", "messages": [{{"role": "user", "content": "What is 12 + 34?"}}]}}'
-
-  curl -s {host}:{port}/v1/feedback -H 'content-type: application/json' \\
-    -d '{{"interaction_id": "<the id above>", "kind": "correction", "text": "46"}}'
-"""
-
-
 @app.command("demo")
-def demo(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
-    """Build the embedded base model, show it answering, migrate the database, and serve it."""
+def demo(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    minutes: Annotated[float, typer.Option(
+        min=1, help="Stop after this long (after the cycle in progress is reported).")] = 14.0,
+    cycles: Annotated[int, typer.Option(min=1, help="Stop after this many judged cycles.")] = 3,
+    users: Annotated[int, typer.Option(min=1, help="Simulated users asking at once.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seeds the users and the test set.")] = 0,
+) -> None:
+    """Watch the embedded model learn: simulated users ask a skill it lacks and report outcomes;
+    the daemon trains, judges and hot-swaps on its own. Prints each version's held-out accuracy on
+    the new skill and on the base skill, the gate's decisions, and writes a PNG learning curve."""
     _quiet_openmp()
-    from lifelong.base_model import answer, build
+    from lifelong.base_model import build
+    from lifelong.daemon import demo as demo_run
     from lifelong.feedback_store.database import make_engine, upgrade
 
     settings = settings_from(config, data_dir=data_dir)
     out_dir = _require_embedded(settings)
     report = build(out_dir, seed=settings.base_model.seed, steps=settings.base_model.build_steps)
     typer.echo(report.describe())
-    for question in ("What is 12 + 34?", "What is 58 - 21?", "What is 345 + 123?"):
-        typer.echo(f"  user: {question}\n  model: {answer(out_dir, question)}")
+    plan = demo_run.Plan(minutes=minutes, cycles=cycles, users=users, seed=seed)
+    where = demo_run.fresh_dir(settings.data_dir / "demo")
+    settings, config_file = demo_run.demo_settings(settings, where)
     engine = make_engine(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
     upgrade(engine)
     engine.dispose()
-    typer.echo(DEMO_HINT.format(host=settings.gateway.host, port=settings.gateway.port))
-    _serve(settings)
+    typer.echo(f"demo: starting the daemon on {settings.gateway.host}:{settings.gateway.port} "
+               f"(data and logs in {where}; vLLM takes about half a minute)")
+    show = demo_run.Demo(url="", plan=plan, out_dir=where, say=typer.echo)
+    try:
+        with demo_run.running_daemon(config_file, settings) as daemon:
+            show.url = daemon.url
+            n = show.register_test_set()
+            typer.echo(
+                f"demo: registered {n} held-out `{demo_run.NEW_SKILL}` tasks (the judge's test "
+                f"set); {plan.users} users now ask, check their answers and report outcomes, "
+                f"correcting {plan.correction_share:.0%} of the wrong ones. A cycle starts every "
+                f"{settings.schedule.min_new_feedback} feedback items. Ctrl-C ends the demo.")
+            show.run()
+            typer.echo("demo: stopping the daemon")
+    except KeyboardInterrupt:
+        typer.echo("\ndemo: interrupted; the daemon has stopped")
+    except RuntimeError as exc:
+        fail(str(exc))
+    _demo_summary(show, where)
+
+
+def _demo_summary(show: Any, where: Path) -> None:
+    from lifelong.daemon import demo as demo_run
+
+    typer.echo("\n" + demo_run.table(show.rows))
+    observed = show.users.seen() if show.users else []
+    if show.users is not None:
+        typer.echo(f"\nusers asked {len(observed)} questions; failed requests: "
+                   f"{show.users.failed_requests}")
+    if observed or show.rows:
+        png = demo_run.plot(show.rows, observed, where / "learning_curve.png")
+        typer.echo(f"learning curve: {png}")
 
 
 def main() -> None:
