@@ -1,7 +1,9 @@
 """The whole loop, unattended, on a real daemon: users ask through the public OpenAI endpoint and
 correct the answers; the data trigger starts a cycle; the trainer learns, the judge approves, the
 adapter is hot-swapped in; the public alias then answers held-out questions of the new skill
-with the new version, measurably better."""
+with the new version, measurably better. Then someone poisons the feedback (corrects sums with
+a non-answer): the next cycle ends in rejection naming the retention suite, and the champion
+keeps serving."""
 
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ import openai
 import pytest
 
 from lifelong.base_model import heldout_items, training_items
+from lifelong.base_model.skills import SKILLS
 
 pytestmark = pytest.mark.integration
 
 LIFELONG = str(Path(sys.executable).parent / "lifelong")
 QUESTIONS = 1000
+POISON = "I am not sure."
 
 
 def ask(client: openai.OpenAI, question: str, model: str = "lifelong") -> tuple[str, str, str]:
@@ -32,7 +36,7 @@ def ask(client: openai.OpenAI, question: str, model: str = "lifelong") -> tuple[
     return answer.id, answer.choices[0].message.content or "", reply.headers["x-lifelong-adapter"]
 
 
-def test_feedback_through_the_api_becomes_a_promoted_adapter_that_answers_better(
+def test_feedback_through_the_api_becomes_a_promoted_adapter_and_poison_is_rejected(
     tiny_base_model, tmp_path, start_daemon, migrated_store, echo, digits_only_items
 ):
     retention_source = tmp_path / "digits.jsonl"
@@ -96,5 +100,32 @@ def test_feedback_through_the_api_becomes_a_promoted_adapter_that_answers_better
                                timeout=60)
         assert shown.returncode == 0, shown.stderr
         assert "serving:    v0001" in shown.stdout and "promote  base -> v0001 by gate" in shown.stdout
+
+        # Poison: 300 sums asked through the API, each "corrected" with a non-answer.
+        sums = training_items(SKILLS["add2"], random.Random(7))
+        poisoned = [ask(client, next(sums)[0]) for _ in range(300)]
+        given = httpx.post(f"{daemon.url}/v1/feedback:batch", headers=daemon.headers("alice"),
+                           json={"items": [{"interaction_id": interaction, "kind": "correction",
+                                            "text": POISON} for interaction, _, _ in poisoned]},
+                           timeout=120)
+        assert given.status_code == 201, given.text
+        started = admin.post("/admin/train", json={})
+        assert started.status_code == 202, started.text
+        deadline = time.monotonic() + 900
+        while True:
+            status = admin.get("/admin/status").json()
+            last = status["cycle"]["last"]
+            if last and last["trigger"] == "ops" and last["outcome"] != "running":
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+        assert (last["outcome"], last["decision"], last["candidate"]) == (
+            "rejected", "rejected", "v0002"), last
+        decision = admin.get("/admin/adapters/v0002").json()["gate_decision"]
+        retention = next(s for s in decision["suites"] if s["suite"] == "retention")
+        assert retention["outcome"] == "regressed", decision
+        assert any("retention" in reason for reason in decision["reasons"]), decision
+        assert status["serving"] == "v0001"
+        assert {ask(client, question)[2] for question, _ in heldout[:20]} == {"v0001"}
     finally:
         daemon.stop()
