@@ -197,7 +197,8 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
                                  interaction_log=interaction_log)
         state = StateCollector(sessions=sessions, versions=versions,
                                running_run=lambda: trainer.running_run,
-                               on_versions=metrics.forget_versions)
+                               on_versions=metrics.forget_versions,
+                               cache_s=settings.gateway.metrics_cache_s)
         await asyncio.to_thread(state.refresh)  # the version labels, before the first request
         metrics_registry.register(state)
         app.state.inference = InferenceService(
