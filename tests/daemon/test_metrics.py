@@ -141,12 +141,17 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
                 assert given.status_code == 201, given.text
             return ids
 
+        def stream(n: int) -> None:
+            # spread over the test: a histogram's rate needs its series seen before and after
+            for _ in range(n):
+                chunks = client.chat.completions.create(
+                    model="lifelong", messages=[{"role": "user", "content": "What is 1 + 2?"}],
+                    max_tokens=4, stream=True)
+                assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+        stream(2)
         answered = ask(12)
-        for _ in range(4):
-            stream = client.chat.completions.create(
-                model="lifelong", messages=[{"role": "user", "content": "What is 1 + 2?"}],
-                max_tokens=4, stream=True)
-            assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        stream(2)
         client.completions.create(model="base", prompt="1 + 1 =", max_tokens=2)
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "hi"}])
@@ -165,9 +170,11 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
                                                        "reason": "metrics test"})
         assert promoted.status_code == 200, promoted.text
         ask(4)  # answered by v0001, with outcome feedback
+        stream(2)
         time.sleep(3 * SCRAPE_S)
         assert admin.post("/admin/rollback", json={}).status_code == 200
         ask(2)
+        stream(2)
         time.sleep(4 * SCRAPE_S)  # every change scraped at least twice
 
         exposition = httpx.get(f"{daemon.url}/metrics", timeout=30)
@@ -176,6 +183,7 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
                                  input=exposition.content, capture_output=True, timeout=30)
         assert checked.returncode == 0 and not checked.stdout + checked.stderr, checked
         assert 'lifelong_champion_info{parent="",version="base"} 1.0' in exposition.text
+        assert answered[0] not in exposition.text and "What is" not in exposition.text
 
         end = time.time()
         substitutions = {"$__rate_interval": f"{4 * SCRAPE_S + 1}s",
@@ -201,24 +209,3 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
         assert not empty, "dashboard queries that return no data:\n" + "\n".join(empty)
     finally:
         daemon.stop()
-
-
-def test_the_metrics_route_needs_no_key_and_names_no_user_data(daemon):
-    before = httpx.get(f"{daemon.url}/metrics", timeout=30)
-    answer = httpx.post(f"{daemon.url}/v1/chat/completions", headers=daemon.headers("alice"),
-                        json={"model": "lifelong", "max_tokens": 2,
-                              "messages": [{"role": "user", "content": "secret question"}]},
-                        timeout=60)
-    assert answer.status_code == 200
-    after = httpx.get(f"{daemon.url}/metrics", timeout=30)
-    assert before.status_code == after.status_code == 200
-    assert after.headers["content-type"].startswith("text/plain")
-    assert "secret" not in after.text and answer.json()["id"] not in after.text
-    sample = ('lifelong_requests_total{endpoint="chat.completions",model="lifelong",'
-              'status="200",version="base"}')
-
-    def count(text: str) -> float:
-        lines = [line for line in text.splitlines() if line.startswith(sample)]
-        return float(lines[0].rsplit(" ", 1)[1]) if lines else 0.0
-
-    assert count(after.text) == count(before.text) + 1
