@@ -329,7 +329,7 @@ class StateCollector(Collector):
         runs = CounterMetricFamily(
             "lifelong_training_runs", "Training runs that ended, by result "
             "(succeeded, failed, skipped, interrupted).", labels=["result"])
-        counts = dict(session.execute(
+        counts: dict[str, int] = dict(session.execute(
             select(TrainingRun.status, func.count()).group_by(TrainingRun.status)).all())
         for result in ("succeeded", "failed", "skipped", "interrupted"):
             runs.add_metric([result], counts.get(result, 0))
@@ -371,7 +371,7 @@ class StateCollector(Collector):
             "lifelong_gate_decisions",
             "Gate decisions, by result (approved, rejected, not_enough_evidence).",
             labels=["result"])
-        counts = dict(session.execute(
+        counts: dict[str, int] = dict(session.execute(
             select(GateDecision.status, func.count()).group_by(GateDecision.status)).all())
         for result in ("approved", "rejected", "not_enough_evidence"):
             decisions.add_metric([result], counts.get(result, 0))
