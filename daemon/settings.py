@@ -169,6 +169,10 @@ class GatewaySettings(Section):
         default=5.0, ge=0,
         description="How long feedback waits for its interaction to leave the log queue.",
     )
+    metrics_cache_s: float = Field(
+        default=5.0, ge=0,
+        description="How long /metrics reuses what it read from the store (scrapes stay cheap).",
+    )
 
     @model_validator(mode="after")
     def _no_open_public_bind(self) -> GatewaySettings:

@@ -320,6 +320,7 @@ class HealthWatch:
     def __init__(self, *, upstream: Upstream, on_ready: OnReady) -> None:
         self.upstream = upstream
         self.on_ready = on_ready
+        self.restarts = 0  # the server is managed elsewhere: never restarted from here
         self.state = "starting"
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None

@@ -9,6 +9,18 @@ python="${PYTHON:-python3}"
 extras="$flavour"
 [ "${LIFELONG_DEV:-0}" = "1" ] && extras="$flavour,dev"
 
+if [ "${LIFELONG_DEV:-0}" = "1" ] && ! command -v promtool > /dev/null; then
+    # The metrics tests start Debian's Prometheus server and check the exposition with promtool.
+    if ! command -v apt-get > /dev/null; then
+        echo "setup: no apt-get here; install Prometheus (prometheus, promtool) yourself," \
+             "or the metrics tests fail saying so" >&2
+    elif ! { apt-get install -y -qq prometheus > /dev/null \
+             || { apt-get update -qq && apt-get install -y -qq prometheus > /dev/null; }; }; then
+        echo "setup: apt-get could not install prometheus (not root?); the metrics tests" \
+             "need it" >&2
+    fi
+fi
+
 stamp=".venv/.installed-$extras"
 if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/setup.sh ]; then
     exit 0

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.daemon.gateway import errors
@@ -25,6 +26,7 @@ from lifelong.daemon.gateway.admin.router import router as admin_router
 from lifelong.daemon.gateway.auth import KeyRing
 from lifelong.daemon.gateway.body_limit import BodyLimit
 from lifelong.daemon.gateway.catalog import ModelCatalog
+from lifelong.daemon.gateway.exposition import router as exposition_router
 from lifelong.daemon.gateway.feedback.router import router as feedback_router
 from lifelong.daemon.gateway.feedback.service import FeedbackService
 from lifelong.daemon.gateway.health import router as health_router
@@ -32,6 +34,7 @@ from lifelong.daemon.gateway.inference.router import router as inference_router
 from lifelong.daemon.gateway.inference.service import InferenceService
 from lifelong.daemon.judge import build_judge
 from lifelong.daemon.learning_cycle import LearningCycle, Schedule
+from lifelong.daemon.metrics import ServingMetrics, StateCollector, VersionLabels
 from lifelong.daemon.promotion import Promoter
 from lifelong.daemon.settings import ENV_PREFIX, Settings, write_settings_file
 from lifelong.daemon.supervisor import HealthWatch, Supervisor
@@ -224,8 +227,19 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         app.state.pool = pool
         app.state.watchers = watchers
         app.state.interaction_log = interaction_log
+        # One registry per app, not prometheus_client's global one: a process may build several.
+        app.state.metrics_registry = metrics_registry = CollectorRegistry()
+        versions = VersionLabels(catalog)
+        metrics = ServingMetrics(metrics_registry, versions=versions, watchers=watchers,
+                                 interaction_log=interaction_log)
+        state = StateCollector(sessions=sessions, versions=versions,
+                               running_run=lambda: trainer.running_run,
+                               on_versions=metrics.forget_versions,
+                               cache_s=settings.gateway.metrics_cache_s)
+        await asyncio.to_thread(state.refresh)  # the version labels, before the first request
+        metrics_registry.register(state)
         app.state.inference = InferenceService(
-            catalog=catalog, pool=pool, interaction_log=interaction_log
+            catalog=catalog, pool=pool, interaction_log=interaction_log, metrics=metrics
         )
         app.state.feedback = FeedbackService(
             sessions=sessions,
@@ -234,6 +248,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             feedback_wait_s=settings.gateway.feedback_wait_s,
             heldout_fraction=settings.database.heldout_fraction,
             max_text_chars=settings.database.max_text_chars,
+            metrics=metrics,
         )
         try:
             for watcher in watchers:
@@ -277,5 +292,6 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     app.include_router(inference_router)
     app.include_router(feedback_router)
     app.include_router(health_router)
+    app.include_router(exposition_router)
     app.include_router(admin_router)
     return app

@@ -7,11 +7,13 @@ import sqlite3
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import CollectorRegistry
 from sqlalchemy.orm import sessionmaker
 
 from lifelong.daemon.gateway.auth import ALL_SCOPES, Principal
 from lifelong.daemon.gateway.feedback.protocol import RatingIn
 from lifelong.daemon.gateway.feedback.service import FeedbackService
+from lifelong.daemon.metrics import ServingMetrics, VersionLabels
 from lifelong.feedback_store.database import make_engine, upgrade
 from lifelong.feedback_store.errors import UnknownInteraction
 from lifelong.feedback_store.feedback_committer import FeedbackCommitter
@@ -26,11 +28,14 @@ def parts(tmp_path):
     upgrade(engine)
     log = InteractionLog(engine, heldout_fraction=0.1)
     committer = FeedbackCommitter(engine)
+    metrics = CollectorRegistry()
     service = FeedbackService(
         sessions=sessionmaker(engine), committer=committer, interaction_log=log,
         feedback_wait_s=30, heldout_fraction=0.1, max_text_chars=1000,
+        metrics=ServingMetrics(metrics, versions=VersionLabels(), watchers=[],
+                               interaction_log=log),
     )
-    yield service, log, path
+    yield service, log, path, metrics
     log.close(5)
     committer.close(5)
     engine.dispose()
@@ -48,7 +53,7 @@ def test_feedback_on_a_queued_interaction_waits_for_it(parts):
     asyncio.run(queued_interaction_waits(*parts))
 
 
-async def queued_interaction_waits(service, log, path):
+async def queued_interaction_waits(service, log, path, metrics):
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # hold the write lock: the log cannot commit
     try:
@@ -64,12 +69,16 @@ async def queued_interaction_waits(service, log, path):
         blocker.close()
     (stored,) = await asyncio.wait_for(pending, 30)
     assert stored.interaction_id == "chatcmpl-queued" and stored.score == 1
+    assert metrics.get_sample_value("lifelong_feedback_received_total",
+                                    {"kind": "rating", "result": "committed"}) == 1
 
 
 def test_feedback_on_a_never_seen_interaction_is_unknown_at_once(parts):
-    service, _, _ = parts
+    service, _, _, metrics = parts
     with pytest.raises(UnknownInteraction):
         asyncio.run(asyncio.wait_for(service.add(
             [RatingIn(interaction_id="chatcmpl-never", kind="rating", score=1)],
             Principal(None, ALL_SCOPES),
         ), 5))
+    assert metrics.get_sample_value("lifelong_feedback_received_total",
+                                    {"kind": "rating", "result": "refused"}) == 1

@@ -24,6 +24,7 @@ from lifelong.daemon.gateway.feedback.protocol import (
     TaskIn,
     TaskOut,
 )
+from lifelong.daemon.metrics import ServingMetrics
 from lifelong.feedback_store import records, tasks
 from lifelong.feedback_store.feedback_committer import FeedbackCommitter
 from lifelong.feedback_store.interaction_log import InteractionLog
@@ -65,7 +66,9 @@ class FeedbackService:
         feedback_wait_s: float,
         heldout_fraction: float,
         max_text_chars: int,
+        metrics: ServingMetrics,
     ) -> None:
+        self.metrics = metrics
         self.sessions = sessions
         self.committer = committer
         self.interaction_log = interaction_log
@@ -88,8 +91,14 @@ class FeedbackService:
         referenced = {item.interaction_id for item in batch}
         referenced |= {i.preferred_over for i in batch if isinstance(i, records.Preference)} - {None}
         await self._wait_until_logged(referenced)  # type: ignore[arg-type]
-        future = self.committer.submit(batch, principal=principal.name, admin=principal.admin)
-        rows = await asyncio.wrap_future(future)
+        kinds = [item.kind for item in items]
+        try:
+            future = self.committer.submit(batch, principal=principal.name, admin=principal.admin)
+            rows = await asyncio.wrap_future(future)
+        except Exception:
+            self.metrics.feedback_received(kinds, committed=False)
+            raise
+        self.metrics.feedback_received(kinds, committed=True)
         return [to_wire(row) for row in rows]
 
     async def add_task(self, task: TaskIn, principal: Principal) -> TaskOut:

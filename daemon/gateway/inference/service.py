@@ -20,8 +20,15 @@ from typing import Any
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from lifelong.daemon.gateway.auth import Principal
-from lifelong.daemon.gateway.catalog import ModelCatalog, Route
-from lifelong.daemon.upstream import BASE_MODEL_NAME, UpstreamPool
+from lifelong.daemon.gateway.catalog import ModelCatalog, Route, UnknownModel
+from lifelong.daemon.metrics import ServingMetrics
+from lifelong.daemon.upstream import (
+    BASE_MODEL_NAME,
+    UpstreamPool,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from lifelong.feedback_store.interaction_log import InteractionLog
 from lifelong.feedback_store.records import NewInteraction
 
@@ -53,13 +60,38 @@ def _delta_of(choice: dict[str, Any]) -> str:
     return choice.get("text") or ""
 
 
+def _status_of(exc: Exception) -> int:
+    """The HTTP status `errors.py` answers `exc` with."""
+    match exc:
+        case UnknownModel():
+            return 404
+        case UpstreamUnavailable():
+            return 503
+        case UpstreamTimeout():
+            return 504
+        case UpstreamRejected():
+            return exc.status_code
+    return 500
+
+
 class InferenceService:
     def __init__(
-        self, *, catalog: ModelCatalog, pool: UpstreamPool, interaction_log: InteractionLog
+        self,
+        *,
+        catalog: ModelCatalog,
+        pool: UpstreamPool,
+        interaction_log: InteractionLog,
+        metrics: ServingMetrics,
     ) -> None:
         self.catalog = catalog
         self.pool = pool
         self.interaction_log = interaction_log
+        self.metrics = metrics
+
+    def _model_label(self, name: str) -> str:
+        # Bounded: what clients ask for is free text, so a version or `base` asked by name is
+        # `pinned` and the version label says which.
+        return name if name == self.catalog.alias else "pinned"
 
     def _headers(self, interaction_id: str, route: Route) -> dict[str, str]:
         return {"x-lifelong-interaction-id": interaction_id, "x-lifelong-adapter": route.version}
@@ -101,10 +133,20 @@ class InferenceService:
     async def answer(
         self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
     ) -> JSONResponse | StreamingResponse:
-        """Stream or not, as the body asks."""
-        if body.get("stream"):
-            return await self.stream(endpoint, body, principal)
-        return await self.complete(endpoint, body, principal)
+        """Stream or not, as the body asks. Counts the requests that fail before answering."""
+        try:
+            if body.get("stream"):
+                return await self.stream(endpoint, body, principal)
+            return await self.complete(endpoint, body, principal)
+        except Exception as exc:
+            try:
+                model, version = self._model_label(body["model"]), self.catalog.resolve(
+                    body["model"]).version
+            except UnknownModel:
+                model, version = "unknown", None
+            self.metrics.request(endpoint=endpoint.name, model=model, version=version,
+                                 status=_status_of(exc))
+            raise
 
     async def complete(
         self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
@@ -124,6 +166,10 @@ class InferenceService:
             principal=principal, started=started, created_at=created_at, text=_text_of(first),
             finish_reason=first.get("finish_reason"), usage=answer.get("usage"),
         )
+        self.metrics.request(endpoint=endpoint.name, model=self._model_label(route.requested),
+                             version=route.version, status=200,
+                             seconds=time.perf_counter() - started)
+        self.metrics.tokens(version=route.version, usage=answer.get("usage"))
         return JSONResponse(answer, headers=self._headers(interaction_id, route))
 
     async def stream(
@@ -150,6 +196,7 @@ class InferenceService:
             parts: list[str] = []
             finish_reason: str | None = "abort"  # unless the stream tells otherwise
             usage: dict[str, Any] | None = None
+            first_token = True
             try:
                 async for data in events:
                     if data == "[DONE]":
@@ -163,6 +210,11 @@ class InferenceService:
                     for choice in chunk.get("choices") or ():
                         if choice.get("index", 0) == 0:
                             parts.append(_delta_of(choice))
+                            if first_token and parts[-1]:
+                                first_token = False
+                                self.metrics.first_token(endpoint=endpoint.name,
+                                                         version=route.version,
+                                                         seconds=time.perf_counter() - started)
                             if choice.get("finish_reason"):
                                 finish_reason = choice["finish_reason"]
                     if not client_wants_usage:
@@ -177,6 +229,10 @@ class InferenceService:
                     principal=principal, started=started, created_at=created_at,
                     text="".join(parts), finish_reason=finish_reason, usage=usage,
                 )
+                self.metrics.request(
+                    endpoint=endpoint.name, model=self._model_label(route.requested),
+                    version=route.version, status=200, seconds=time.perf_counter() - started)
+                self.metrics.tokens(version=route.version, usage=usage)
 
         return StreamingResponse(
             relay(), media_type="text/event-stream", headers=self._headers(interaction_id, route)

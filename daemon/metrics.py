@@ -1,0 +1,504 @@
+"""The gateway's Prometheus metrics, all defined here (exported by `gateway/exposition.py`).
+
+Two parts, both registered in one `CollectorRegistry` per app (never the global one, so a test
+process can build several apps):
+
+- `ServingMetrics`: what only the serving path sees, counted as it happens: requests, latency,
+  time to first token, tokens, refused feedback; and, read at scrape time from the objects that
+  hold them, upstream (vLLM) readiness and restarts and the interaction log's queue.
+- `StateCollector`: what the store knows (training runs, eval scores, gate decisions,
+  promotions, feedback and outcomes per version, the champion), read on scrape and cached for
+  `cache_s` seconds so a scrape costs a few small queries at most every `cache_s`. Its counters
+  are counts of store rows, so they are exact across daemon restarts.
+
+Adapter versions are label values, so they are bounded (`VersionLabels`): `base`, the champion,
+the 3 previous champions and the 3 newest adapters keep their names; every other version is
+`other`. When a version leaves that set, the serving series labelled with it are removed and its
+later traffic counts as `other`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
+from prometheus_client.registry import Collector
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from lifelong.daemon.gateway.catalog import ModelCatalog
+from lifelong.daemon.upstream import Upstream
+from lifelong.feedback_store.feedback import settled_max_id
+from lifelong.feedback_store.interaction_log import InteractionLog
+from lifelong.feedback_store.models import (
+    Adapter,
+    Feedback,
+    GateDecision,
+    Interaction,
+    Promotion,
+    TrainingRun,
+)
+
+logger = logging.getLogger(__name__)
+
+BASE = "base"
+OTHER = "other"
+PREVIOUS_CHAMPIONS_KEPT = 3
+NEWEST_ADAPTERS_KEPT = 3
+RECENT_DECISIONS_READ = 50  # enough to give every kept version its latest eval scores
+
+# Latency of a small model on a CPU up to a large one on a GPU under load.
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class VersionLabels:
+    """Adapter version -> a bounded label value. `kept` is replaced as the registry changes;
+    the live champion always keeps its name (a just-promoted version before the next refresh)."""
+
+    def __init__(self, catalog: ModelCatalog | None = None) -> None:
+        self._catalog = catalog
+        self.kept: frozenset[str] = frozenset({BASE})
+
+    def __call__(self, version: str | None) -> str:
+        if version is None or version == BASE:
+            return BASE
+        if version in self.kept or (self._catalog and version == self._catalog.champion):
+            return version
+        return OTHER
+
+
+def kept_versions(session: Session) -> frozenset[str]:
+    """base, the champion, the 3 previous champions and the 3 newest adapters."""
+    champion = session.scalar(select(Adapter.version).where(Adapter.status == "champion"))
+    kept = {BASE} | ({champion} if champion else set())
+    previous: list[str] = []
+    moves = session.execute(
+        select(Promotion.from_version, Promotion.to_version).order_by(Promotion.id.desc()).limit(50)
+    )
+    for from_version, to_version in moves:
+        for version in (to_version, from_version):
+            if version and version != champion and version not in previous:
+                previous.append(version)
+    kept |= set(previous[:PREVIOUS_CHAMPIONS_KEPT])
+    newest = session.scalars(
+        select(Adapter.version).order_by(Adapter.created_at.desc(), Adapter.version.desc())
+        .limit(NEWEST_ADAPTERS_KEPT)
+    )
+    return frozenset(kept | set(newest))
+
+
+class Watched(Protocol):
+    """What the supervisor and the health watch expose about one vLLM server."""
+
+    restarts: int
+    upstream: Upstream
+
+
+class ServingMetrics:
+    """Counters and histograms of the serving path, plus upstream and log state read on scrape."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        versions: VersionLabels,
+        watchers: Sequence[Watched],
+        interaction_log: InteractionLog,
+    ) -> None:
+        self.versions = versions
+        self.watchers = watchers
+        self.interaction_log = interaction_log
+        self.requests = Counter(
+            "lifelong_requests", "Completion requests answered, by endpoint, requested model "
+            "(the public alias, `pinned` for a version or base asked by name, `unknown`), "
+            "adapter version and HTTP status.",
+            ["endpoint", "model", "version", "status"], registry=registry,
+        )
+        self.duration = Histogram(
+            "lifelong_request_duration_seconds", "Completion request time in the gateway, "
+            "until the last byte of the answer (streams included).",
+            ["endpoint", "version"], buckets=LATENCY_BUCKETS, registry=registry,
+        )
+        self.ttft = Histogram(
+            "lifelong_time_to_first_token_seconds", "Streamed completions: time until the first "
+            "chunk with content.", ["endpoint", "version"], buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.prompt_tokens = Counter(
+            "lifelong_prompt_tokens", "Prompt tokens of answered requests (vLLM's usage).",
+            ["version"], registry=registry,
+        )
+        self.completion_tokens = Counter(
+            "lifelong_completion_tokens", "Completion tokens of answered requests (vLLM's usage).",
+            ["version"], registry=registry,
+        )
+        self.feedback = Counter(
+            "lifelong_feedback_received", "Feedback items received by the API, by kind and "
+            "whether they were committed or refused (a refused batch refuses all its items).",
+            ["kind", "result"], registry=registry,
+        )
+        # label tuples used per version, so a version leaving the kept set can be forgotten
+        self._series: dict[str, set[tuple[Any, tuple[str, ...]]]] = defaultdict(set)
+        self._lock = threading.Lock()
+        registry.register(_LiveServing(self))
+
+    def _labels(self, metric: Any, version: str, *values: str) -> Any:
+        with self._lock:
+            self._series[version].add((metric, values))
+        return metric.labels(*values)
+
+    def request(self, *, endpoint: str, model: str, version: str | None, status: int,
+                seconds: float | None = None) -> None:
+        """One answered (or refused) completion request; `seconds` when it was answered."""
+        label = self.versions(version) if version else "none"
+        self._labels(self.requests, label, endpoint, model, label, str(status)).inc()
+        if seconds is not None:
+            self._labels(self.duration, label, endpoint, label).observe(seconds)
+
+    def first_token(self, *, endpoint: str, version: str, seconds: float) -> None:
+        label = self.versions(version)
+        self._labels(self.ttft, label, endpoint, label).observe(seconds)
+
+    def tokens(self, *, version: str, usage: dict[str, Any] | None) -> None:
+        if not usage:
+            return
+        label = self.versions(version)
+        self._labels(self.prompt_tokens, label, label).inc(usage.get("prompt_tokens") or 0)
+        self._labels(self.completion_tokens, label, label).inc(usage.get("completion_tokens") or 0)
+
+    def feedback_received(self, kinds: Iterable[str], *, committed: bool) -> None:
+        result = "committed" if committed else "refused"
+        for kind in kinds:
+            self.feedback.labels(kind, result).inc()
+
+    def forget_versions(self, kept: frozenset[str]) -> None:
+        """Remove the series of versions no longer kept (their later traffic is `other`)."""
+        with self._lock:
+            dropped = [v for v in self._series if v not in kept and v not in (OTHER, "none")]
+            series = [entry for v in dropped for entry in self._series.pop(v)]
+        for metric, values in series:
+            with contextlib.suppress(KeyError):  # removed already
+                metric.remove(*values)
+
+
+class _LiveServing(Collector):
+    """Upstream and interaction-log state, read from the live objects at each scrape."""
+
+    def __init__(self, serving: ServingMetrics) -> None:
+        self.serving = serving
+
+    def collect(self) -> Iterator[Metric]:
+        ready = GaugeMetricFamily(
+            "lifelong_upstream_ready", "1 while the vLLM server is healthy with the champion "
+            "loaded and takes traffic.", labels=["upstream"])
+        restarts = CounterMetricFamily(
+            "lifelong_upstream_restarts", "Restarts of the vLLM child by the supervisor since "
+            "the daemon started (0 for servers managed elsewhere).", labels=["upstream"])
+        for watcher in self.serving.watchers:
+            url = watcher.upstream.base_url
+            ready.add_metric([url], 1.0 if watcher.upstream.ready else 0.0)
+            restarts.add_metric([url], float(watcher.restarts))
+        stats = self.serving.interaction_log.stats()
+        yield ready
+        yield restarts
+        yield GaugeMetricFamily(
+            "lifelong_interaction_log_queue_depth",
+            "Interactions waiting in memory to be written to the store.", value=stats.queued)
+        yield CounterMetricFamily(
+            "lifelong_interaction_log_dropped",
+            "Interactions never logged: dropped (queue full), refused by the database, or lost "
+            "at shutdown.", value=stats.dropped + stats.rejected + stats.lost)
+        yield CounterMetricFamily(
+            "lifelong_interaction_log_written", "Interactions committed to the store.",
+            value=stats.written)
+
+
+@dataclass
+class _FeedbackTotals:
+    """Running feedback counts per (kind, version), advanced by reading only new rows."""
+
+    watermark: int = 0  # highest feedback id counted
+    items: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    passed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    failed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    reward_sum: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    reward_count: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def advance(self, session: Session) -> None:
+        # Only ids that no running transaction can still add below (PostgreSQL commits ids out
+        # of order), so no row is skipped and none is counted twice.
+        settled = settled_max_id(session)
+        if settled <= self.watermark:
+            return
+        version = func.coalesce(Interaction.adapter_version, BASE)
+        rows = session.execute(
+            select(
+                Feedback.kind, version, func.count(),
+                func.sum(case((Feedback.passed.is_(True), 1), else_=0)),
+                func.sum(case((Feedback.passed.is_(False), 1), else_=0)),
+                func.sum(Feedback.reward), func.count(Feedback.reward),
+            )
+            .join(Interaction, Interaction.id == Feedback.interaction_id)
+            .where(Feedback.id > self.watermark, Feedback.id <= settled)
+            .group_by(Feedback.kind, version)
+        )
+        for kind, ver, count, passed, failed, reward_sum, reward_count in rows:
+            self.items[(kind, ver)] += count
+            if kind == "outcome":
+                self.passed[ver] += passed or 0
+                self.failed[ver] += failed or 0
+                self.reward_sum[ver] += reward_sum or 0.0
+                self.reward_count[ver] += reward_count or 0
+        self.watermark = settled
+
+
+def _suites(details: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(details.get("suites") or [])
+
+
+class StateCollector(Collector):
+    """The learning side, from the store (cached `cache_s`) and the trainer, on each scrape.
+
+    `refresh()` also updates the kept versions (and tells `on_versions`), so call it once at
+    start-up: the serving path labels by them from the first request.
+    """
+
+    def __init__(
+        self,
+        *,
+        sessions: sessionmaker[Session],
+        versions: VersionLabels,
+        running_run: Callable[[], int | None] = lambda: None,
+        on_versions: Callable[[frozenset[str]], None] = lambda kept: None,
+        cache_s: float = 5.0,
+    ) -> None:
+        self.sessions = sessions
+        self.versions = versions
+        self.running_run = running_run  # () -> the id of the training run going on, or None
+        self.on_versions = on_versions
+        self.cache_s = cache_s
+        self._lock = threading.Lock()
+        self._cached: list[Metric] = []
+        self._cached_at = float("-inf")
+        self._feedback = _FeedbackTotals()
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # collected on demand only: no store query when registered
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if time.monotonic() - self._cached_at >= self.cache_s:
+                try:
+                    self._cached = self.refresh()
+                except Exception:  # a store hiccup must not fail the scrape of everything else
+                    logger.exception("metrics: reading the store failed; serving the last figures")
+                self._cached_at = time.monotonic()
+            yield from self._cached
+
+    def refresh(self) -> list[Metric]:
+        """Read the store now; the metric families it yields until the next refresh."""
+        with self.sessions() as session:
+            kept = kept_versions(session)
+            self.versions.kept = kept
+            self.on_versions(kept)
+            self._feedback.advance(session)
+            metrics = [
+                *self._training(session),
+                *self._decisions(session),
+                *self._promotions(session),
+                *self._feedback_metrics(),
+            ]
+        return metrics
+
+    def _training(self, session: Session) -> Iterator[Metric]:
+        runs = CounterMetricFamily(
+            "lifelong_training_runs", "Training runs that ended, by result "
+            "(succeeded, failed, skipped, interrupted).", labels=["result"])
+        counts: dict[str, int] = dict(session.execute(
+            select(TrainingRun.status, func.count()).group_by(TrainingRun.status)).all())
+        for result in ("succeeded", "failed", "skipped", "interrupted"):
+            runs.add_metric([result], counts.get(result, 0))
+        yield runs
+        last = session.scalar(
+            select(TrainingRun).where(TrainingRun.status == "succeeded")
+            .order_by(TrainingRun.id.desc()).limit(1))
+        if last is not None and last.finished_at is not None:
+            yield GaugeMetricFamily(
+                "lifelong_training_last_run_duration_seconds",
+                "Wall time of the last successful training run.",
+                value=(last.finished_at - last.started_at).total_seconds())
+            loss = _final_loss(last.metrics or {})
+            if loss is not None:
+                yield GaugeMetricFamily(
+                    "lifelong_training_last_run_loss", "Final loss of the last successful "
+                    "training run (its last stage's; SFT and DPO losses are on other scales).",
+                    value=loss)
+        run_id = self.running_run()
+        active = run_id is not None
+        step = GaugeMetricFamily(
+            "lifelong_training_current_run_step",
+            "Optimizer steps done by the training run going on (0 when none is).", value=0)
+        current = session.get(TrainingRun, run_id) if active else None
+        history = ((current.metrics or {}).get("history") or {}) if current else {}
+        steps, losses = history.get("step") or [], history.get("loss") or []
+        if steps:
+            step = GaugeMetricFamily(step.name, step.documentation, value=steps[-1])
+        yield GaugeMetricFamily(
+            "lifelong_training_run_active", "1 while a training run goes on.", value=int(active))
+        yield step
+        if losses:
+            yield GaugeMetricFamily(
+                "lifelong_training_current_run_loss",
+                "Latest recorded loss of the training run going on.", value=losses[-1])
+
+    def _decisions(self, session: Session) -> Iterator[Metric]:
+        decisions = CounterMetricFamily(
+            "lifelong_gate_decisions",
+            "Gate decisions, by result (approved, rejected, not_enough_evidence).",
+            labels=["result"])
+        counts: dict[str, int] = dict(session.execute(
+            select(GateDecision.status, func.count()).group_by(GateDecision.status)).all())
+        for result in ("approved", "rejected", "not_enough_evidence"):
+            decisions.add_metric([result], counts.get(result, 0))
+        yield decisions
+
+        recent = list(session.scalars(
+            select(GateDecision).order_by(GateDecision.id.desc()).limit(RECENT_DECISIONS_READ)))
+        scores: dict[tuple[str, str, str], float] = {}
+        for decision in reversed(recent):  # oldest first: the latest score of each wins
+            for suite in _suites(decision.details):
+                for version, mean in ((decision.candidate_version, suite["candidate_mean"]),
+                                      (decision.champion_version, suite["champion_mean"])):
+                    scores[(self.versions(version), suite["suite"], suite["kind"])] = mean
+        eval_score = GaugeMetricFamily(
+            "lifelong_eval_score", "Mean score (pass rate for pass/fail suites) of a version on "
+            "an eval suite, from the latest gate decision that measured it.",
+            labels=["version", "suite", "kind"])
+        for labels, mean in sorted(scores.items()):
+            eval_score.add_metric(list(labels), mean)
+        yield eval_score
+        if recent:
+            yield from _last_decision(recent[0])
+
+    def _promotions(self, session: Session) -> Iterator[Metric]:
+        rows = session.execute(
+            select(Promotion.kind, Promotion.forced, func.count())
+            .group_by(Promotion.kind, Promotion.forced)).all()
+        promoted = sum(n for kind, _, n in rows if kind == "promote")
+        forced = sum(n for kind, was_forced, n in rows if kind == "promote" and was_forced)
+        rolled_back = sum(n for kind, _, n in rows if kind == "rollback")
+        yield CounterMetricFamily(
+            "lifelong_adapter_promotions", "Promotions of an adapter to champion "
+            "(forced ones included).", value=promoted)
+        yield CounterMetricFamily(
+            "lifelong_adapter_forced_promotions",
+            "Promotions that skipped the gate (`promote --force`).", value=forced)
+        yield CounterMetricFamily(
+            "lifelong_adapter_rollbacks", "Rollbacks to a previous champion or the base model.",
+            value=rolled_back)
+        champion = session.scalar(select(Adapter).where(Adapter.status == "champion"))
+        info = InfoMetricFamily(
+            "lifelong_champion", "The version the public alias serves, and its parent.",
+            labels=[])
+        info.add_metric([], {"version": champion.version if champion else BASE,
+                             "parent": (champion.parent_version or BASE) if champion else ""})
+        yield info
+
+    def _feedback_metrics(self) -> Iterator[Metric]:
+        totals = self._feedback
+        items: dict[tuple[str, str], int] = defaultdict(int)
+        for (kind, version), count in totals.items.items():
+            items[(kind, self.versions(version))] += count
+        family = CounterMetricFamily(
+            "lifelong_feedback_items", "Feedback items stored, by kind and the adapter version "
+            "that gave the answer.", labels=["kind", "version"])
+        for labels, count in sorted(items.items()):
+            family.add_metric(list(labels), count)
+        yield family
+        outcomes = CounterMetricFamily(
+            "lifelong_outcomes", "Outcome feedback with a pass/fail verdict, by version and "
+            "result (passed, failed).", labels=["version", "result"])
+        reward = SummaryMetricFamily(
+            "lifelong_outcome_reward", "Rewards of outcome feedback, by version (mean reward "
+            "= rate of _sum / rate of _count).", labels=["version"])
+        for version, count in _by_label(totals.passed, self.versions).items():
+            outcomes.add_metric([version, "passed"], count)
+        for version, count in _by_label(totals.failed, self.versions).items():
+            outcomes.add_metric([version, "failed"], count)
+        sums = _by_label(totals.reward_sum, self.versions)
+        for version, count in _by_label(totals.reward_count, self.versions).items():
+            reward.add_metric([version], count_value=count, sum_value=sums.get(version, 0.0))
+        yield outcomes
+        yield reward
+
+
+def _by_label(values: dict[str, Any], versions: VersionLabels) -> dict[str, Any]:
+    merged: dict[str, Any] = defaultdict(int)
+    for version, value in values.items():
+        merged[versions(version)] += value
+    return dict(sorted(merged.items()))
+
+
+def _final_loss(metrics: dict[str, Any]) -> float | None:
+    stages = metrics.get("stages") or []
+    if stages and stages[-1].get("final_loss") is not None:
+        return float(stages[-1]["final_loss"])
+    losses = (metrics.get("history") or {}).get("loss") or []
+    return float(losses[-1]) if losses else None
+
+
+def _last_decision(decision: GateDecision) -> Iterator[Metric]:
+    """The latest decision's figures, per suite: why it went the way it did."""
+    decided = GaugeMetricFamily(
+        "lifelong_last_gate_decision_timestamp_seconds", "When the latest gate decision was "
+        "made, naming the candidate, the version it was judged against, and the result.",
+        labels=["candidate", "champion", "status"])
+    decided.add_metric([decision.candidate_version or BASE, decision.champion_version or BASE,
+                        decision.status], decision.decided_at.timestamp())
+    yield decided
+    figures = {
+        "difference": "candidate minus champion mean score",
+        "tolerance": "largest drop the suite may show",
+        "candidate_score": "candidate's mean score",
+        "champion_score": "champion's mean score",
+        "passed": "1 when the suite did not stand in the candidate's way (improved or held), "
+                  "0 when it did",
+    }
+    families = {
+        name: GaugeMetricFamily(f"lifelong_last_gate_suite_{name}",
+                                f"Latest gate decision, per suite: {doc}.",
+                                labels=["suite", "kind", "outcome"])
+        for name, doc in figures.items()
+    }
+    for suite in _suites(decision.details):
+        labels = [suite["suite"], suite["kind"], suite["outcome"]]
+        values = {
+            "difference": suite["difference"], "tolerance": suite["tolerance"],
+            "candidate_score": suite["candidate_mean"], "champion_score": suite["champion_mean"],
+            "passed": 1.0 if suite["outcome"] in ("improved", "held") else 0.0,
+        }
+        for name, value in values.items():
+            families[name].add_metric(labels, value)
+    yield from families.values()
+    checks = GaugeMetricFamily(
+        "lifelong_last_gate_hard_check_passed",
+        "Latest gate decision: 1 for each hard check passed, 0 for each failed.",
+        labels=["check"])
+    for check in decision.details.get("hard_checks") or []:
+        checks.add_metric([check["name"]], 1.0 if check["passed"] else 0.0)
+    yield checks

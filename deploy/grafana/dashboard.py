@@ -1,0 +1,234 @@
+"""Builds the Grafana dashboard "lifelong — adapter promotions" as code and writes
+`deploy/grafana/dashboards/lifelong.json` (which Grafana's provisioning loads).
+
+    .venv/bin/python deploy/grafana/dashboard.py          # rewrite the JSON
+    .venv/bin/python deploy/grafana/dashboard.py --check  # exit 1 if the JSON is stale
+
+Built with Grafana's own typed builders (grafana-foundation-sdk, in the dev extras). Every query
+reads the gateway's metrics (`daemon/metrics.py`); `tests/daemon/test_metrics.py` runs each one
+against a real Prometheus scraping a real daemon and fails on any that returns nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import dashboard, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import GraphDrawStyle
+from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, DataSourceRef
+from grafana_foundation_sdk.models.dashboard import DataTransformerConfig as Transformation
+from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+OUTPUT = Path(__file__).parent / "dashboards" / "lifelong.json"
+UID = "lifelong-promotions"
+TITLE = "lifelong — adapter promotions"
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")  # provisioning's uid
+QUALITY_WINDOW = "1h"  # feedback is sparse: pass rate and reward over the last hour
+
+
+def query(expr: str, legend: str = "", *, ref: str = "A", instant: bool = False
+          ) -> prometheus.Dataquery:
+    built = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DATASOURCE)
+    if instant:
+        return built.instant().format(PromQueryFormat.TABLE)
+    return built.range().legend_format(legend or "__auto")
+
+
+def graph(title: str, description: str, *queries: prometheus.Dataquery, unit: str = "short",
+          span: int = 12, bars: bool = False) -> timeseries.Panel:
+    panel = (timeseries.Panel().title(title).description(description).datasource(DATASOURCE)
+             .unit(unit).span(span).height(8).targets(list(queries)))
+    if bars:
+        panel = panel.draw_style(GraphDrawStyle.BARS).fill_opacity(80)
+    return panel
+
+
+def figure(title: str, description: str, expr: str, *, unit: str = "short", span: int = 4
+           ) -> stat.Panel:
+    return (stat.Panel().title(title).description(description).datasource(DATASOURCE)
+            .unit(unit).span(span).height(4).targets([query(expr, ref="A")]))
+
+
+def facts(title: str, description: str, *queries: prometheus.Dataquery, span: int = 12,
+          merge: bool = True) -> table.Panel:
+    panel = (table.Panel().title(title).description(description).datasource(DATASOURCE)
+             .span(span).height(8).targets(list(queries)))
+    if merge:  # one row per suite, one column per query
+        panel = panel.with_transformation(Transformation(id_val="merge", options={}))
+    return panel.with_transformation(Transformation(
+        id_val="organize", options={"excludeByName": {"Time": True, "__name__": True,
+                                                      "instance": True, "job": True}}))
+
+
+def annotation(name: str, expr: str, color: str) -> dashboard.AnnotationQuery:
+    return (dashboard.AnnotationQuery().name(name).datasource(DATASOURCE).enable(True)
+            .icon_color(color).expr(expr))
+
+
+def build() -> dashboard.Dashboard:
+    rate_of = "[$__rate_interval]"
+    board = (
+        dashboard.Dashboard(TITLE).uid(UID).tags(["lifelong"]).refresh("30s")
+        .time("now-24h", "now").timezone("browser").tooltip(DashboardCursorSync.CROSSHAIR)
+        .annotation(annotation(
+            "promotions", f"increase(lifelong_adapter_promotions_total{rate_of}) > 0", "green"))
+        .annotation(annotation(
+            "rollbacks", f"increase(lifelong_adapter_rollbacks_total{rate_of}) > 0", "orange"))
+        .annotation(annotation(
+            "rejections", f'increase(lifelong_gate_decisions_total{{result="rejected"}}{rate_of})'
+                          " > 0", "red"))
+    )
+
+    board = board.with_row(dashboard.Row("Promotions: who is champion, and every change"))
+    board = board.with_panel(graph(
+        "Champion over time",
+        "The version the public alias served (1 while it was champion), and its parent. The "
+        "dashboard's annotations mark promotions (green), rollbacks (orange), rejections (red).",
+        query("lifelong_champion_info", "{{version}} (parent {{parent}})"), span=12))
+    board = board.with_panel(figure(
+        "Promotions in range", "Adapters made champion, forced ones included.",
+        "increase(lifelong_adapter_promotions_total[$__range])"))
+    board = board.with_panel(figure(
+        "Forced promotions in range", "Promotions that skipped the gate (`promote --force`).",
+        "increase(lifelong_adapter_forced_promotions_total[$__range])"))
+    board = board.with_panel(figure(
+        "Rollbacks in range", "Back to a previous champion or the base model.",
+        "increase(lifelong_adapter_rollbacks_total[$__range])"))
+    board = board.with_panel(graph(
+        "Gate decisions", "Candidates judged, by the gate's result.",
+        query(f"sum by (result) (increase(lifelong_gate_decisions_total{rate_of}))",
+              "{{result}}"), bars=True))
+
+    board = board.with_row(dashboard.Row("Candidate vs champion: the last decision and why"))
+    board = board.with_panel(facts(
+        "Last gate decision",
+        "The latest candidate, the version it was judged against, and the result.",
+        query("lifelong_last_gate_decision_timestamp_seconds * 1000", instant=True),
+        span=24, merge=False))
+    board = board.with_panel(facts(
+        "Per suite: why (difference = candidate - champion)",
+        "The latest decision, one row per suite. A suite stands in the candidate's way "
+        "(passed 0) when it regressed beyond its tolerance, or is a target suite that did not "
+        "improve by evals.gate.min_improvement; `outcome` says which.",
+        query("lifelong_last_gate_suite_difference", ref="A", instant=True),
+        query("lifelong_last_gate_suite_tolerance", ref="B", instant=True),
+        query("lifelong_last_gate_suite_candidate_score", ref="C", instant=True),
+        query("lifelong_last_gate_suite_champion_score", ref="D", instant=True),
+        query("lifelong_last_gate_suite_passed", ref="E", instant=True), span=16))
+    board = board.with_panel(facts(
+        "Hard checks", "The latest decision's hard checks (1 passed, 0 failed: rejects).",
+        query("lifelong_last_gate_hard_check_passed", instant=True), span=8, merge=False))
+    board = board.with_panel(graph(
+        "Eval scores by version and suite",
+        "Each kept version's mean score per suite, from the latest gate decision that measured "
+        "it (as candidate or as champion).",
+        query("lifelong_eval_score", "{{version}} {{suite}}"), unit="percentunit"))
+
+    board = board.with_row(dashboard.Row("Live quality by version (outcome feedback)"))
+    board = board.with_panel(graph(
+        "Pass rate by version", f"Passed / all outcome verdicts over the last {QUALITY_WINDOW}.",
+        query(f'sum by (version) (increase(lifelong_outcomes_total{{result="passed"}}'
+              f"[{QUALITY_WINDOW}])) / sum by (version) (increase(lifelong_outcomes_total"
+              f"[{QUALITY_WINDOW}]))", "{{version}}"), unit="percentunit"))
+    board = board.with_panel(graph(
+        "Mean reward by version", f"Mean outcome reward over the last {QUALITY_WINDOW}.",
+        query(f"sum by (version) (increase(lifelong_outcome_reward_sum[{QUALITY_WINDOW}])) / "
+              f"sum by (version) (increase(lifelong_outcome_reward_count[{QUALITY_WINDOW}]))",
+              "{{version}}")))
+
+    board = board.with_row(dashboard.Row("Feedback volume"))
+    board = board.with_panel(graph(
+        "Feedback by kind", "Feedback items stored per second, by kind.",
+        query(f"sum by (kind) (rate(lifelong_feedback_items_total{rate_of}))", "{{kind}}"),
+        unit="reqps", span=8))
+    board = board.with_panel(graph(
+        "Feedback by version", "Feedback items stored per second, by the version that answered.",
+        query(f"sum by (version) (rate(lifelong_feedback_items_total{rate_of}))", "{{version}}"),
+        unit="reqps", span=8))
+    board = board.with_panel(graph(
+        "Feedback refused", "Items the API refused (unknown or foreign interaction, out of "
+        "range, malformed), by kind.",
+        query(f'sum by (kind) (rate(lifelong_feedback_received_total{{result="refused"}}'
+              f"{rate_of}))", "{{kind}}"), unit="reqps", span=8))
+
+    board = board.with_row(dashboard.Row("Training"))
+    board = board.with_panel(graph(
+        "Training runs", "Runs that ended, by result.",
+        query(f"sum by (result) (increase(lifelong_training_runs_total{rate_of}))", "{{result}}"),
+        bars=True, span=8))
+    board = board.with_panel(graph(
+        "Loss", "Final loss of the last successful run, and the latest loss of the run going "
+        "on.", query("lifelong_training_last_run_loss", "last run", ref="A"),
+        query("lifelong_training_current_run_loss", "current run", ref="B"), span=8))
+    board = board.with_panel(graph(
+        "Current run progress", "Optimizer steps done by the run going on (0: none).",
+        query("lifelong_training_current_run_step", "step"), span=4))
+    board = board.with_panel(figure(
+        "Last run took", "Wall time of the last successful training run.",
+        "lifelong_training_last_run_duration_seconds", unit="s", span=4))
+
+    board = board.with_row(dashboard.Row("Serving health"))
+    board = board.with_panel(graph(
+        "Requests", "Completion requests per second, by endpoint and version.",
+        query(f"sum by (endpoint, version) (rate(lifelong_requests_total{rate_of}))",
+              "{{endpoint}} {{version}}"), unit="reqps", span=8))
+    board = board.with_panel(graph(
+        "Errors", "Requests answered with an error, by HTTP status.",
+        query(f'sum by (status) (rate(lifelong_requests_total{{status!="200"}}{rate_of}))',
+              "{{status}}"), unit="reqps", span=8))
+    board = board.with_panel(graph(
+        "Latency p50 / p99", "Gateway time per completion request, to the last byte.",
+        query("histogram_quantile(0.5, sum by (le) "
+              f"(rate(lifelong_request_duration_seconds_bucket{rate_of})))", "p50", ref="A"),
+        query("histogram_quantile(0.99, sum by (le) "
+              f"(rate(lifelong_request_duration_seconds_bucket{rate_of})))", "p99", ref="B"),
+        unit="s", span=8))
+    board = board.with_panel(graph(
+        "Time to first token p50 / p99", "Streamed requests: time to the first content chunk.",
+        query("histogram_quantile(0.5, sum by (le) "
+              f"(rate(lifelong_time_to_first_token_seconds_bucket{rate_of})))", "p50", ref="A"),
+        query("histogram_quantile(0.99, sum by (le) "
+              f"(rate(lifelong_time_to_first_token_seconds_bucket{rate_of})))", "p99", ref="B"),
+        unit="s", span=8))
+    board = board.with_panel(graph(
+        "Tokens", "Prompt and completion tokens per second.",
+        query(f"sum(rate(lifelong_prompt_tokens_total{rate_of}))", "prompt", ref="A"),
+        query(f"sum(rate(lifelong_completion_tokens_total{rate_of}))", "completion", ref="B"),
+        span=8))
+    board = board.with_panel(graph(
+        "vLLM servers", "1 while a vLLM server takes traffic; restarts by the supervisor.",
+        query("lifelong_upstream_ready", "ready {{upstream}}", ref="A"),
+        query("lifelong_upstream_restarts_total", "restarts {{upstream}}", ref="B"), span=8))
+    board = board.with_panel(graph(
+        "Interaction log", "Interactions waiting to be written, and those never logged "
+        "(queue full, refused, lost) per second.",
+        query("lifelong_interaction_log_queue_depth", "queued", ref="A"),
+        query(f"rate(lifelong_interaction_log_dropped_total{rate_of})", "dropped/s", ref="B"),
+        span=12))
+    return board
+
+
+def render() -> str:
+    built = build().build()
+    for number, panel in enumerate(built.panels or [], start=1):
+        panel.id_val = number  # unique ids: Grafana links, alerts and panel views refer to them
+    return json.dumps(built, cls=JSONEncoder, indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    text = render()
+    if argv[1:] == ["--check"]:
+        if OUTPUT.read_text() != text:
+            print(f"{OUTPUT} is stale: run python {Path(__file__).name}", file=sys.stderr)
+            return 1
+        return 0
+    OUTPUT.write_text(text)
+    print(f"wrote {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))
