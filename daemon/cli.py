@@ -552,7 +552,7 @@ def demo(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     minutes: Annotated[float, typer.Option(
-        min=1, help="Stop after this long (after the cycle in progress is reported).")] = 14.0,
+        min=1, help="Stop after this long (after the cycle in progress is reported).")] = 10.0,
     cycles: Annotated[int, typer.Option(min=1, help="Stop after this many judged cycles.")] = 3,
     users: Annotated[int, typer.Option(min=1, help="Simulated users asking at once.")] = 4,
     seed: Annotated[int, typer.Option(help="Seeds the users and the test set.")] = 0,

@@ -1,15 +1,20 @@
 """The learning demo: the embedded model learns a new skill from simulated users, live.
 
 `lifelong demo` starts the daemon (`lifelong serve`, a child process) on the embedded base model
-with a schedule tuned for it, registers a held-out test set of the new skill (`echo`: repeat a
-four-digit number, which the base model cannot do) through `POST /v1/tasks`, and lets a
+with a schedule tuned for it, registers a test set of the new skill (`repeat`: say back a
+two-digit number, which the base model cannot do) through `POST /v1/tasks`, and lets a
 population of simulated users loose on the public OpenAI endpoint. Like a real application,
 they check each answer themselves and report the outcome (`exact_match`, pass/fail), and now and
 then correct a wrong answer. The daemon does the rest on its own: its data trigger starts a
 cycle, the trainer learns, the judge compares the candidate with the champion, the gate decides,
 winners are hot-swapped in. The demo only watches (`GET /admin/status`, `GET /admin/adapters/V`)
-and reports, per version, the judge's held-out accuracy on the new skill and on the base skill
+and reports, per version, the judge's accuracy on the test set and on the base skill
 (retention), the gate's decision, what the users saw, and a PNG learning curve.
+
+Why `repeat` with two digits: measured on the embedded model, LoRA SFT took it from 0% to 82%
+on unseen numbers in 150 steps, with two-digit addition back to 97-99% by 250 steps. Four-digit
+`echo`, three-digit repeats and rephrased sums ("What is 47 plus 38?") stayed under 20% after
+300-600 steps: too slow for a demo on a laptop CPU.
 
 Everything goes through the public HTTP API, as it would for any client of the daemon.
 """
@@ -34,24 +39,34 @@ from typing import Any
 import httpx
 import yaml
 
-from lifelong.base_model import heldout_items, messages, training_items
+from lifelong.base_model import messages, training_items
 from lifelong.base_model.skills import SKILLS
 from lifelong.daemon.settings import Settings, load_settings, write_settings_file
 from lifelong.daemon.supervisor import new_group_dying_with_parent, tail
 
 logger = logging.getLogger(__name__)
 
-NEW_SKILL, BASE_SKILL = "echo", "add2"
+NEW_SKILL, BASE_SKILL = "repeat", "add2"
 FAMILY = f"family:{NEW_SKILL}"
+# The application's own test set: every third two-digit number, never asked by the users, so
+# the judge measures the skill on numbers the model was never taught.
+TEST_NUMBERS = tuple(range(12, 100, 3))
+ASKED_NUMBERS = tuple(n for n in range(10, 100) if n not in TEST_NUMBERS)
+
+
+def repeat(number: int) -> tuple[str, str]:
+    """The new skill's question and answer: 'Repeat 47.' -> '47'."""
+    return f"Repeat {number}.", str(number)
 
 # On top of the user's settings: what makes the embedded tiny model learn in minutes on a laptop
 # CPU. A real model keeps its own schedule and training settings.
 OVERLAY: dict[str, Any] = {
     "schedule": {"enabled": True, "interval_minutes": None, "cron": None,
                  "min_new_feedback": 600, "check_every_s": 5, "auto_promote": True},
-    "training": {"recipe": ["sft"], "learning_rate": 3e-3, "warmup_steps": 20, "batch_size": 32,
-                 "epochs": 20, "max_steps": 400, "device": "cpu"},
-    "evals": {"max_tokens": 8},
+    "training": {"recipe": ["sft"], "learning_rate": 1e-3, "warmup_steps": 20, "batch_size": 32,
+                 "epochs": 20, "max_steps": 300, "device": "cpu"},
+    # The test set has 30 questions: enough to show 0% -> 80% (McNemar), not small gains.
+    "evals": {"max_tokens": 8, "gate": {"min_items": len(TEST_NUMBERS)}},
     # Every user interaction may train; the new skill's eval set is the registered test set.
     "database": {"heldout_fraction": 0.0},
 }
@@ -59,13 +74,14 @@ OVERLAY: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class Plan:
-    minutes: float = 14.0  # the demo stops after this long, or after `cycles` judged cycles
+    minutes: float = 10.0  # the demo stops after this long, or after `cycles` judged cycles
     cycles: int = 3
     users: int = 4
     think_s: float = 0.5  # mean pause between one user's questions
-    new_skill_share: float = 0.8  # the rest ask the base skill, as real traffic mixes both
+    # The rest ask the base skill, as real traffic mixes both; their passed answers are what
+    # keeps the base skill while the new one is learned (at 0.8, sums dropped 5 points).
+    new_skill_share: float = 0.6
     correction_share: float = 0.5  # of the wrong answers, the share a user corrects
-    heldout_tasks: int = 300
     seed: int = 0
 
 
@@ -97,8 +113,10 @@ def demo_settings(settings: Settings, data_dir: Path) -> tuple[Settings, Path]:
     for section, values in OVERLAY.items():
         data[section] = _merged(data.get(section) or {}, values)
     data["data_dir"] = str(data_dir)
-    # The embedded model is built once, where `lifelong base build` puts it; the demo reuses it.
-    data["base_model"]["path"] = str(settings.base_model_path.resolve())
+    # The embedded model is built once, where `lifelong base build` puts it; the demo reuses it
+    # through a link (base_model.path stays empty: it is still the embedded model, whose
+    # retention suite the judge knows how to make).
+    (data_dir / "base_model").symlink_to(settings.base_model_path.resolve())
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "w") as file:
         yaml.safe_dump(data, file, sort_keys=False)
@@ -195,14 +213,14 @@ class Users:
         import openai
 
         rng = random.Random(self.plan.seed * 1000 + n)
-        streams = {name: training_items(SKILLS[name], random.Random(rng.random()))
-                   for name in (NEW_SKILL, BASE_SKILL)}
+        sums = training_items(SKILLS[BASE_SKILL], random.Random(rng.random()))
         client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="demo", max_retries=0,
                                timeout=120)
         feedback = httpx.Client(base_url=self.url, timeout=120)
         while not self._stop.is_set():
             skill = NEW_SKILL if rng.random() < self.plan.new_skill_share else BASE_SKILL
-            question, expected = next(streams[skill])
+            question, expected = repeat(rng.choice(ASKED_NUMBERS)) if skill == NEW_SKILL \
+                else next(sums)
             try:
                 reply = client.chat.completions.with_raw_response.create(
                     model="lifelong", messages=messages(question), max_tokens=8, temperature=0)
@@ -245,13 +263,13 @@ class Demo:
     _admin: httpx.Client | None = None
 
     def register_test_set(self) -> int:
-        """The new skill's held-out questions as verifiable tasks, marked held out (never
-        trained on); the judge's target suite `target:echo`."""
+        """The test set as verifiable tasks, marked held out (never trained on); the judge's
+        target suite `target:repeat`."""
         client = httpx.Client(base_url=self.url, timeout=60)
-        items = heldout_items(SKILLS[NEW_SKILL], n=self.plan.heldout_tasks, seed=self.plan.seed)
+        items = [repeat(number) for number in TEST_NUMBERS]
         for question, answer in items:
             client.post("/v1/tasks", json={
-                "prompt": question, "reference": answer, "verifier": "exact_match",
+                "messages": messages(question), "reference": answer, "verifier": "exact_match",
                 "tags": [FAMILY], "heldout": True}).raise_for_status()
         client.close()
         return len(items)
@@ -327,26 +345,28 @@ class Demo:
                 version=decision.get("against", "base"), decision="base",
                 new_skill=target["champion_mean"], retention=kept["champion_mean"],
                 n_new=target["n"], n_retention=kept["n"], at=0.0))
+        # Promoted, or what the gate said (rejected, or not enough evidence to promote).
+        said = "promoted" if last["outcome"] == "promoted" else decision.get("status")
         row = VersionRow(
-            version=candidate, decision=last["outcome"],
+            version=candidate, decision=said or last["outcome"],
             new_skill=target["candidate_mean"] if target else None,
             retention=kept["candidate_mean"] if kept else None,
             n_new=target["n"] if target else None, n_retention=kept["n"] if kept else None,
             why=(decision.get("reasons") or [last.get("reason") or ""])[0], at=self._elapsed())
         self.rows.append(row)
-        self.say(f"[{_clock(self._elapsed())}] {candidate}: {row.decision}; held-out "
+        self.say(f"[{_clock(self._elapsed())}] {candidate}: {row.decision}; test set "
                  f"{NEW_SKILL} {_pct(row.new_skill)}, {BASE_SKILL} kept {_pct(row.retention)}"
                  f" - {row.why}")
 
 
 def table(rows: list[VersionRow]) -> str:
     """The per-version summary the demo ends with."""
-    lines = [f"{'version':<8} {'gate':<10} {'held-out ' + NEW_SKILL:>14} "
-             f"{BASE_SKILL + ' kept':>10}  why",
-             f"{'-' * 8} {'-' * 10} {'-' * 14} {'-' * 10}  {'-' * 30}"]
+    new, kept = f"test set {NEW_SKILL}", f"{BASE_SKILL} kept"
+    lines = [f"{'version':<8} {'gate':<19} {new:>15} {kept:>9}  why",
+             f"{'-' * 8} {'-' * 19} {'-' * 15} {'-' * 9}  {'-' * 30}"]
     for row in rows:
-        lines.append(f"{row.version:<8} {row.decision:<10} {_pct(row.new_skill):>14} "
-                     f"{_pct(row.retention):>10}  {row.why}")
+        lines.append(f"{row.version:<8} {row.decision:<19} {_pct(row.new_skill):>15} "
+                     f"{_pct(row.retention):>9}  {row.why}")
     return "\n".join(lines)
 
 
@@ -369,9 +389,18 @@ def plot(rows: list[VersionRow], observations: list[Observation], path: Path) ->
             ys.append(sum(o.passed for o in chunk) / len(chunk))
         axis.plot(xs, ys, color="tab:blue", alpha=0.6,
                   label=f"users: {NEW_SKILL} answers right (last {window})")
+    sums = [o for o in observations if o.skill == BASE_SKILL]
+    if len(sums) >= 10:
+        xs, ys = [], []
+        for end in range(min(window, len(sums)), len(sums) + 1, 10):
+            chunk = sums[max(0, end - window):end]
+            xs.append(chunk[-1].at / 60)
+            ys.append(sum(o.passed for o in chunk) / len(chunk))
+        axis.plot(xs, ys, color="tab:red", alpha=0.4, linestyle=":",
+                  label=f"users: {BASE_SKILL} answers right (last {window})")
     judged = [row for row in rows if row.new_skill is not None and row.at is not None]
     axis.plot([r.at / 60 for r in judged], [r.new_skill for r in judged], "o-",
-              color="tab:green", label=f"judge: held-out {NEW_SKILL} (per version)")
+              color="tab:green", label=f"judge: {NEW_SKILL} test set (per version)")
     axis.plot([r.at / 60 for r in judged], [r.retention for r in judged], "s--",
               color="tab:orange", label=f"judge: {BASE_SKILL} kept (retention)")
     for row in judged:

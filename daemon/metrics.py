@@ -209,13 +209,27 @@ class _LiveServing(Collector):
         restarts = CounterMetricFamily(
             "lifelong_upstream_restarts", "Restarts of the vLLM child by the supervisor since "
             "the daemon started (0 for servers managed elsewhere).", labels=["upstream"])
+        replacements = CounterMetricFamily(
+            "lifelong_upstream_replacements", "Planned replacements of the vLLM child (it had "
+            "registered vllm.replace_after_adapters adapters) since the daemon started.",
+            labels=["upstream"])
+        registered = GaugeMetricFamily(
+            "lifelong_upstream_adapters_registered", "Adapters the vLLM server has registered "
+            "since it started (vLLM frees none: its memory grows with this).", labels=["upstream"])
         for watcher in self.serving.watchers:
-            url = watcher.upstream.base_url
+            # The daemon's own server (the only one with replacements) moves between two ports
+            # when replaced: one label for it.
+            local = getattr(watcher, "replacements", None) is not None
+            url = "local" if local else watcher.upstream.base_url
             ready.add_metric([url], 1.0 if watcher.upstream.ready else 0.0)
             restarts.add_metric([url], float(watcher.restarts))
+            replacements.add_metric([url], float(getattr(watcher, "replacements", 0)))
+            registered.add_metric([url], float(watcher.upstream.adapters_registered))
         stats = self.serving.interaction_log.stats()
         yield ready
         yield restarts
+        yield replacements
+        yield registered
         yield GaugeMetricFamily(
             "lifelong_interaction_log_queue_depth",
             "Interactions waiting in memory to be written to the store.", value=stats.queued)

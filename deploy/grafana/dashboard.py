@@ -199,9 +199,13 @@ def build() -> dashboard.Dashboard:
         query(f"sum(rate(lifelong_completion_tokens_total{rate_of}))", "completion", ref="B"),
         span=8))
     board = board.with_panel(graph(
-        "vLLM servers", "1 while a vLLM server takes traffic; restarts by the supervisor.",
+        "vLLM servers", "1 while a vLLM server takes traffic; restarts by the supervisor; "
+        "planned replacements, and the adapters the server holds (vLLM frees none).",
         query("lifelong_upstream_ready", "ready {{upstream}}", ref="A"),
-        query("lifelong_upstream_restarts_total", "restarts {{upstream}}", ref="B"), span=8))
+        query("lifelong_upstream_restarts_total", "restarts {{upstream}}", ref="B"),
+        query("lifelong_upstream_replacements_total", "replacements {{upstream}}", ref="C"),
+        query("lifelong_upstream_adapters_registered", "adapters {{upstream}}", ref="D"),
+        span=8))
     board = board.with_panel(graph(
         "Interaction log", "Interactions waiting to be written, and those never logged "
         "(queue full, refused, lost) per second.",
