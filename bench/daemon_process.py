@@ -18,14 +18,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_daemon(model: Path, workdir: Path) -> tuple[subprocess.Popen, str, str]:
-    """(process, gateway URL, vLLM URL) once the gateway is ready; exits with a message if not."""
+def start_daemon(model: Path, workdir: Path, **vllm: object) -> tuple[subprocess.Popen, str, str]:
+    """(process, gateway URL, vLLM URL) once the gateway is ready; exits with a message if not.
+    `vllm`: further vllm settings."""
     vllm_port, gateway_port = free_port(), free_port()
     config = workdir / "lifelong.yaml"
     config.write_text(yaml.safe_dump({
         "data_dir": str(workdir / "data"),
         "base_model": {"path": str(model.resolve())},
-        "vllm": {"port": vllm_port},
+        "vllm": {"port": vllm_port, **vllm},
         "gateway": {"port": gateway_port},
         "schedule": {"enabled": False},  # a benchmark measures one thing; no learning cycles
     }))

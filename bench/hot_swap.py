@@ -8,14 +8,17 @@ requests without pause, alternates promote(v_i) and rollback `--rounds` times. P
   (p50 / max), and the call's own duration;
 - failed requests (must be 0);
 - responses from the wrong version among requests sent after the call returned (must be 0);
-- the vLLM process tree's resident memory before and after, so its growth per promotion shows.
+- the vLLM process tree's resident memory before and after, so its growth per promotion shows,
+  and its peak; with `--replace-after N` (vllm.replace_after_adapters) the daemon replaces its
+  vLLM once it has registered N adapters, and the run shows what that costs and bounds.
 
-    .venv/bin/python bench/hot_swap.py --model lifelong-data/base_model
+    .venv/bin/python bench/hot_swap.py --model lifelong-data/base_model [--replace-after 4]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -75,11 +78,15 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--replace-after", type=int, default=None,
+                        help="vllm.replace_after_adapters (default: never, to see the growth)")
     args = parser.parse_args()
     if not (args.model / "config.json").is_file():
         sys.exit(f"no model at {args.model}; run `lifelong base build` first")
     with tempfile.TemporaryDirectory() as tmp:
-        process, gateway, _ = start_daemon(args.model, Path(tmp))
+        process, gateway, _ = start_daemon(
+            args.model, Path(tmp), replace_after_adapters=args.replace_after,
+            keep_adapters=min(3, max(0, (args.replace_after or 5) - 2)))
         try:
             versions = register_adapters(args.model, Path(tmp) / "data", args.adapters)
             run(gateway, psutil.Process(process.pid), versions, args)
@@ -104,7 +111,16 @@ def run(gateway: str, daemon: psutil.Process, versions: list[str], args: argpars
                 answers.append((sent, time.monotonic(), status, version))
 
     rss_before = vllm_rss_mib(daemon)
+    peak = [rss_before]
+
+    def watch_memory() -> None:
+        while not stop.wait(0.5):
+            # A process may end between listing and reading it.
+            with contextlib.suppress(psutil.Error):
+                peak.append(vllm_rss_mib(daemon))
+
     threads = [threading.Thread(target=client) for _ in range(args.clients)]
+    threads.append(threading.Thread(target=watch_memory))
     for thread in threads:
         thread.start()
     moves: list[tuple[float, float, str]] = []  # call start, call end, target
@@ -120,10 +136,16 @@ def run(gateway: str, daemon: psutil.Process, versions: list[str], args: argpars
                 sys.exit(f"{path} {body}: {response.status_code} {response.text}")
             moves.append((started, time.monotonic(), target))
             time.sleep(1.5)
+    # A replacement that became due during the last swaps: let it finish under load.
+    deadline = time.monotonic() + 300
+    while args.replace_after and time.monotonic() < deadline and _replacing(
+            gateway, args.replace_after):
+        time.sleep(1)
     stop.set()
     for thread in threads:
         thread.join()
     rss_after = vllm_rss_mib(daemon)
+    (upstream,) = httpx.get(f"{gateway}/readyz", timeout=10).json()["upstreams"]
 
     failed = sum(status != 200 for _, _, status, _ in answers)
     wrong, latencies, calls = 0, [], []
@@ -144,7 +166,17 @@ def run(gateway: str, daemon: psutil.Process, versions: list[str], args: argpars
     print(f"failed requests: {failed}")
     print(f"answers from the wrong version after a swap returned: {wrong}")
     print(f"vLLM resident memory: {rss_before:.0f} MiB before, {rss_after:.0f} MiB after "
-          f"({(rss_after - rss_before) / max(1, len(versions)):+.1f} MiB per adapter loaded)")
+          f"({(rss_after - rss_before) / max(1, len(versions)):+.1f} MiB per adapter loaded), "
+          f"peak {max(peak):.0f} MiB")
+    print(f"vLLM replacements: {upstream['replacements']}; adapters the serving vLLM holds now: "
+          f"{upstream['adapters_registered']}")
+
+
+def _replacing(gateway: str, threshold: int) -> bool:
+    """Whether the daemon's vLLM has reached its replacement threshold (a replacement is due or
+    under way; a fresh server holds fewer)."""
+    (upstream,) = httpx.get(f"{gateway}/readyz", timeout=10).json()["upstreams"]
+    return upstream["adapters_registered"] >= threshold
 
 
 if __name__ == "__main__":
