@@ -58,7 +58,11 @@ def test_feedback_through_the_api_becomes_a_promoted_adapter_and_poison_is_rejec
         client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=daemon.key("alice"),
                                max_retries=0, timeout=120)
         stream = training_items(echo, random.Random(0))
-        questions = [next(stream) for _ in range(QUESTIONS)]
+        # Real traffic mixes skills: corrected sums too, without which 640 steps of echo alone
+        # once taught the model to answer some sums with nothing (retention rejected it).
+        sums = training_items(SKILLS["add2"], random.Random(1))
+        questions = [next(stream) for _ in range(QUESTIONS)] + [next(sums) for _ in range(200)]
+        random.Random(2).shuffle(questions)  # the data trigger may fire before the last batch
         with ThreadPoolExecutor(8) as pool:
             asked = list(pool.map(lambda qa: ask(client, qa[0]), questions))
         assert {version for _, _, version in asked} == {"base"}
@@ -102,8 +106,8 @@ def test_feedback_through_the_api_becomes_a_promoted_adapter_and_poison_is_rejec
         assert "serving:    v0001" in shown.stdout and "promote  base -> v0001 by gate" in shown.stdout
 
         # Poison: 300 sums asked through the API, each "corrected" with a non-answer.
-        sums = training_items(SKILLS["add2"], random.Random(7))
-        poisoned = [ask(client, next(sums)[0]) for _ in range(300)]
+        later = training_items(SKILLS["add2"], random.Random(7))
+        poisoned = [ask(client, next(later)[0]) for _ in range(300)]
         given = httpx.post(f"{daemon.url}/v1/feedback:batch", headers=daemon.headers("alice"),
                            json={"items": [{"interaction_id": interaction, "kind": "correction",
                                             "text": POISON} for interaction, _, _ in poisoned]},
