@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="seconds each client waits between requests (0: saturate)")
     parser.add_argument("--replace-after", type=int, default=None,
                         help="vllm.replace_after_adapters (default: never, to see the growth)")
     args = parser.parse_args()
@@ -109,6 +111,7 @@ def run(gateway: str, daemon: psutil.Process, versions: list[str], args: argpars
                 except httpx.HTTPError:
                     status, version = 0, None
                 answers.append((sent, time.monotonic(), status, version))
+                stop.wait(args.pause)
 
     rss_before = vllm_rss_mib(daemon)
     peak = [rss_before]
@@ -157,7 +160,8 @@ def run(gateway: str, daemon: psutil.Process, versions: list[str], args: argpars
         calls.append(ended - started)
         wrong += sum(1 for sent, _, status, version in answers
                      if ended <= sent < until and status == 200 and version != target)
-    print(f"{len(answers)} requests from {args.clients} clients during {len(moves)} swaps "
+    print(f"{len(answers)} requests from {args.clients} clients (pause {args.pause} s) during "
+          f"{len(moves)} swaps "
           f"({args.rounds} promotions of {len(versions)} adapters, each rolled back)")
     print(f"swap latency (call -> first answer from the new version): "
           f"p50 {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
