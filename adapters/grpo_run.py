@@ -29,6 +29,7 @@ import logging
 import random
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +68,7 @@ from lifelong.feedback_store.training_data import Prompt
 
 logger = logging.getLogger(__name__)
 
-ROUNDS_FOLDER = "rounds"  # <adapters_dir>/rounds/run0007-r03: what vLLM loads between rounds
+ROUNDS_FOLDER = "rounds"  # <adapters_dir>/rounds/grpo-run0007-<hex>-r03: what vLLM loads between rounds
 
 
 @dataclass(frozen=True)
@@ -203,8 +204,10 @@ def run_grpo(
             generator = torch.Generator().manual_seed(seed)
             draw = _task_cycle(tasks, random.Random(seed))
             rounds_dir = adapters_dir / ROUNDS_FOLDER
+            # Unique on the server even across stores (tests share one vLLM between databases).
+            run_name = f"grpo-run{run_id:04d}-{uuid.uuid4().hex[:6]}"
             # Round 0 samples from the starting weights, loaded like every later round.
-            policy = _publish_round(model, rounds_dir, vllm_url, run_id, 0)
+            policy = _publish_round(model, rounds_dir, vllm_url, run_name, 0)
             for round_ in range(grpo.rounds):
                 if cancelled is not None and cancelled():
                     raise TrainingCancelled(f"cancelled after {round_} rounds")
@@ -229,7 +232,7 @@ def run_grpo(
                         max_grad_norm=config.max_grad_norm, pad_id=pad_id,
                         reference=reference, generator=generator)
                     if round_ + 1 < grpo.rounds:
-                        policy = _publish_round(model, rounds_dir, vllm_url, run_id, round_ + 1)
+                        policy = _publish_round(model, rounds_dir, vllm_url, run_name, round_ + 1)
                 history.append({
                     "round": round_, "policy": groups[0].policy, "tasks": len(groups),
                     "samples": len(rewards), "mean_reward": float(rewards.mean()),
@@ -303,11 +306,11 @@ def _rows(groups: list[Group]) -> list[NewRollout]:
             for g in groups for k, s in enumerate(g.samples)]
 
 
-def _publish_round(model: PeftModel, rounds_dir: Path, vllm_url: str, run_id: int,
+def _publish_round(model: PeftModel, rounds_dir: Path, vllm_url: str, run_name: str,
                    round_: int) -> str:
     """Save the current LoRA weights to a fresh folder and have vLLM serve them under a fresh
     name; the name. The folder stays: vLLM may read it again after evicting the adapter."""
-    name = f"grpo-run{run_id:04d}-r{round_:02d}"
+    name = f"{run_name}-r{round_:02d}"
     folder = rounds_dir / name
     model.save_pretrained(str(folder))
     load_adapter(vllm_url, name, str(folder))
