@@ -216,6 +216,7 @@ def run_grpo(
                 groups = asyncio.run(sample_groups(
                     vllm_url, policy, chosen, k=grpo.group_size, temperature=grpo.temperature,
                     max_tokens=grpo.max_new_tokens))
+                sampled = time.monotonic()
                 with sessions.begin() as session:
                     add_rollouts(session, training_run_id=run_id, round=round_,
                                  rollouts=_rows(groups))
@@ -241,6 +242,7 @@ def run_grpo(
                     "steps": stats.steps if stats else 0, "loss": stats.loss if stats else None,
                     "clipped_fraction": stats.clipped_fraction if stats else None,
                     "kl": stats.kl if stats else None, "seconds": time.monotonic() - began,
+                    "sampling_seconds": sampled - began,
                 })
                 logger.info("GRPO round %d: %s", round_, history[-1])
                 update_run(sessions, run_id, metrics={"outcome": "running", "rounds": history})
