@@ -332,7 +332,12 @@ def _publish(
     watermark = (parent.data_watermark or 0) if parent else 0  # GRPO reads no feedback
     summary = {"rounds": history, "seconds": seconds, "stop_reason": "completed"
                if len(history) == grpo.rounds else "time_limit"}
-    data = {"practice_tasks": tasks, "rollouts": sum(r["samples"] for r in history)}
+    # In the shape the other methods' manifests have (what `adapters list/show` print), plus
+    # the practice figures: no feedback is read, so the watermark stays the parent's.
+    data = {"since": watermark, "watermark": watermark,
+            "examples": {"grpo": {"new": sum(r["answers_trained"] for r in history),
+                                  "replayed": 0}},
+            "practice_tasks": tasks, "rollouts": sum(r["samples"] for r in history)}
     path, _ = write_adapter(
         model, adapters_dir=adapters_dir, version=version, parent_version=parent_version,
         base_model=base_model_identity(base_model_dir), data_watermark=watermark, data=data,

@@ -246,6 +246,9 @@ def train(
     t = settings.training
     if fresh and parent is not None:
         fail("give --fresh or --parent, not both")
+    methods = method or t.recipe
+    if "grpo" in methods and list(methods) != ["grpo"]:
+        fail(f"grpo runs alone: give `-m grpo` only, not {list(methods)}")
     if not (settings.base_model_path / "config.json").is_file():
         fail(f"no base model at {settings.base_model_path}; run `lifelong base build` "
              "or set base_model.path to a Hugging Face model folder")
@@ -266,10 +269,7 @@ def train(
 
     signal.signal(signal.SIGTERM, cancelled)
     signal.signal(signal.SIGINT, cancelled)
-    methods = method or t.recipe
     if "grpo" in methods:
-        if list(methods) != ["grpo"]:
-            fail(f"grpo runs alone: give `-m grpo` only, not {list(methods)}")
         _train_grpo(settings, lora, fresh=fresh or t.fresh, parent=parent, run_id=run_id,
                     cancelled=cancel.is_set)
         return
