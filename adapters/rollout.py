@@ -78,16 +78,23 @@ async def _sample(http: aiohttp.ClientSession, base_url: str, policy: str, task:
     choices = sorted(payload["choices"], key=lambda c: c["index"])
     texts = [(c["message"]["content"] or "") if task.messages is not None else c["text"]
              for c in choices]
+    finishes = [choice.get("finish_reason") for choice in choices]
+    # Verifiers may take seconds (python_tests runs a sandbox): off the event loop.
+    samples = await asyncio.to_thread(_grade, task, texts, finishes)
+    return Group(task=task, policy=policy, samples=tuple(samples))
+
+
+def _grade(task: PracticeTask, texts: list[str], finishes: list[str | None]) -> list[Sample]:
     verifier = get_verifier(task.verifier)
     samples = []
-    for text, choice in zip(texts, choices, strict=True):
+    for text, finish in zip(texts, finishes, strict=True):
         try:
             verdict = verifier(text, task.reference, task.options)
         except Exception as error:  # a plugin's bug scores the sample 0, not the run
             logger.exception("verifier %s raised on task %s", task.verifier, task.id)
             verdict = VerifierResult(score=0.0, passed=False, reason=repr(error))
-        samples.append(Sample(text, choice.get("finish_reason"), verdict.score, verdict.passed))
-    return Group(task=task, policy=policy, samples=tuple(samples))
+        samples.append(Sample(text, finish, verdict.score, verdict.passed))
+    return samples
 
 
 async def sample_groups(
