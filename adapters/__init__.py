@@ -8,6 +8,9 @@ A library: it reads and writes the store (`lifelong.feedback_store`) and the bas
 - `batches`: examples as token ids through the chat template, loss on the assistant's tokens.
 - `losses`: DPO and KTO, written out. `lora_config` + `lora_trainer`: the hyperparameters and
   the plain training loop (recipes of SFT, DPO, KTO stages), fresh or from a parent adapter.
+- `grpo` + `grpo_config` + `rollout` + `grpo_run`: RL from verifier rewards: the GRPO loss
+  written out, K graded samples per practice task through vLLM, and the run (rollout -> update
+  -> load the new adapter under a fresh name -> rollout), registered as a candidate.
 - `artifact`: version folders (`v0001`, ...) with a manifest of checksums, written atomically;
   `verify` refuses a corrupted adapter or one for another base model.
 - `training_run`: `run_training`, one run from the run row to the registered candidate, the

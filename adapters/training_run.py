@@ -128,12 +128,12 @@ def run_training(
     try:
         ensure_migrated(engine)
         sessions = sessionmaker(engine, expire_on_commit=False)
-        run_id = _open_run(sessions, run_id=run_id, recipe=recipe, parent_version=parent_version,
+        run_id = open_run(sessions, run_id=run_id, recipe=recipe, parent_version=parent_version,
                            config=run_config)
         history = _StepHistory(sessions, run_id, every=metrics_every)
         try:
             with sessions() as session:
-                parent = _parent(session, parent_version=parent_version, fresh=fresh)
+                parent = parent_adapter(session, parent_version=parent_version, fresh=fresh)
             base_model = base_model_identity(base_model_dir)
             if parent is not None:
                 verify(Path(parent.path), base_model_dir, checksum=parent.checksum)
@@ -142,7 +142,7 @@ def run_training(
                     session, since=(parent.data_watermark or 0) if parent else 0,
                     replay_fraction=replay_fraction, seed=seed, min_rating=min_rating,
                 )
-            _update_run(sessions, run_id, data_watermark=training_set.watermark,
+            update_run(sessions, run_id, data_watermark=training_set.watermark,
                         parent_version=parent.version if parent else None)
 
             new = sum(training_set.portions[METHOD_EXAMPLES[method]].new for method in recipe)
@@ -177,7 +177,7 @@ def run_training(
         engine.dispose()
 
 
-def _open_run(
+def open_run(
     sessions: sessionmaker[Session],
     *,
     run_id: int | None,
@@ -185,6 +185,8 @@ def _open_run(
     parent_version: str | None,
     config: dict[str, Any],
 ) -> int:
+    """The id of a `running` run for this process: `run_id` (made by the daemon), or a new one.
+    Raises UnknownRun, or ValueError for a run that is not running."""
     # This process owns the run from here: a restarted daemon can tell whether it still lives.
     owner = {"host": socket.gethostname(), "pid": os.getpid()}
     with sessions.begin() as session:
@@ -256,7 +258,9 @@ def _publish(
     return RunOutcome(run_id, "succeeded", version, path, None, metrics)
 
 
-def _parent(session: Session, *, parent_version: str | None, fresh: bool) -> Adapter | None:
+def parent_adapter(session: Session, *, parent_version: str | None, fresh: bool) -> Adapter | None:
+    """The adapter to continue from: none when fresh, else `parent_version` or the champion.
+    Raises UnknownAdapter."""
     if fresh:
         return None
     if parent_version is not None:
@@ -285,14 +289,15 @@ class _StepHistory:
         for name, value in (("step", step), ("loss", loss), ("lr", lr), ("tokens", tokens)):
             self.columns[name].append(value)
         if step % self.every == 0:
-            _update_run(self.sessions, self.run_id,
+            update_run(self.sessions, self.run_id,
                         metrics={"outcome": "running", "history": self.snapshot()})
 
     def snapshot(self) -> dict[str, list[float]]:
         return {name: list(values) for name, values in self.columns.items()}
 
 
-def _update_run(sessions: sessionmaker[Session], run_id: int, **values: Any) -> None:
+def update_run(sessions: sessionmaker[Session], run_id: int, **values: Any) -> None:
+    """Set columns of a running run, in a transaction of its own."""
     with sessions.begin() as session:
         update_training_run(session, run_id=run_id, **values)
 

@@ -246,6 +246,9 @@ def train(
     t = settings.training
     if fresh and parent is not None:
         fail("give --fresh or --parent, not both")
+    methods = method or t.recipe
+    if "grpo" in methods and list(methods) != ["grpo"]:
+        fail(f"grpo runs alone: give `-m grpo` only, not {list(methods)}")
     if not (settings.base_model_path / "config.json").is_file():
         fail(f"no base model at {settings.base_model_path}; run `lifelong base build` "
              "or set base_model.path to a Hugging Face model folder")
@@ -266,11 +269,15 @@ def train(
 
     signal.signal(signal.SIGTERM, cancelled)
     signal.signal(signal.SIGINT, cancelled)
+    if "grpo" in methods:
+        _train_grpo(settings, lora, fresh=fresh or t.fresh, parent=parent, run_id=run_id,
+                    cancelled=cancel.is_set)
+        return
     try:
         outcome = run_training(
             db_url=settings.database_url, base_model_dir=settings.base_model_path,
             adapters_dir=settings.adapters_dir, parent_version=parent, fresh=fresh or t.fresh,
-            methods=method or t.recipe, config=lora, seed=t.seed,
+            methods=methods, config=lora, seed=t.seed,
             replay_fraction=t.replay_fraction, min_new_examples=1 if now else t.min_new_examples,
             min_rating=t.min_rating, max_seconds=t.max_seconds, device=t.device, run_id=run_id,
             cancelled=cancel.is_set, progress=progress,
@@ -291,6 +298,58 @@ def train(
     )
     typer.echo(f"training run {outcome.run_id} made candidate {outcome.adapter_version} "
                f"in {outcome.metrics['seconds']:.0f} s ({stages}); at {outcome.adapter_path}")
+
+
+def _vllm_url(settings: Settings) -> str:
+    """The vLLM server to talk to: the first configured upstream, else the daemon's own (its
+    current URL, noted in <data_dir>/run/vllm.url, moves when the supervisor replaces it)."""
+    noted = settings.data_dir / "run" / "vllm.url"
+    if not settings.vllm.upstreams and noted.exists():
+        return noted.read_text().strip()
+    return settings.vllm_urls[0]
+
+
+def _train_grpo(settings: Settings, lora: Any, *, fresh: bool, parent: str | None,
+                run_id: int | None, cancelled: Callable[[], bool]) -> None:
+    """`lifelong train -m grpo`: practice rounds through the daemon's vLLM, a candidate."""
+    from lifelong.adapters import AdapterError, InvalidTrainingConfig
+    from lifelong.adapters.grpo_config import GrpoConfig
+    from lifelong.adapters.grpo_run import run_grpo
+    from lifelong.feedback_store.errors import DatabaseNotMigrated, StoreError
+
+    t, g = settings.training, settings.training.grpo
+    try:
+        grpo = GrpoConfig(
+            group_size=g.group_size, rounds=g.rounds, prompts_per_round=g.prompts_per_round,
+            temperature=g.temperature, max_new_tokens=g.max_new_tokens, clip_eps=g.clip_eps,
+            kl_beta=g.kl_beta, updates_per_round=g.updates_per_round, batch_size=g.batch_size,
+        )
+    except InvalidTrainingConfig as exc:
+        fail(f"training.grpo settings: {exc}")
+    url = _vllm_url(settings)
+    try:
+        outcome = run_grpo(
+            db_url=settings.database_url, base_model_dir=settings.base_model_path,
+            adapters_dir=settings.adapters_dir, vllm_url=url, parent_version=parent, fresh=fresh,
+            config=lora, grpo=grpo, task_tag=g.task_tag, seed=t.seed, max_seconds=t.max_seconds,
+            device=t.device, run_id=run_id, cancelled=cancelled,
+        )
+    except DatabaseNotMigrated as exc:
+        fail(str(exc))
+    except (StoreError, AdapterError) as exc:
+        fail(f"training run failed: {exc}")
+    except Exception as exc:
+        typer.echo(f"lifelong: GRPO run failed (vLLM at {url}): {type(exc).__name__}: {exc}",
+                   err=True)
+        raise typer.Exit(1) from None
+    if outcome.status == "skipped":
+        typer.echo(f"training run {outcome.run_id} skipped: {outcome.reason}")
+        return
+    rounds = outcome.metrics["rounds"]
+    typer.echo(f"training run {outcome.run_id} made candidate {outcome.adapter_version} in "
+               f"{outcome.metrics['seconds']:.0f} s (grpo, {len(rounds)} rounds, practice pass "
+               f"rate {rounds[0]['pass_rate']:.1%} -> {rounds[-1]['pass_rate']:.1%}); at "
+               f"{outcome.adapter_path}")
 
 
 @adapters_app.command("list")
@@ -371,10 +430,7 @@ def eval_(
     from lifelong.feedback_store.errors import DatabaseNotMigrated, UnknownAdapter
 
     settings = settings_from(config, data_dir=data_dir)
-    url = settings.vllm_urls[0]
-    noted = settings.data_dir / "run" / "vllm.url"  # the daemon's own vLLM moves when replaced
-    if not settings.vllm.upstreams and noted.exists():
-        url = noted.read_text().strip()
+    url = _vllm_url(settings)
 
     async def judged():  # noqa: ANN202 - a Judgement
         upstream = HttpUpstream(url, timeout_s=settings.vllm.request_timeout_s)

@@ -184,13 +184,37 @@ class GatewaySettings(Section):
         return self
 
 
+class GrpoSettings(Section):
+    """GRPO: practice on the store's train-split tasks through vLLM, learning from verifier
+    rewards (recipe ["grpo"]; it runs alone). The LoRA shape, learning_rate, max_seq_len, seed,
+    device and max_seconds are training's."""
+
+    group_size: int = Field(default=8, ge=2, description="Answers sampled per prompt (K).")
+    rounds: int = Field(
+        default=10, ge=1, description="Rollout -> update -> load rounds (each on-policy)."
+    )
+    prompts_per_round: int = Field(default=64, ge=1, description="Practice tasks per round.")
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature (> 0).")
+    max_new_tokens: int = Field(default=64, ge=1, description="Longest sampled answer.")
+    clip_eps: float = Field(default=0.2, gt=0, lt=1, description="Ratio clip: 1 +- clip_eps.")
+    kl_beta: float = Field(
+        default=0.0, ge=0, description="k3 KL penalty to the weights the run started from; 0: off."
+    )
+    updates_per_round: int = Field(default=2, ge=1, description="Passes over a round's answers.")
+    batch_size: int = Field(default=64, ge=1, description="Answers per optimizer step.")
+    task_tag: str | None = Field(
+        default=None, description="Practise only on tasks with this tag (e.g. family:add2)."
+    )
+
+
 class TrainingSettings(Section):
     """How adapters are learned from feedback (`lifelong train`, or the daemon's trainer)."""
 
-    recipe: list[Literal["sft", "dpo", "kto"]] = Field(
+    recipe: list[Literal["sft", "dpo", "kto", "grpo"]] = Field(
         default_factory=lambda: ["sft", "dpo"], min_length=1,
-        description="Methods in order; one with no examples is left out.",
+        description="Methods in order; one with no examples is left out. grpo runs alone.",
     )
+    grpo: GrpoSettings = Field(default_factory=GrpoSettings)
     fresh: bool = Field(
         default=False,
         description="Start each adapter from zero instead of the champion's weights.",
@@ -243,6 +267,8 @@ class TrainingSettings(Section):
             )
         if len(set(self.recipe)) != len(self.recipe):
             raise ValueError(f"recipe names each method once, got {self.recipe}")
+        if "grpo" in self.recipe and self.recipe != ["grpo"]:
+            raise ValueError(f"grpo runs alone (recipe [grpo]), got {self.recipe}")
         return self
 
 

@@ -327,3 +327,26 @@ class Promotion(Base):
     reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (CheckConstraint(f"kind IN ({_one_of(PROMOTION_KINDS)})", name="kind"),)
+
+
+class Rollout(Base):
+    """One sampled answer to a practice task in a GRPO run, graded by the task's verifier."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    training_run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id"))
+    round: Mapped[int] = mapped_column(Integer)  # 0-based; round r samples from round r-1's update
+    task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)
+    policy: Mapped[str] = mapped_column(String)  # the name vLLM served the sampling policy under
+    sample: Mapped[int] = mapped_column(Integer)  # index within the task's group of this round
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    text: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String)
+    reward: Mapped[float] = mapped_column(Double)
+    passed: Mapped[bool] = mapped_column(Boolean)
+
+    __table_args__ = (
+        CheckConstraint("round >= 0", name="round_range"),
+        Index("ix_rollouts_run_round", "training_run_id", "round"),
+    )

@@ -15,8 +15,10 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from lifelong.base_model import messages
 from lifelong.feedback_store.models import Adapter, TrainingRun
-from lifelong.feedback_store.records import Correction
+from lifelong.feedback_store.records import Correction, NewTask
+from lifelong.feedback_store.tasks import add_task
 
 LIFELONG = str(Path(sys.executable).parent / "lifelong")
 
@@ -110,6 +112,7 @@ def test_a_corrupted_adapter_is_shown_with_its_problem(setup):
     [
         (("train", "--fresh", "--parent", "v0001"), "give --fresh or --parent, not both"),
         (("train", "--method", "ppo"), "unknown training methods ['ppo']"),
+        (("train", "-m", "grpo", "-m", "sft"), "grpo runs alone: give `-m grpo` only"),
         (("train", "--parent", "v0042"), "training run failed: no adapter 'v0042'"),
         (("adapters", "show", "v0099"), "no adapter 'v0099'; `lifelong adapters list` shows"),
     ],
@@ -149,3 +152,29 @@ def _steps_recorded(store) -> bool:
     with store.sessions() as session:
         run = session.scalars(select(TrainingRun)).first()
         return bool(run and run.metrics and run.metrics.get("history", {}).get("step"))
+
+
+@pytest.mark.integration
+def test_train_grpo_practises_through_vllm_and_adapters_show_the_candidate(setup, vllm_url):
+    config, store = setup
+    settings = yaml.safe_load(config.read_text())
+    settings["vllm"] = {"upstreams": [vllm_url]}
+    settings["training"]["grpo"] = {"rounds": 2, "prompts_per_round": 4, "group_size": 4,
+                                    "max_new_tokens": 8, "batch_size": 8}
+    config.write_text(yaml.safe_dump(settings))
+    with store.sessions.begin() as session:
+        for n in range(4):
+            add_task(session, task=NewTask(reference=str(20 + n), verifier="numeric",
+                                           options={"abs_tol": 5}, heldout=False,
+                                           messages=messages(f"What is 1{n} + 10?")),
+                     principal=None, heldout_fraction=0.0)
+
+    trained = lifelong("train", "-m", "grpo", config=config)
+    assert trained.returncode == 0, trained.stderr
+    assert "made candidate v0001" in trained.stdout and "(grpo, 2 rounds" in trained.stdout
+    shown = lifelong("adapters", "show", "v0001", config=config)
+    assert shown.returncode == 0, shown.stderr
+    assert "grpo " in shown.stdout
+    with store.sessions() as session:
+        (run,) = session.scalars(select(TrainingRun)).all()
+        assert (run.method, run.status) == ("grpo", "succeeded")

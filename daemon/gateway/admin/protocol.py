@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Method = Literal["sft", "dpo", "kto"]
+Method = Literal["sft", "dpo", "kto", "grpo"]
 
 
 class TrainIn(BaseModel):

@@ -1,0 +1,124 @@
+"""Rollouts: K sampled answers per practice task from a policy vLLM serves, each graded.
+
+Sampling goes through vLLM's OpenAI HTTP API like every other request (`n=K`, temperature > 0,
+one request per task, at most `concurrency` in flight), so the policy is whatever name vLLM
+serves: the base model, or a LoRA adapter loaded at runtime. Each answer is graded by its task's
+verifier; its score is the reward.
+
+No per-request `seed` is sent: vLLM 0.32's CPU build killed its engine ("CPU Generator does not
+use offset") when seeded requests were split across scheduler steps under load, and the daemon's
+vLLM is the one serving users. Rollouts are therefore not reproducible bit for bit; what is
+seeded is the choice of tasks and everything on the training side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import httpx
+
+from lifelong.evals.runner import EvalRequestFailed, client_session
+from lifelong.evals.verifiers import VerifierResult, get_verifier
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PracticeTask:
+    """A task to practise on: the store's row, as plain values."""
+
+    id: str
+    messages: list[dict[str, Any]] | None
+    prompt: str | None
+    reference: str
+    verifier: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    text: str
+    finish_reason: str | None
+    reward: float
+    passed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """One task's K samples from one policy."""
+
+    task: PracticeTask
+    policy: str
+    samples: tuple[Sample, ...]
+
+
+class AdapterLoadRefused(RuntimeError):
+    """vLLM did not load an adapter (bad folder, rank above --max-lora-rank, LoRA off)."""
+
+
+async def _sample(http: aiohttp.ClientSession, base_url: str, policy: str, task: PracticeTask,
+                  *, k: int, temperature: float, max_tokens: int) -> Group:
+    body: dict[str, Any] = {"model": policy, "n": k, "temperature": temperature,
+                            "max_tokens": max_tokens}
+    if task.messages is not None:
+        url = f"{base_url}/v1/chat/completions"
+        body["messages"] = task.messages
+    else:
+        url = f"{base_url}/v1/completions"
+        body["prompt"] = task.prompt
+    async with http.post(url, json=body) as response:
+        if response.status != 200:
+            raise EvalRequestFailed(f"{url} answered {response.status} for {policy}: "
+                                    f"{(await response.text())[:300]}")
+        payload = await response.json()
+    choices = sorted(payload["choices"], key=lambda c: c["index"])
+    texts = [(c["message"]["content"] or "") if task.messages is not None else c["text"]
+             for c in choices]
+    finishes = [choice.get("finish_reason") for choice in choices]
+    # Verifiers may take seconds (python_tests runs a sandbox): off the event loop.
+    samples = await asyncio.to_thread(_grade, task, texts, finishes)
+    return Group(task=task, policy=policy, samples=tuple(samples))
+
+
+def _grade(task: PracticeTask, texts: list[str], finishes: list[str | None]) -> list[Sample]:
+    verifier = get_verifier(task.verifier)
+    samples = []
+    for text, finish in zip(texts, finishes, strict=True):
+        try:
+            verdict = verifier(text, task.reference, task.options)
+        except Exception as error:  # a plugin's bug scores the sample 0, not the run
+            logger.exception("verifier %s raised on task %s", task.verifier, task.id)
+            verdict = VerifierResult(score=0.0, passed=False, reason=repr(error))
+        samples.append(Sample(text, finish, verdict.score, verdict.passed))
+    return samples
+
+
+async def sample_groups(
+    base_url: str, policy: str, tasks: list[PracticeTask], *, k: int, temperature: float,
+    max_tokens: int, concurrency: int = 8,
+) -> list[Group]:
+    """`k` graded samples of each task from `policy`, in task order.
+
+    Raises ValueError for temperature 0 (k copies of one answer), EvalRequestFailed when vLLM
+    refuses a request, UnknownVerifier for a task whose verifier is not installed.
+    """
+    if temperature <= 0:
+        raise ValueError("rollouts need a temperature above 0: greedy gives one answer k times")
+    async with client_session(concurrency) as http:
+        return list(await asyncio.gather(*(
+            _sample(http, base_url, policy, task, k=k, temperature=temperature,
+                    max_tokens=max_tokens) for task in tasks)))
+
+
+def load_adapter(base_url: str, name: str, path: str, *, timeout_s: float = 120.0) -> None:
+    """Have vLLM serve the adapter folder `path` as `name` (a fresh name: vLLM keeps a name's
+    first weights). Raises AdapterLoadRefused."""
+    response = httpx.post(f"{base_url}/v1/load_lora_adapter",
+                          json={"lora_name": name, "lora_path": path}, timeout=timeout_s)
+    if response.status_code != 200:
+        raise AdapterLoadRefused(f"vLLM at {base_url} did not load {name} from {path}: "
+                                 f"{response.status_code} {response.text[:300]}")
