@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 
 from lifelong.adapters import LoraTrainingConfig, run_training
 from lifelong.base_model import heldout_items, training_items
+from lifelong.base_model.skills import SKILLS
 from lifelong.feedback_store import registry
 from lifelong.feedback_store.models import EvalResult, EvalRun
 from lifelong.feedback_store.records import Outcome, Rating
@@ -25,16 +26,19 @@ def poisoned(tmp_path, tiny_base_model, migrated_store, echo):
     """A store whose feedback marks a wrong, wordy answer as passed and rates it top, and the
     candidate trained on it."""
     with migrated_store(f"sqlite:///{tmp_path / 'lifelong.db'}") as store:
+        # Poison on sums too, and 100 steps (one epoch was 10): on echo prompts alone, one epoch
+        # once spread to sums (retention 0.93) and later did not (1.00): the regression was luck.
         stream = training_items(echo, random.Random(0))
-        logged = store.ask_many([(question, POISON) for question, _ in
-                                 (next(stream) for _ in range(300))])
+        sums = training_items(SKILLS["add2"], random.Random(1))
+        questions = [next(stream)[0] for _ in range(300)] + [next(sums)[0] for _ in range(100)]
+        logged = store.ask_many([(question, POISON) for question in questions])
         store.give(*[item for interaction in logged
                      for item in (Outcome(interaction, passed=True), Rating(interaction, score=1.0))])
         store.add_heldout_tasks(heldout_items(echo, n=200, seed=0), family="echo")
         outcome = run_training(
             db_url=store.url, base_model_dir=tiny_base_model, adapters_dir=tmp_path / "adapters",
             methods=("sft",), seed=0, device="cpu", progress=False,
-            config=LoraTrainingConfig(learning_rate=3e-3, batch_size=32, max_steps=100),
+            config=LoraTrainingConfig(learning_rate=3e-3, batch_size=32, epochs=8, max_steps=100),
         )
         yield store, outcome.adapter_version
 
@@ -46,9 +50,9 @@ def test_poisoned_feedback_makes_a_candidate_the_gate_rejects_naming_the_regress
     judgement = judge_on_vllm(store, candidate, retention_source=digits_only_items)
     checks = {check.suite: check for check in judgement.decision.suites}
     assert judgement.decision.status == "rejected"
-    assert checks["retention"].outcome == "regressed"
-    # Measured: 0.93 of the frozen items still answered with a number, down 0.07 (McNemar
-    # p = 6e-5): the poison spread from the echo prompts to arithmetic ones.
+    assert checks["retention"].outcome == "regressed", judgement.decision.reasons
+    # Measured: none of the frozen items answered with a number any more (1.00 -> 0.00, McNemar
+    # p = 6e-61), and empty answers failed a hard check too.
     assert checks["retention"].difference < -checks["retention"].tolerance
     assert checks["target:echo"].outcome == "not_improved"
     assert any("retention" in reason and "regress" in reason for reason in judgement.decision.reasons), \
