@@ -40,6 +40,14 @@ from lifelong.feedback_store.tasks import add_task
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture(scope="module")
+def vllm_url(tiny_base_model, tmp_path_factory, start_vllm):
+    """A server of this module's own: it loads an adapter per GRPO round, and after many runtime
+    loads vLLM 0.32 answered for the base model wrongly, breaking tests that share the server."""
+    with start_vllm(tiny_base_model, tmp_path_factory.mktemp("vllm")) as url:
+        yield url
+
 SEED = 0
 PRACTICE_TASKS = 500
 HELDOUT = 200
