@@ -37,6 +37,7 @@ from peft import PeftModel
 from lifelong.adapters import LoraTrainingConfig, RunOutcome, run_training, verify
 from lifelong.base_model import heldout_items, messages, training_items
 from lifelong.base_model.generation import load, replies
+from lifelong.base_model.skills import SKILLS
 from lifelong.evals.runner import Sampling, compare
 from lifelong.evals.suites import EvalItem, Suite
 from lifelong.feedback_store import registry
@@ -46,6 +47,7 @@ pytestmark = pytest.mark.integration
 
 SEED = 0
 TRAIN_QUESTIONS = 1000
+SUM_QUESTIONS = 200
 HELDOUT_QUESTIONS = 200
 MARGIN = 0.5  # the adapter must beat the base model by 50 points of exact match
 CONFIG = LoraTrainingConfig(rank=8, alpha=16, learning_rate=3e-3, warmup_steps=20, batch_size=32,
@@ -99,6 +101,15 @@ def learned(tiny_base_model, migrated_store, echo, tmp_path_factory) -> Iterator
             else:
                 (right,) = store.ask_many([(question, answer)])
                 feedback += [Outcome(right, passed=True), Outcome(interaction, passed=False)]
+        # Real traffic mixes skills: sums the model got wrong, corrected. Without them, echo
+        # alone taught the model to answer 6% of sums with nothing (the gate rejected it).
+        sums = training_items(SKILLS["add2"], random.Random(SEED + 1))
+        asked = [next(sums) for _ in range(SUM_QUESTIONS)]
+        said = replies(base, tokenizer, [messages(q) for q, _ in asked], max_new_tokens=8)
+        for interaction, (_, answer) in zip(
+                store.ask_many([(q, r) for (q, _), r in zip(asked, said, strict=True)]), asked,
+                strict=True):
+            feedback.append(Correction(interaction, text=answer))
         for start in range(0, len(feedback), 1000):
             store.give(*feedback[start : start + 1000])
 
@@ -113,7 +124,7 @@ def test_feedback_teaches_a_skill_the_base_model_lacks_on_questions_it_never_saw
     learned, tiny_base_model, vllm_url
 ):
     outcome, heldout = learned.outcome, learned.heldout
-    assert outcome.metrics["data"]["examples"]["sft"]["new"] == TRAIN_QUESTIONS
+    assert outcome.metrics["data"]["examples"]["sft"]["new"] == TRAIN_QUESTIONS + SUM_QUESTIONS
     verify(outcome.adapter_path, tiny_base_model)
 
     name = f"learning-{outcome.adapter_version}"
