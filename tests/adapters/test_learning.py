@@ -15,11 +15,11 @@ teach it subtraction in CI time: 600 SFT steps on 2,000 sub2 corrections moved h
 match from 0% to 8%. Copying digits needs a new attention pattern, not arithmetic, and the tiny
 model can find it in a few hundred steps. This does not show that arithmetic is learned.
 
-Measured with this test as written (seed -> held-out exact match of the adapter through peft;
-the base model scores 0% every time): 0 -> 92.0%, 1 -> 70.0% (20 epochs, 640 steps). Capped at
-500 steps, seed 0 reached only 48%: how soon the pattern is found depends on the seed (at
-learning rates of 5e-3 and up some seeds never found it), hence a margin of 50 points rather
-than a pinned number.
+Measured with this test as written (seed 0): held-out exact match through vLLM 0 -> 78.0%
+(760 steps), retention held. Before the corrected sums were added: 0 -> 92.0% with seed 0 and
+70.0% with seed 1 (640 steps), but one run taught the model to answer 6% of sums with nothing.
+How soon the pattern is found depends on the seed (at learning rates of 5e-3 and up some seeds
+never found it), hence a margin of 50 points rather than a pinned number.
 """
 
 from __future__ import annotations
