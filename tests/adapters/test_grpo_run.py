@@ -25,13 +25,6 @@ from lifelong.feedback_store.training_data import Prompt
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def vllm_url(tiny_base_model, tmp_path_factory, start_vllm):
-    """A server of this module's own: it loads an adapter per GRPO round, and after many runtime
-    loads vLLM 0.32 answered for the base model wrongly, breaking tests that share the server."""
-    with start_vllm(tiny_base_model, tmp_path_factory.mktemp("vllm")) as url:
-        yield url
-
 LORA = LoraTrainingConfig(rank=4, alpha=8, target_modules=("q_proj", "v_proj"),
                           learning_rate=1e-2)
 
