@@ -99,7 +99,10 @@ def test_a_run_practises_through_vllm_stores_rollouts_and_registers_a_candidate(
         assert adapter.training_run_id == outcome.run_id
     assert len(rows) == 2 * 4 * 4 and {r.task_id for r in rows} <= set(practice)
     policies = [sorted({r.policy for r in rows if r.round == k}) for k in (0, 1)]
-    assert len(policies[0]) == len(policies[1]) == 1 and policies[0] != policies[1]
+    assert len(policies[0]) == len(policies[1]) == 1
+    # A round whose groups were all flat updates nothing, so the next samples from the same
+    # policy (seen once in CI: sampling is unseeded); otherwise a fresh one.
+    assert (policies[0] != policies[1]) == (rounds[0]["answers_trained"] > 0), (policies, rounds)
     assert all(0.0 <= r.reward <= 1.0 and r.passed == (r.reward == 1.0) for r in rows)
     # Round 1 sampled from round 0's update, loaded into vLLM under its own name.
     served = {m["id"] for m in httpx.get(f"{vllm_url}/v1/models", timeout=30).json()["data"]}
