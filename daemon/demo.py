@@ -379,25 +379,17 @@ def plot(rows: list[VersionRow], observations: list[Observation], path: Path) ->
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 5), dpi=110)
-    asked = [o for o in observations if o.skill == NEW_SKILL]
     window = 100
-    if len(asked) >= 10:
-        xs, ys = [], []
-        for end in range(min(window, len(asked)), len(asked) + 1, 10):
-            chunk = asked[max(0, end - window):end]
-            xs.append(chunk[-1].at / 60)
-            ys.append(sum(o.passed for o in chunk) / len(chunk))
-        axis.plot(xs, ys, color="tab:blue", alpha=0.6,
-                  label=f"users: {NEW_SKILL} answers right (last {window})")
-    sums = [o for o in observations if o.skill == BASE_SKILL]
-    if len(sums) >= 10:
-        xs, ys = [], []
-        for end in range(min(window, len(sums)), len(sums) + 1, 10):
-            chunk = sums[max(0, end - window):end]
-            xs.append(chunk[-1].at / 60)
-            ys.append(sum(o.passed for o in chunk) / len(chunk))
-        axis.plot(xs, ys, color="tab:red", alpha=0.4, linestyle=":",
-                  label=f"users: {BASE_SKILL} answers right (last {window})")
+    for skill, style in ((NEW_SKILL, {"color": "tab:blue", "alpha": 0.6}),
+                         (BASE_SKILL, {"color": "tab:red", "alpha": 0.4, "linestyle": ":"})):
+        asked = [o for o in observations if o.skill == skill]
+        if len(asked) >= 10:
+            xs, ys = [], []
+            for end in range(min(window, len(asked)), len(asked) + 1, 10):
+                chunk = asked[max(0, end - window):end]
+                xs.append(chunk[-1].at / 60)
+                ys.append(sum(o.passed for o in chunk) / len(chunk))
+            axis.plot(xs, ys, **style, label=f"users: {skill} answers right (last {window})")
     judged = [row for row in rows if row.new_skill is not None and row.at is not None]
     axis.plot([r.at / 60 for r in judged], [r.new_skill for r in judged], "o-",
               color="tab:green", label=f"judge: {NEW_SKILL} test set (per version)")

@@ -181,17 +181,11 @@ def build() -> dashboard.Dashboard:
               "{{status}}"), unit="reqps", span=8))
     board = board.with_panel(graph(
         "Latency p50 / p99", "Gateway time per completion request, to the last byte.",
-        query("histogram_quantile(0.5, sum by (le) "
-              f"(rate(lifelong_request_duration_seconds_bucket{rate_of})))", "p50", ref="A"),
-        query("histogram_quantile(0.99, sum by (le) "
-              f"(rate(lifelong_request_duration_seconds_bucket{rate_of})))", "p99", ref="B"),
+        *quantiles("lifelong_request_duration_seconds", rate_of),
         unit="s", span=8))
     board = board.with_panel(graph(
         "Time to first token p50 / p99", "Streamed requests: time to the first content chunk.",
-        query("histogram_quantile(0.5, sum by (le) "
-              f"(rate(lifelong_time_to_first_token_seconds_bucket{rate_of})))", "p50", ref="A"),
-        query("histogram_quantile(0.99, sum by (le) "
-              f"(rate(lifelong_time_to_first_token_seconds_bucket{rate_of})))", "p99", ref="B"),
+        *quantiles("lifelong_time_to_first_token_seconds", rate_of),
         unit="s", span=8))
     board = board.with_panel(graph(
         "Tokens", "Prompt and completion tokens per second.",
@@ -220,6 +214,12 @@ def render() -> str:
     for number, panel in enumerate(built.panels or [], start=1):
         panel.id_val = number  # unique ids: Grafana links, alerts and panel views refer to them
     return json.dumps(built, cls=JSONEncoder, indent=2, ensure_ascii=False) + "\n"
+
+
+def quantiles(histogram: str, rate_of: str) -> list[prometheus.Dataquery]:
+    """p50 and p99 of a histogram over all its series."""
+    return [query(f"histogram_quantile({q}, sum by (le) (rate({histogram}_bucket{rate_of})))",
+                  name, ref=ref) for q, name, ref in ((0.5, "p50", "A"), (0.99, "p99", "B"))]
 
 
 def main(argv: list[str]) -> int:
