@@ -38,6 +38,9 @@ class GrpoConfig:
                                      "first, the ratio moves off 1 and the clip matters."})
     batch_size: int = field(
         default=64, metadata={"help": "Answers per optimizer step."})
+    concurrency: int = field(
+        default=2, metadata={"help": "Rollout requests (each n=group_size) in flight at once: "
+                                     "vLLM also serves users."})
 
     def __post_init__(self) -> None:
         problems = [
@@ -52,6 +55,7 @@ class GrpoConfig:
                 ("kl_beta", self.kl_beta >= 0, ">= 0"),
                 ("updates_per_round", self.updates_per_round >= 1, ">= 1"),
                 ("batch_size", self.batch_size >= 1, ">= 1"),
+                ("concurrency", self.concurrency >= 1, ">= 1"),
             )
             if not ok
         ]

@@ -51,6 +51,7 @@ from lifelong.adapters.grpo import group_advantages, grpo_loss, token_logps
 from lifelong.adapters.grpo_config import GrpoConfig
 from lifelong.adapters.lora_config import LoraTrainingConfig
 from lifelong.adapters.lora_trainer import TrainingDiverged, load_model, resolve_device
+from lifelong.adapters.pause_file import PauseFile
 from lifelong.adapters.rollout import Group, PracticeTask, load_adapter, sample_groups
 from lifelong.adapters.training_run import (
     RunOutcome,
@@ -91,11 +92,14 @@ def grpo_update(
     pad_id: int,
     reference: dict[str, torch.Tensor] | None,
     generator: torch.Generator,
+    pause: PauseFile | None = None,
 ) -> UpdateStats:
     """`grpo.updates_per_round` passes of the GRPO loss over `rows` (answers with their
     advantages), `grpo.batch_size` answers a step. The sampling policy's log-probabilities
     (`old`) and the reference's are computed once, before the first step.
+    Before each forward pass the run waits while `pause` says users come first.
     Raises TrainingDiverged on a NaN or infinite loss."""
+    wait = pause.wait if pause is not None else (lambda: None)
     device = next(model.parameters()).device
     model.eval()  # no dropout: the ratio compares two forwards of the same weights
     order = torch.randperm(len(rows), generator=generator).tolist()
@@ -103,6 +107,7 @@ def grpo_update(
     for start in range(0, len(rows), grpo.batch_size):
         chosen = order[start:start + grpo.batch_size]
         batch = collate([rows[i] for i in chosen], pad_id=pad_id).to(device)
+        wait()
         with torch.no_grad():
             old, mask = token_logps(_logits(model, batch), batch.labels)
             ref = None
@@ -115,6 +120,7 @@ def grpo_update(
     for _ in range(grpo.updates_per_round):
         for k in torch.randperm(len(batches), generator=generator).tolist():
             batch, old, ref, mask, advantage = batches[k]
+            wait()
             logps, _ = token_logps(_logits(model, batch), batch.labels)
             out = grpo_loss(logps, old, advantage, mask, clip_eps=grpo.clip_eps,
                             beta=grpo.kl_beta, ref_logps=ref)
@@ -147,9 +153,12 @@ def run_grpo(
     device: str = "auto",
     run_id: int | None = None,
     cancelled: Callable[[], bool] | None = None,
+    pause_file: Path | None = None,
 ) -> RunOutcome:
     """Practise on the store's train-split tasks (tagged `task_tag`, if given) through the vLLM
-    server at `vllm_url`, learn by GRPO, and register the result as a candidate.
+    server at `vllm_url`, learn by GRPO, and register the result as a candidate. While
+    `pause_file` exists (the daemon's users are being served) no rollout request is sent and no
+    optimizer step taken (`pause_file.PauseFile`).
 
     The run is skipped when there is no practice task. A time limit ends the run after the
     round it falls in; what was learned is kept. Raises ValueError (parent_version with fresh),
@@ -164,7 +173,9 @@ def run_grpo(
         "methods": ["grpo"], "hyperparameters": config.to_dict(), "grpo": grpo.to_dict(),
         "seed": seed, "task_tag": task_tag, "max_seconds": max_seconds, "fresh": fresh,
         "device": device, "base_model_dir": str(base_model_dir), "vllm_url": vllm_url,
+        "pause_file": str(pause_file) if pause_file else None,
     }
+    pause = PauseFile(pause_file)
     started = time.monotonic()
     engine = make_engine(db_url)
     try:
@@ -211,11 +222,11 @@ def run_grpo(
             for round_ in range(grpo.rounds):
                 if cancelled is not None and cancelled():
                     raise TrainingCancelled(f"cancelled after {round_} rounds")
-                began = time.monotonic()
+                began, paused_before = time.monotonic(), pause.paused_s
                 chosen = [next(draw) for _ in range(min(grpo.prompts_per_round, len(tasks)))]
                 groups = asyncio.run(sample_groups(
                     vllm_url, policy, chosen, k=grpo.group_size, temperature=grpo.temperature,
-                    max_tokens=grpo.max_new_tokens))
+                    max_tokens=grpo.max_new_tokens, concurrency=grpo.concurrency, pause=pause))
                 sampled = time.monotonic()
                 with sessions.begin() as session:
                     add_rollouts(session, training_run_id=run_id, round=round_,
@@ -231,7 +242,7 @@ def run_grpo(
                     stats = grpo_update(
                         model, rows, grouped.advantages[keep], optimizer=optimizer, grpo=grpo,
                         max_grad_norm=config.max_grad_norm, pad_id=pad_id,
-                        reference=reference, generator=generator)
+                        reference=reference, generator=generator, pause=pause)
                     if round_ + 1 < grpo.rounds:
                         policy = _publish_round(model, rounds_dir, vllm_url, run_name, round_ + 1)
                 history.append({
@@ -243,6 +254,7 @@ def run_grpo(
                     "clipped_fraction": stats.clipped_fraction if stats else None,
                     "kl": stats.kl if stats else None, "seconds": time.monotonic() - began,
                     "sampling_seconds": sampled - began,
+                    "paused_seconds": pause.paused_s - paused_before,
                 })
                 logger.info("GRPO round %d: %s", round_, history[-1])
                 update_run(sessions, run_id, metrics={"outcome": "running", "rounds": history})

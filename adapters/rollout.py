@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 import httpx
 
+from lifelong.adapters.pause_file import PauseFile
 from lifelong.evals.runner import EvalRequestFailed, client_session
 from lifelong.evals.verifiers import VerifierResult, get_verifier
 
@@ -61,7 +62,8 @@ class AdapterLoadRefused(RuntimeError):
 
 
 async def _sample(http: aiohttp.ClientSession, base_url: str, policy: str, task: PracticeTask,
-                  *, k: int, temperature: float, max_tokens: int) -> Group:
+                  *, k: int, temperature: float, max_tokens: int,
+                  slots: asyncio.Semaphore, pause: PauseFile | None) -> Group:
     body: dict[str, Any] = {"model": policy, "n": k, "temperature": temperature,
                             "max_tokens": max_tokens}
     if task.messages is not None:
@@ -70,11 +72,14 @@ async def _sample(http: aiohttp.ClientSession, base_url: str, policy: str, task:
     else:
         url = f"{base_url}/v1/completions"
         body["prompt"] = task.prompt
-    async with http.post(url, json=body) as response:
-        if response.status != 200:
-            raise EvalRequestFailed(f"{url} answered {response.status} for {policy}: "
-                                    f"{(await response.text())[:300]}")
-        payload = await response.json()
+    async with slots:
+        if pause is not None:
+            await pause.wait_async()  # checked with a slot in hand: nothing queued behind it
+        async with http.post(url, json=body) as response:
+            if response.status != 200:
+                raise EvalRequestFailed(f"{url} answered {response.status} for {policy}: "
+                                        f"{(await response.text())[:300]}")
+            payload = await response.json()
     choices = sorted(payload["choices"], key=lambda c: c["index"])
     texts = [(c["message"]["content"] or "") if task.messages is not None else c["text"]
              for c in choices]
@@ -99,19 +104,21 @@ def _grade(task: PracticeTask, texts: list[str], finishes: list[str | None]) -> 
 
 async def sample_groups(
     base_url: str, policy: str, tasks: list[PracticeTask], *, k: int, temperature: float,
-    max_tokens: int, concurrency: int = 8,
+    max_tokens: int, concurrency: int = 8, pause: PauseFile | None = None,
 ) -> list[Group]:
-    """`k` graded samples of each task from `policy`, in task order.
+    """`k` graded samples of each task from `policy`, in task order, at most `concurrency`
+    requests in flight; none is sent while `pause` says the daemon's users come first.
 
     Raises ValueError for temperature 0 (k copies of one answer), EvalRequestFailed when vLLM
     refuses a request, UnknownVerifier for a task whose verifier is not installed.
     """
     if temperature <= 0:
         raise ValueError("rollouts need a temperature above 0: greedy gives one answer k times")
+    slots = asyncio.Semaphore(concurrency)
     async with client_session(concurrency) as http:
         return list(await asyncio.gather(*(
             _sample(http, base_url, policy, task, k=k, temperature=temperature,
-                    max_tokens=max_tokens) for task in tasks)))
+                    max_tokens=max_tokens, slots=slots, pause=pause) for task in tasks)))
 
 
 def load_adapter(base_url: str, name: str, path: str, *, timeout_s: float = 120.0) -> None:

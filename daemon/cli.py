@@ -221,6 +221,10 @@ def train(
     run_id: Annotated[int | None, typer.Option(
         "--run-id", hidden=True, help="A running run made by the daemon, to carry out.",
     )] = None,
+    pause_file: Annotated[Path | None, typer.Option(
+        "--pause-file", hidden=True, help="GRPO waits while this file exists (the daemon's "
+        "users are being served).",
+    )] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train one adapter from the feedback since the champion's data, in this process.
@@ -271,7 +275,7 @@ def train(
     signal.signal(signal.SIGINT, cancelled)
     if "grpo" in methods:
         _train_grpo(settings, lora, fresh=fresh or t.fresh, parent=parent, run_id=run_id,
-                    cancelled=cancel.is_set)
+                    cancelled=cancel.is_set, pause_file=pause_file)
         return
     try:
         outcome = run_training(
@@ -310,7 +314,8 @@ def _vllm_url(settings: Settings) -> str:
 
 
 def _train_grpo(settings: Settings, lora: Any, *, fresh: bool, parent: str | None,
-                run_id: int | None, cancelled: Callable[[], bool]) -> None:
+                run_id: int | None, cancelled: Callable[[], bool],
+                pause_file: Path | None) -> None:
     """`lifelong train -m grpo`: practice rounds through the daemon's vLLM, a candidate."""
     from lifelong.adapters import AdapterError, InvalidTrainingConfig
     from lifelong.adapters.grpo_config import GrpoConfig
@@ -323,6 +328,7 @@ def _train_grpo(settings: Settings, lora: Any, *, fresh: bool, parent: str | Non
             group_size=g.group_size, rounds=g.rounds, prompts_per_round=g.prompts_per_round,
             temperature=g.temperature, max_new_tokens=g.max_new_tokens, clip_eps=g.clip_eps,
             kl_beta=g.kl_beta, updates_per_round=g.updates_per_round, batch_size=g.batch_size,
+            concurrency=g.concurrency,
         )
     except InvalidTrainingConfig as exc:
         fail(f"training.grpo settings: {exc}")
@@ -332,7 +338,7 @@ def _train_grpo(settings: Settings, lora: Any, *, fresh: bool, parent: str | Non
             db_url=settings.database_url, base_model_dir=settings.base_model_path,
             adapters_dir=settings.adapters_dir, vllm_url=url, parent_version=parent, fresh=fresh,
             config=lora, grpo=grpo, task_tag=g.task_tag, seed=t.seed, max_seconds=t.max_seconds,
-            device=t.device, run_id=run_id, cancelled=cancelled,
+            device=t.device, run_id=run_id, cancelled=cancelled, pause_file=pause_file,
         )
     except DatabaseNotMigrated as exc:
         fail(str(exc))
@@ -527,6 +533,11 @@ def status(
         f"{schedule['new_feedback']} new feedback items"
         + (f" (data trigger at {schedule['min_new_feedback']})" if schedule["enabled"] else ""),
     ]
+    practice = found.get("practice") or {}
+    if practice.get("enabled") or practice.get("pauses"):
+        lines.append(f"practice:   {'paused for users' if practice['paused'] else 'on'}, "
+                     f"{practice['pauses']} pauses; "
+                     f"{practice['last_check'] or 'due at the next idle check'}")
     if cycle["last"]:
         last = cycle["last"]
         lines.append(f"last cycle: {last['outcome']} ({last['trigger']}, {last['started_at'][:19]})"

@@ -50,6 +50,7 @@ from lifelong.feedback_store.models import (
     GateDecision,
     Interaction,
     Promotion,
+    Rollout,
     TrainingRun,
 )
 
@@ -109,8 +110,16 @@ class Watched(Protocol):
     upstream: Upstream
 
 
+class Yielding(Protocol):
+    """What practice exposes about making way for users (`daemon.practice.Practice`)."""
+
+    paused: bool
+    pauses: int
+
+
 class ServingMetrics:
-    """Counters and histograms of the serving path, plus upstream and log state read on scrape."""
+    """Counters and histograms of the serving path, plus upstream, log and practice state read
+    on scrape."""
 
     def __init__(
         self,
@@ -119,10 +128,12 @@ class ServingMetrics:
         versions: VersionLabels,
         watchers: Sequence[Watched],
         interaction_log: InteractionLog,
+        practice: Yielding | None = None,
     ) -> None:
         self.versions = versions
         self.watchers = watchers
         self.interaction_log = interaction_log
+        self.practice = practice
         self.requests = Counter(
             "lifelong_requests", "Completion requests answered, by endpoint, requested model "
             "(the public alias, `pinned` for a version or base asked by name, `unknown`), "
@@ -240,6 +251,14 @@ class _LiveServing(Collector):
         yield CounterMetricFamily(
             "lifelong_interaction_log_written", "Interactions committed to the store.",
             value=stats.written)
+        practice = self.serving.practice
+        if practice is not None:
+            yield GaugeMetricFamily(
+                "lifelong_practice_paused", "1 while a GRPO run waits for users to be quiet.",
+                value=int(practice.paused))
+            yield CounterMetricFamily(
+                "lifelong_practice_pauses", "Times a GRPO run was asked to make way for user "
+                "requests since the daemon started.", value=practice.pauses)
 
 
 @dataclass
@@ -281,6 +300,32 @@ class _FeedbackTotals:
         self.watermark = settled
 
 
+@dataclass
+class _RolloutTotals:
+    """Running rollout counts, advanced by reading only new rows. One run writes rollouts at a
+    time (the daemon's trainer), a round per transaction, so ids become visible in order."""
+
+    watermark: int = 0
+    passed: int = 0
+    failed: int = 0
+    reward_sum: float = 0.0
+
+    def advance(self, session: Session) -> None:
+        top = session.scalar(select(func.max(Rollout.id))) or 0
+        if top <= self.watermark:
+            return
+        rows = session.execute(
+            select(Rollout.passed, func.count(), func.sum(Rollout.reward))
+            .where(Rollout.id > self.watermark, Rollout.id <= top).group_by(Rollout.passed))
+        for passed, count, reward_sum in rows:
+            if passed:
+                self.passed += count
+            else:
+                self.failed += count
+            self.reward_sum += reward_sum or 0.0
+        self.watermark = top
+
+
 def _suites(details: dict[str, Any]) -> list[dict[str, Any]]:
     return list(details.get("suites") or [])
 
@@ -310,6 +355,7 @@ class StateCollector(Collector):
         self._cached: list[Metric] = []
         self._cached_at = float("-inf")
         self._feedback = _FeedbackTotals()
+        self._rollouts = _RolloutTotals()
 
     def describe(self) -> Iterable[Metric]:
         return []  # collected on demand only: no store query when registered
@@ -331,8 +377,10 @@ class StateCollector(Collector):
             self.versions.kept = kept
             self.on_versions(kept)
             self._feedback.advance(session)
+            self._rollouts.advance(session)
             metrics = [
                 *self._training(session),
+                *self._practice(session),
                 *self._decisions(session),
                 *self._promotions(session),
                 *self._feedback_metrics(),
@@ -379,6 +427,29 @@ class StateCollector(Collector):
             yield GaugeMetricFamily(
                 "lifelong_training_current_run_loss",
                 "Latest recorded loss of the training run going on.", value=losses[-1])
+
+    def _practice(self, session: Session) -> Iterator[Metric]:
+        totals = self._rollouts
+        rollouts = CounterMetricFamily(
+            "lifelong_rollouts", "GRPO samples graded by their task's verifier, by result "
+            "(passed, failed).", labels=["result"])
+        rollouts.add_metric(["passed"], totals.passed)
+        rollouts.add_metric(["failed"], totals.failed)
+        yield rollouts
+        yield CounterMetricFamily(
+            "lifelong_rollout_reward", "Sum of the rollouts' rewards (mean reward = rate of "
+            "this / rate of lifelong_rollouts_total).", value=totals.reward_sum)
+        last = session.scalar(
+            select(TrainingRun).where(TrainingRun.method == "grpo").order_by(TrainingRun.id.desc()).limit(1))
+        rounds = ((last.metrics or {}).get("rounds") or []) if last is not None else []
+        if rounds:
+            pass_rate = GaugeMetricFamily(
+                "lifelong_practice_round_pass_rate", "Share of the rollouts the verifier passed, "
+                "per round of the latest GRPO run (round 0 samples the starting weights).",
+                labels=["round"])
+            for row in rounds:
+                pass_rate.add_metric([str(row["round"])], row["pass_rate"])
+            yield pass_rate
 
     def _decisions(self, session: Session) -> Iterator[Metric]:
         decisions = CounterMetricFamily(

@@ -205,6 +205,21 @@ class GrpoSettings(Section):
     task_tag: str | None = Field(
         default=None, description="Practise only on tasks with this tag (e.g. family:add2)."
     )
+    concurrency: int = Field(
+        default=2, ge=1, description="Rollout requests (each n=group_size) in flight at once."
+    )
+    yield_to_users: bool = Field(
+        default=True, description="A GRPO run the daemon starts pauses at its next rollout "
+        "request or optimizer step while user requests are in flight, and resumes once users "
+        "have been quiet for quiet_ms.",
+    )
+    quiet_ms: float = Field(
+        default=250.0, ge=0, description="How long users must be quiet before practice resumes."
+    )
+    nice: int = Field(
+        default=19, ge=0, le=19, description="CPU niceness of the daemon's GRPO process: on a "
+        "CPU host vLLM and the gateway come first.",
+    )
 
 
 class TrainingSettings(Section):
@@ -333,6 +348,20 @@ class EvalSettings(Section):
         return self
 
 
+class PracticeSettings(Section):
+    """Practice: GRPO cycles the daemon starts by itself when users are quiet, on the store's
+    train-split tasks (none registered: no practice). Each is judged like any candidate."""
+
+    enabled: bool = Field(default=True, description="Off: GRPO only when asked or in the recipe.")
+    idle_s: float = Field(
+        default=30.0, ge=0, description="Users must have been quiet this long to start practice."
+    )
+    every_minutes: float = Field(
+        default=60.0, gt=0, description="At most one practice cycle this often (from the last "
+        "GRPO run's start).",
+    )
+
+
 class ScheduleSettings(Section):
     """When the daemon trains, judges and promotes by itself."""
 
@@ -351,6 +380,7 @@ class ScheduleSettings(Section):
     auto_promote: bool = Field(
         default=True, description="Promote what the gate approves; off: approve only."
     )
+    practice: PracticeSettings = Field(default_factory=PracticeSettings)
 
     @field_validator("cron")
     @classmethod

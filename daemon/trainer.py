@@ -71,6 +71,7 @@ class TrainRequest:
 @dataclass
 class _Child:
     run_id: int
+    request: TrainRequest
     process: asyncio.subprocess.Process
     log_path: Path
     ending: str | None = None  # why the daemon is stopping it, if it is
@@ -106,9 +107,11 @@ class Trainer:
         log_dir: Path,
         timeout_s: float,
         grace_s: float = 30.0,
+        niceness: Callable[[TrainRequest], int] = lambda request: 0,
     ) -> None:
         self.sessions = sessions
         self.command = command
+        self.niceness = niceness  # added to the child's CPU niceness
         self.env = env
         self.log_dir = log_dir
         self.timeout_s = timeout_s
@@ -121,6 +124,10 @@ class Trainer:
     @property
     def running_run(self) -> int | None:
         return self._child.run_id if self._child is not None else None
+
+    @property
+    def running_request(self) -> TrainRequest | None:
+        return self._child.request if self._child is not None else None
 
     async def recover(self) -> list[int]:
         """Mark this host's runs whose process is gone as interrupted (call once at start)."""
@@ -142,17 +149,24 @@ class Trainer:
             run_id = await asyncio.to_thread(self._open_run, request)
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / f"trainer-{run_id}.log"
+            nice = self.niceness(request)
+
+            def prepare() -> None:  # in the child, before exec
+                new_group_dying_with_parent()
+                if nice:
+                    os.nice(nice)
+
             try:
                 with log_path.open("ab") as log:
                     process = await asyncio.create_subprocess_exec(
                         *self.command(run_id, request), env=self.env, stdin=asyncio.subprocess.DEVNULL,
                         stdout=log, stderr=asyncio.subprocess.STDOUT,
-                        preexec_fn=new_group_dying_with_parent,
+                        preexec_fn=prepare,
                     )
             except OSError as exc:
                 await self._end(run_id, f"cannot start the trainer process: {exc}")
                 raise
-            self._child = _Child(run_id, process, log_path)
+            self._child = _Child(run_id, request, process, log_path)
             self._watch = asyncio.create_task(self._watch_child(self._child))
             logger.info("training run started", extra={"run_id": run_id, "pid": process.pid,
                                                         "request": asdict(request)})

@@ -273,6 +273,18 @@ class Store:
                                                tags=(f"family:{family}",)),
                          principal=None, heldout_fraction=1.0)
 
+    def add_practice_tasks(self, pairs: list[tuple[str, str]], *, family: str,
+                           verifier: str = "exact_match",
+                           options: dict[str, object] | None = None) -> None:
+        """Train-split chat tasks of one family: what GRPO practises on."""
+        with self.sessions.begin() as session:
+            for question, answer in pairs:
+                add_task(session, task=NewTask(reference=answer, verifier=verifier,
+                                               options=dict(options or {}),
+                                               messages=messages(question),
+                                               tags=(f"family:{family}",), heldout=False),
+                         principal=None, heldout_fraction=0.0)
+
     def give(self, *items: FeedbackItem) -> list[int]:
         """Store feedback items; their ids, in order."""
         with self.sessions.begin() as session:

@@ -35,11 +35,13 @@ from lifelong.daemon.gateway.inference.service import InferenceService
 from lifelong.daemon.judge import build_judge
 from lifelong.daemon.learning_cycle import LearningCycle, Schedule
 from lifelong.daemon.metrics import ServingMetrics, StateCollector, VersionLabels
+from lifelong.daemon.practice import Practice
 from lifelong.daemon.promotion import Promoter
 from lifelong.daemon.settings import ENV_PREFIX, Settings, write_settings_file
 from lifelong.daemon.supervisor import HealthWatch, Supervisor
 from lifelong.daemon.trainer import Trainer, TrainRequest
 from lifelong.daemon.upstream import BASE_MODEL_NAME, HttpUpstream, Upstream, UpstreamPool
+from lifelong.daemon.user_traffic import UserTraffic
 from lifelong.feedback_store import registry
 from lifelong.feedback_store.database import ensure_migrated, make_engine
 from lifelong.feedback_store.feedback_committer import FeedbackCommitter
@@ -83,13 +85,16 @@ def _note_vllm_url(settings: Settings, url: str) -> None:
     path.write_text(url + "\n")
 
 
-def trainer_command(settings_file: Path) -> Callable[[int, TrainRequest], list[str]]:
-    """`lifelong train` for one run the daemon recorded, with the daemon's exact settings."""
+def trainer_command(
+    settings_file: Path, extra: Callable[[TrainRequest], list[str]] = lambda request: [],
+) -> Callable[[int, TrainRequest], list[str]]:
+    """`lifelong train` for one run the daemon recorded, with the daemon's exact settings (and
+    `extra(request)`'s options)."""
 
     def command(run_id: int, request: TrainRequest) -> list[str]:
         return [
             sys.executable, "-m", "lifelong.daemon.cli", "train", "--config", str(settings_file),
-            "--run-id", str(run_id), "--no-progress", *request.arguments(),
+            "--run-id", str(run_id), "--no-progress", *request.arguments(), *extra(request),
         ]
 
     return command
@@ -129,14 +134,17 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             max_text_chars=settings.database.max_text_chars,
         )
         catalog = ModelCatalog(alias=settings.gateway.public_alias)
+        practice: list[Practice] = []  # made below: it needs the trainer, which asks it
         trainer = Trainer(
             sessions=sessions,
             command=trainer_command(
-                write_settings_file(settings, settings.data_dir / "run" / "trainer-settings.yaml")
+                write_settings_file(settings, settings.data_dir / "run" / "trainer-settings.yaml"),
+                extra=lambda request: practice[0].arguments(request),
             ),
             env=trainer_env(),
             log_dir=settings.data_dir / "logs",
             timeout_s=settings.training.timeout_s,
+            niceness=lambda request: practice[0].niceness(request),
         )
         await trainer.recover()
         await asyncio.to_thread(_interrupt_eval_runs, sessions)
@@ -219,6 +227,14 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             promoter=app.state.promoter, auto_promote=settings.schedule.auto_promote,
         )
         s = settings.schedule
+        traffic = UserTraffic(stale_s=settings.vllm.request_timeout_s)
+        practice.append(Practice(
+            settings=s.practice, grpo=settings.training.grpo, recipe=settings.training.recipe,
+            traffic=traffic, trainer=trainer, cycle=app.state.cycle, sessions=sessions,
+            pause_file=settings.data_dir / "run" / "practice.pause",
+            check_every_s=s.check_every_s, trigger=s.enabled,
+        ))
+        app.state.practice = practice[0]
         app.state.schedule = Schedule(
             app.state.cycle, interval_minutes=s.interval_minutes, cron=s.cron,
             min_new_feedback=s.min_new_feedback, check_every_s=s.check_every_s,
@@ -231,6 +247,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         app.state.metrics_registry = metrics_registry = CollectorRegistry()
         versions = VersionLabels(catalog)
         metrics = ServingMetrics(metrics_registry, versions=versions, watchers=watchers,
+                                 practice=app.state.practice,
                                  interaction_log=interaction_log)
         state = StateCollector(sessions=sessions, versions=versions,
                                running_run=lambda: trainer.running_run,
@@ -239,7 +256,8 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         await asyncio.to_thread(state.refresh)  # the version labels, before the first request
         metrics_registry.register(state)
         app.state.inference = InferenceService(
-            catalog=catalog, pool=pool, interaction_log=interaction_log, metrics=metrics
+            catalog=catalog, pool=pool, interaction_log=interaction_log, metrics=metrics,
+            traffic=traffic,
         )
         app.state.feedback = FeedbackService(
             sessions=sessions,
@@ -259,6 +277,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
                     raise
             if app.state.schedule is not None:
                 await app.state.schedule.start()
+            await app.state.practice.start()
             logger.info(
                 "gateway ready",
                 extra={"upstreams": urls, "champion": catalog.champion, "open": app.state.keyring.open},
@@ -268,6 +287,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             # uvicorn has stopped accepting and drained in-flight requests by now.
             if app.state.schedule is not None:
                 await app.state.schedule.stop()
+            await app.state.practice.stop()
             await app.state.cycle.stop()
             for task in list(app.state.background):  # evals the API started: their runs are
                 task.cancel()                        # marked failed, not left running

@@ -85,6 +85,7 @@ async def status(_: AdminPrincipal, request: Request) -> dict[str, Any]:
                      "next_run": schedule.next_run() if schedule else None,
                      "min_new_feedback": schedule.min_new_feedback if schedule else None,
                      "new_feedback": (await asyncio.to_thread(cycle.new_feedback))[0]},
+        "practice": state.practice.status(),
     }
 
 

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +29,7 @@ from lifelong.daemon.upstream import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from lifelong.daemon.user_traffic import UserTraffic
 from lifelong.feedback_store.interaction_log import InteractionLog
 from lifelong.feedback_store.records import NewInteraction
 
@@ -82,11 +83,13 @@ class InferenceService:
         pool: UpstreamPool,
         interaction_log: InteractionLog,
         metrics: ServingMetrics,
+        traffic: UserTraffic | None = None,
     ) -> None:
         self.catalog = catalog
         self.pool = pool
         self.interaction_log = interaction_log
         self.metrics = metrics
+        self.traffic = traffic or UserTraffic()
 
     def _model_label(self, name: str) -> str:
         # Bounded: what clients ask for is free text, so a version or `base` asked by name is
@@ -134,9 +137,13 @@ class InferenceService:
         self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
     ) -> JSONResponse | StreamingResponse:
         """Stream or not, as the body asks. Counts the requests that fail before answering."""
+        visit = self.traffic.arrive()
+        streaming = False
         try:
             if body.get("stream"):
-                return await self.stream(endpoint, body, principal)
+                response = await self.stream(endpoint, body, principal, on_end=visit.done)
+                streaming = True  # the visit ends with the stream's last chunk
+                return response
             return await self.complete(endpoint, body, principal)
         except Exception as exc:
             try:
@@ -147,6 +154,9 @@ class InferenceService:
             self.metrics.request(endpoint=endpoint.name, model=model, version=version,
                                  status=_status_of(exc))
             raise
+        finally:
+            if not streaming:
+                visit.done()
 
     async def complete(
         self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
@@ -173,7 +183,8 @@ class InferenceService:
         return JSONResponse(answer, headers=self._headers(interaction_id, route))
 
     async def stream(
-        self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
+        self, endpoint: Endpoint, body: dict[str, Any], principal: Principal,
+        on_end: Callable[[], None] = lambda: None,
     ) -> StreamingResponse:
         """A streaming completion as server-sent events; the upstream stream is opened before the
         response starts, so a down or refusing vLLM still gets a proper status code."""
@@ -223,6 +234,7 @@ class InferenceService:
                         chunk.pop("usage", None)
                     yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
             finally:
+                on_end()
                 await exits.aclose()
                 self._record(
                     endpoint=endpoint, interaction_id=interaction_id, body=body, route=route,

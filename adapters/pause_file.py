@@ -1,0 +1,61 @@
+"""The daemon's request that a run yield to its users: while a file exists, the run waits.
+
+The daemon (the serving process) creates the file when user requests arrive during a GRPO run
+and removes it once users have been quiet a moment; the run checks it at its safe points (before
+each rollout request and each optimizer step) and waits there. A file rather than a signal: the
+run may be starting up (a signal's default action would kill it) or inside a database write
+(stopping it there would hold a lock the serving path needs); a stat per step costs nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+POLL_S = 0.01
+
+
+class PauseFile:
+    """`wait()` / `await wait_async()` return at once unless `path` exists, then when it is gone.
+    `paused_s` adds up the time spent waiting. A `None` path never pauses."""
+
+    def __init__(self, path: Path | str | None) -> None:
+        self.path = None if path is None else os.fspath(path)
+        self.paused_s = 0.0
+        self.pauses = 0
+
+    @property
+    def paused(self) -> bool:
+        return self.path is not None and os.path.exists(self.path)
+
+    def wait(self) -> None:
+        if not self.paused:
+            return
+        began = time.monotonic()
+        while self.paused:
+            time.sleep(POLL_S)
+        self._count(began)
+
+    async def wait_async(self) -> None:
+        if not self.paused:
+            return
+        began = time.monotonic()
+        while self.paused:
+            await asyncio.sleep(POLL_S)
+        self._count(began)
+
+    def _count(self, began: float) -> None:
+        self.pauses += 1
+        self.paused_s += time.monotonic() - began
+
+
+def pause(path: Path) -> None:
+    """Ask the run watching `path` to pause at its next safe point."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch()
+
+
+def resume(path: Path) -> None:
+    path.unlink(missing_ok=True)

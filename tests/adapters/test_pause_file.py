@@ -1,0 +1,35 @@
+"""The pause file: a run waits while it exists, and counts how long."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from lifelong.adapters.pause_file import PauseFile, pause, resume
+
+
+def test_no_file_no_wait(tmp_path):
+    switch = PauseFile(tmp_path / "pause")
+    switch.wait()
+    asyncio.run(switch.wait_async())
+    assert (switch.pauses, switch.paused_s, switch.paused) == (0, 0.0, False)
+    assert not PauseFile(None).paused
+
+
+def test_waits_while_the_file_exists_and_counts_it(tmp_path):
+    path = tmp_path / "run" / "pause"
+    pause(path)  # makes the folder too
+    switch = PauseFile(path)
+    assert switch.paused
+    threading.Timer(0.3, resume, args=(path,)).start()
+    began = time.monotonic()
+    switch.wait()
+    assert time.monotonic() - began >= 0.29
+    assert switch.pauses == 1 and switch.paused_s >= 0.29
+
+    pause(path)
+    threading.Timer(0.2, resume, args=(path,)).start()
+    asyncio.run(switch.wait_async())
+    assert switch.pauses == 2 and switch.paused_s >= 0.48
+    resume(path)  # a second resume is harmless
