@@ -39,7 +39,7 @@ class GrpoConfig:
     batch_size: int = field(
         default=64, metadata={"help": "Answers per optimizer step."})
     concurrency: int = field(
-        default=2, metadata={"help": "Rollout requests (each n=group_size) in flight at once: "
+        default=1, metadata={"help": "Rollout requests (each n=group_size) in flight at once: "
                                      "vLLM also serves users."})
 
     def __post_init__(self) -> None:

@@ -25,6 +25,8 @@ class PauseFile:
         self.path = None if path is None else os.fspath(path)
         self.paused_s = 0.0
         self.pauses = 0
+        self._waiters = 0  # concurrent rollout requests wait together: their time counts once
+        self._since = 0.0
 
     @property
     def paused(self) -> bool:
@@ -33,22 +35,33 @@ class PauseFile:
     def wait(self) -> None:
         if not self.paused:
             return
-        began = time.monotonic()
-        while self.paused:
-            time.sleep(POLL_S)
-        self._count(began)
+        self._enter()
+        try:
+            while self.paused:
+                time.sleep(POLL_S)
+        finally:
+            self._leave()
 
     async def wait_async(self) -> None:
         if not self.paused:
             return
-        began = time.monotonic()
-        while self.paused:
-            await asyncio.sleep(POLL_S)
-        self._count(began)
+        self._enter()
+        try:
+            while self.paused:
+                await asyncio.sleep(POLL_S)
+        finally:
+            self._leave()
 
-    def _count(self, began: float) -> None:
-        self.pauses += 1
-        self.paused_s += time.monotonic() - began
+    def _enter(self) -> None:
+        if self._waiters == 0:
+            self.pauses += 1
+            self._since = time.monotonic()
+        self._waiters += 1
+
+    def _leave(self) -> None:
+        self._waiters -= 1
+        if self._waiters == 0:
+            self.paused_s += time.monotonic() - self._since
 
 
 def pause(path: Path) -> None:

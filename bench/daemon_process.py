@@ -18,9 +18,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_daemon(model: Path, workdir: Path, **vllm: object) -> tuple[subprocess.Popen, str, str]:
+def start_daemon(model: Path, workdir: Path, *, sections: dict[str, dict] | None = None,
+                 **vllm: object) -> tuple[subprocess.Popen, str, str]:
     """(process, gateway URL, vLLM URL) once the gateway is ready; exits with a message if not.
-    `vllm`: further vllm settings."""
+    `vllm`: further vllm settings; `sections`: further settings sections (training, ...)."""
     vllm_port, gateway_port = free_port(), free_port()
     config = workdir / "lifelong.yaml"
     config.write_text(yaml.safe_dump({
@@ -29,6 +30,7 @@ def start_daemon(model: Path, workdir: Path, **vllm: object) -> tuple[subprocess
         "vllm": {"port": vllm_port, **vllm},
         "gateway": {"port": gateway_port},
         "schedule": {"enabled": False},  # a benchmark measures one thing; no learning cycles
+        **(sections or {}),
     }))
     lifelong = str(Path(sys.executable).parent / "lifelong")
     subprocess.run([lifelong, "db", "upgrade", "--config", str(config)], check=True,

@@ -286,5 +286,5 @@ def describe_run(row: TrainingRun) -> dict[str, Any]:
             "tokens": sum(history.get("tokens") or []),
         },
         "outcome": metrics.get("outcome"), "reason": metrics.get("reason"),
-        "stages": metrics.get("stages", []),
+        "stages": metrics.get("stages", []), "rounds": metrics.get("rounds", []),
     }

@@ -170,6 +170,27 @@ def build() -> dashboard.Dashboard:
         "Last run took", "Wall time of the last successful training run.",
         "lifelong_training_last_run_duration_seconds", unit="s", span=4))
 
+    board = board.with_row(dashboard.Row("Practice (GRPO on verifiable tasks)"))
+    board = board.with_panel(graph(
+        "Rollouts", "Practice samples graded per second, by the verifier's result.",
+        query(f"sum by (result) (rate(lifelong_rollouts_total{rate_of}))", "{{result}}"),
+        unit="reqps", span=8))
+    board = board.with_panel(graph(
+        "Practice pass rate and reward", "Share of the rollouts passed, and their mean reward.",
+        query(f'sum(rate(lifelong_rollouts_total{{result="passed"}}{rate_of})) / '
+              f"sum(rate(lifelong_rollouts_total{rate_of}))", "pass rate", ref="A"),
+        query(f"sum(rate(lifelong_rollout_reward_total{rate_of})) / "
+              f"sum(rate(lifelong_rollouts_total{rate_of}))", "mean reward", ref="B"), span=8))
+    board = board.with_panel(graph(
+        "Latest GRPO run by round", "The practice pass rate of each round of the latest GRPO "
+        "run (round 0 samples the weights it started from).",
+        query("lifelong_practice_round_pass_rate", "round {{round}}"), unit="percentunit",
+        span=8))
+    board = board.with_panel(graph(
+        "Making way for users", "1 while a GRPO run waits for users to be quiet; pauses per "
+        "second.", query("lifelong_practice_paused", "paused", ref="A"),
+        query(f"rate(lifelong_practice_pauses_total{rate_of})", "pauses/s", ref="B"), span=8))
+
     board = board.with_row(dashboard.Row("Serving health"))
     board = board.with_panel(graph(
         "Requests", "Completion requests per second, by endpoint and version.",

@@ -33,3 +33,16 @@ def test_waits_while_the_file_exists_and_counts_it(tmp_path):
     asyncio.run(switch.wait_async())
     assert switch.pauses == 2 and switch.paused_s >= 0.48
     resume(path)  # a second resume is harmless
+
+
+def test_concurrent_waiters_count_their_shared_wait_once(tmp_path):
+    path = tmp_path / "pause"
+    pause(path)
+    switch = PauseFile(path)
+
+    async def three_requests() -> None:
+        asyncio.get_running_loop().call_later(0.2, resume, path)
+        await asyncio.gather(*(switch.wait_async() for _ in range(3)))
+
+    asyncio.run(three_requests())
+    assert switch.pauses == 1 and 0.19 <= switch.paused_s < 0.4

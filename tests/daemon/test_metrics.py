@@ -1,8 +1,8 @@
 """The metrics end to end: a real daemon (vLLM on the tiny model), Debian's real Prometheus
 scraping its `/metrics` every second, real traffic, feedback, a training run whose candidate the
-gate rejects, a forced promotion and a rollback. Then every PromQL expression of the provisioned
-dashboard runs against that Prometheus: each must parse and return data, or the panel (or
-annotation) it feeds would be empty. `promtool check metrics` checks the exposition."""
+gate rejects, a forced promotion, a rollback and a GRPO run. Then every PromQL expression of the
+provisioned dashboard runs against that Prometheus: each must parse and return data, or the
+panel (or annotation) it feeds would be empty. `promtool check metrics` checks the exposition."""
 
 from __future__ import annotations
 
@@ -110,7 +110,9 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
         gateway={"metrics_cache_s": 0.5},
         # SFT only on add2 corrections, enough steps that the run is seen going on
         training={"recipe": ["sft"], "batch_size": 4, "epochs": 100, "max_steps": 120,
-                  "min_new_examples": 1, "device": "cpu", "warmup_steps": 0},
+                  "min_new_examples": 1, "device": "cpu", "warmup_steps": 0,
+                  "grpo": {"rounds": 3, "prompts_per_round": 8, "group_size": 4,
+                           "max_new_tokens": 6, "batch_size": 16, "quiet_ms": 50}},
         # the target suite is echo, which add2 corrections cannot teach: the gate rejects
         evals={"max_tokens": 8, "gate": {"min_items": 10}},
         database={"heldout_fraction": 0.0},
@@ -120,6 +122,9 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
         started = time.time()
         with migrated_store(f"sqlite:///{daemon.data_dir / 'lifelong.db'}") as store:
             store.add_heldout_tasks(heldout_items(echo, n=20, seed=0), family="echo")
+            practice = training_items(SKILLS["add2"], random.Random(7))
+            store.add_practice_tasks([next(practice) for _ in range(16)], family="add2",
+                                     verifier="numeric", options={"abs_tol": 5})
         client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=daemon.key("alice"),
                                max_retries=0, timeout=120)
         feedback = httpx.Client(base_url=daemon.url, headers=daemon.headers("alice"), timeout=60)
@@ -175,6 +180,14 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
         assert admin.post("/admin/rollback", json={}).status_code == 200
         ask(2)
         stream(2)
+        # a GRPO run, users asking while it practises (it makes way for them)
+        practised = admin.post("/admin/train", json={"methods": ["grpo"]})
+        assert practised.status_code == 202, practised.text
+        while admin.get("/admin/status").json()["cycle"]["running"]:
+            ask(1)
+            time.sleep(0.5)
+        last = wait_for_cycle(admin)
+        assert last["candidate"] == "v0002", last
         time.sleep(4 * SCRAPE_S)  # every change scraped at least twice
 
         exposition = httpx.get(f"{daemon.url}/metrics", timeout=30)

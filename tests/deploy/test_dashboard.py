@@ -42,6 +42,7 @@ def test_the_dashboard_has_the_review_rows_and_unique_panel_ids() -> None:
         "Live quality by version (outcome feedback)",
         "Feedback volume",
         "Training",
+        "Practice (GRPO on verifiable tasks)",
         "Serving health",
     ]
     ids = [panel["id"] for panel in dashboard["panels"]]

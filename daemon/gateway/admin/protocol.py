@@ -35,6 +35,9 @@ class TrainingRunOut(BaseModel):
     outcome: str | None
     reason: str | None = Field(description="Why a run was skipped.")
     stages: list[dict[str, Any]]
+    rounds: list[dict[str, Any]] = Field(
+        default_factory=list, description="GRPO: per round, the practice pass rate, mean "
+        "reward, flat groups, answers trained, loss and the seconds it paused for users.")
 
 
 class EvalIn(BaseModel):
