@@ -31,7 +31,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -169,13 +169,12 @@ def run_grpo(
         raise ValueError("give parent_version or fresh, not both")
     config, grpo = config or LoraTrainingConfig(), grpo or GrpoConfig()
     base_model_dir, adapters_dir = Path(base_model_dir), Path(adapters_dir).resolve()
+    spec = PracticeSpec(vllm_url=vllm_url, grpo=grpo, task_tag=task_tag, pause_file=pause_file)
     run_config = {
-        "methods": ["grpo"], "hyperparameters": config.to_dict(), "grpo": grpo.to_dict(),
-        "seed": seed, "task_tag": task_tag, "max_seconds": max_seconds, "fresh": fresh,
-        "device": device, "base_model_dir": str(base_model_dir), "vllm_url": vllm_url,
-        "pause_file": str(pause_file) if pause_file else None,
+        "methods": ["grpo"], "hyperparameters": config.to_dict(), **spec.to_dict(),
+        "seed": seed, "max_seconds": max_seconds, "fresh": fresh, "device": device,
+        "base_model_dir": str(base_model_dir),
     }
-    pause = PauseFile(pause_file)
     started = time.monotonic()
     engine = make_engine(db_url)
     try:
@@ -187,15 +186,13 @@ def run_grpo(
         try:
             with sessions() as session:
                 parent = parent_adapter(session, parent_version=parent_version, fresh=fresh)
-                tasks = [_practice(row) for row in practice_tasks(
-                    session, verifiers=verifier_names(), tag=task_tag)]
+                tasks = load_practice_tasks(session, tag=task_tag)
             if parent is not None:
                 verify(Path(parent.path), base_model_dir, checksum=parent.checksum)
             update_run(sessions, run_id, parent_version=parent.version if parent else None,
                        data_watermark=parent.data_watermark if parent else None)
             if not tasks:
-                reason = f"no train-split task{f' tagged {task_tag}' if task_tag else ''} " \
-                         "with an installed verifier to practise on"
+                reason = no_tasks_reason(task_tag)
                 logger.info("training run %s skipped: %s", run_id, reason)
                 metrics = {"outcome": "skipped", "reason": reason}
                 with sessions.begin() as session:
@@ -205,61 +202,12 @@ def run_grpo(
             model, tokenizer = load_model(
                 base_model_dir, parent_dir=Path(parent.path) if parent else None, config=config,
                 seed=seed, device=resolve_device(device))
-            model.eval()
-            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
-                else tokenizer.eos_token_id
-            reference = ({name: p.detach().clone() for name, p in model.named_parameters()
-                          if p.requires_grad} if grpo.kl_beta > 0 else None)
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
-            generator = torch.Generator().manual_seed(seed)
-            draw = _task_cycle(tasks, random.Random(seed))
-            rounds_dir = adapters_dir / ROUNDS_FOLDER
-            # Unique on the server even across stores (tests share one vLLM between databases).
-            run_name = f"grpo-run{run_id:04d}-{uuid.uuid4().hex[:6]}"
-            # Round 0 samples from the starting weights, loaded like every later round.
-            policy = _publish_round(model, rounds_dir, vllm_url, run_name, 0)
-            for round_ in range(grpo.rounds):
-                if cancelled is not None and cancelled():
-                    raise TrainingCancelled(f"cancelled after {round_} rounds")
-                began, paused_before = time.monotonic(), pause.paused_s
-                chosen = [next(draw) for _ in range(min(grpo.prompts_per_round, len(tasks)))]
-                groups = asyncio.run(sample_groups(
-                    vllm_url, policy, chosen, k=grpo.group_size, temperature=grpo.temperature,
-                    max_tokens=grpo.max_new_tokens, concurrency=grpo.concurrency, pause=pause))
-                sampled = time.monotonic()
-                with sessions.begin() as session:
-                    add_rollouts(session, training_run_id=run_id, round=round_,
-                                 rollouts=_rows(groups))
-                rewards = torch.tensor([s.reward for g in groups for s in g.samples])
-                grouped = group_advantages(rewards, grpo.group_size)
-                keep = grouped.informative.nonzero().flatten().tolist()
-                answers = [(g.task, s.text) for g in groups for s in g.samples]
-                rows = [encode(tokenizer, _prompt(answers[i][0]), answers[i][1],
-                               max_length=config.max_length) for i in keep]
-                stats = None
-                if rows:  # a round of flat groups only teaches nothing; the policy stays
-                    stats = grpo_update(
-                        model, rows, grouped.advantages[keep], optimizer=optimizer, grpo=grpo,
-                        max_grad_norm=config.max_grad_norm, pad_id=pad_id,
-                        reference=reference, generator=generator, pause=pause)
-                    if round_ + 1 < grpo.rounds:
-                        policy = _publish_round(model, rounds_dir, vllm_url, run_name, round_ + 1)
-                history.append({
-                    "round": round_, "policy": groups[0].policy, "tasks": len(groups),
-                    "samples": len(rewards), "mean_reward": float(rewards.mean()),
-                    "pass_rate": _mean([float(s.passed) for g in groups for s in g.samples]),
-                    "flat_groups": grouped.flat_groups, "answers_trained": len(rows),
-                    "steps": stats.steps if stats else 0, "loss": stats.loss if stats else None,
-                    "clipped_fraction": stats.clipped_fraction if stats else None,
-                    "kl": stats.kl if stats else None, "seconds": time.monotonic() - began,
-                    "sampling_seconds": sampled - began,
-                    "paused_seconds": pause.paused_s - paused_before,
-                })
-                logger.info("GRPO round %d: %s", round_, history[-1])
-                update_run(sessions, run_id, metrics={"outcome": "running", "rounds": history})
-                if max_seconds is not None and time.monotonic() - started > max_seconds:
-                    break
+            practise(model, tokenizer, tasks=tasks, spec=spec, sessions=sessions, run_id=run_id,
+                     adapters_dir=adapters_dir, config=config, seed=seed, cancelled=cancelled,
+                     deadline=None if max_seconds is None else started + max_seconds,
+                     history=history,
+                     report=lambda rounds: update_run(
+                         sessions, run_id, metrics={"outcome": "running", "rounds": rounds}))
             return _publish(sessions, run_id=run_id, model=model, adapters_dir=adapters_dir,
                             parent=parent, base_model_dir=base_model_dir, config=config,
                             grpo=grpo, seed=seed, tasks=len(tasks), history=history,
@@ -269,6 +217,116 @@ def run_grpo(
             raise
     finally:
         engine.dispose()
+
+
+@dataclass(frozen=True)
+class PracticeSpec:
+    """How a run practises: through which vLLM server, with which GRPO settings, on which tasks
+    (`task_tag`), and which pause file makes it wait for users."""
+
+    vllm_url: str
+    grpo: GrpoConfig = field(default_factory=GrpoConfig)
+    task_tag: str | None = None
+    pause_file: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"grpo": self.grpo.to_dict(), "vllm_url": self.vllm_url, "task_tag": self.task_tag,
+                "pause_file": str(self.pause_file) if self.pause_file else None}
+
+
+def load_practice_tasks(session: Session, *, tag: str | None) -> list[PracticeTask]:
+    """Train-split tasks (tagged `tag`, if given) whose verifier is installed here."""
+    return [_practice(row) for row in practice_tasks(session, verifiers=verifier_names(), tag=tag)]
+
+
+def no_tasks_reason(tag: str | None) -> str:
+    return (f"no train-split task{f' tagged {tag}' if tag else ''} with an installed verifier "
+            "to practise on")
+
+
+def practise(
+    model: PeftModel,
+    tokenizer: Any,
+    *,
+    tasks: list[PracticeTask],
+    spec: PracticeSpec,
+    sessions: sessionmaker[Session],
+    run_id: int,
+    adapters_dir: Path,
+    config: LoraTrainingConfig,
+    seed: int,
+    cancelled: Callable[[], bool] | None,
+    deadline: float | None,
+    history: list[dict[str, Any]],
+    report: Callable[[list[dict[str, Any]]], None],
+) -> None:
+    """GRPO rounds on `model`'s LoRA, in place: rollout through vLLM -> stored, graded samples
+    -> update -> the new weights loaded under a fresh name. Each round's figures are appended
+    to `history` and handed to `report`. The KL reference is the weights practice starts from.
+    A `deadline` (time.monotonic()) ends practice after the round it falls in."""
+    grpo, vllm_url = spec.grpo, spec.vllm_url
+    pause = PauseFile(spec.pause_file)
+    model.eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \
+        else tokenizer.eos_token_id
+    reference = ({name: p.detach().clone() for name, p in model.named_parameters()
+                  if p.requires_grad} if grpo.kl_beta > 0 else None)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    draw = _task_cycle(tasks, random.Random(seed))
+    rounds_dir = adapters_dir / ROUNDS_FOLDER
+    # Unique on the server even across stores (tests share one vLLM between databases).
+    run_name = f"grpo-run{run_id:04d}-{uuid.uuid4().hex[:6]}"
+    # Round 0 samples from the starting weights, loaded like every later round.
+    policy = _publish_round(model, rounds_dir, vllm_url, run_name, 0)
+    for round_ in range(grpo.rounds):
+        if cancelled is not None and cancelled():
+            raise TrainingCancelled(f"cancelled after {round_} rounds")
+        began, paused_before = time.monotonic(), pause.paused_s
+        chosen = [next(draw) for _ in range(min(grpo.prompts_per_round, len(tasks)))]
+        groups = asyncio.run(sample_groups(
+            vllm_url, policy, chosen, k=grpo.group_size, temperature=grpo.temperature,
+            max_tokens=grpo.max_new_tokens, concurrency=grpo.concurrency, pause=pause))
+        sampled = time.monotonic()
+        with sessions.begin() as session:
+            add_rollouts(session, training_run_id=run_id, round=round_, rollouts=_rows(groups))
+        rewards = torch.tensor([s.reward for g in groups for s in g.samples])
+        grouped = group_advantages(rewards, grpo.group_size)
+        keep = grouped.informative.nonzero().flatten().tolist()
+        answers = [(g.task, s.text) for g in groups for s in g.samples]
+        rows = [encode(tokenizer, _prompt(answers[i][0]), answers[i][1],
+                       max_length=config.max_length) for i in keep]
+        stats = None
+        if rows:  # a round of flat groups only teaches nothing; the policy stays
+            stats = grpo_update(
+                model, rows, grouped.advantages[keep], optimizer=optimizer, grpo=grpo,
+                max_grad_norm=config.max_grad_norm, pad_id=pad_id, reference=reference,
+                generator=generator, pause=pause)
+            if round_ + 1 < grpo.rounds:
+                policy = _publish_round(model, rounds_dir, vllm_url, run_name, round_ + 1)
+        history.append({
+            "round": round_, "policy": groups[0].policy, "tasks": len(groups),
+            "samples": len(rewards), "mean_reward": float(rewards.mean()),
+            "pass_rate": _mean([float(s.passed) for g in groups for s in g.samples]),
+            "flat_groups": grouped.flat_groups, "answers_trained": len(rows),
+            "steps": stats.steps if stats else 0, "loss": stats.loss if stats else None,
+            "clipped_fraction": stats.clipped_fraction if stats else None,
+            "kl": stats.kl if stats else None, "seconds": time.monotonic() - began,
+            "sampling_seconds": sampled - began,
+            "paused_seconds": pause.paused_s - paused_before,
+        })
+        logger.info("GRPO round %d: %s", round_, history[-1])
+        report(history)
+        if deadline is not None and time.monotonic() > deadline:
+            break
+
+
+def practice_data(history: list[dict[str, Any]], *, tasks: int) -> dict[str, Any]:
+    """What a run's practice adds to its manifest's data summary."""
+    return {"examples": {"grpo": {"new": sum(r["answers_trained"] for r in history),
+                                  "replayed": 0}},
+            "practice_tasks": tasks, "rollouts": sum(r["samples"] for r in history)}
 
 
 # --- the pieces of the run ----------------------------------------------------------------
@@ -346,10 +404,7 @@ def _publish(
                if len(history) == grpo.rounds else "time_limit"}
     # In the shape the other methods' manifests have (what `adapters list/show` print), plus
     # the practice figures: no feedback is read, so the watermark stays the parent's.
-    data = {"since": watermark, "watermark": watermark,
-            "examples": {"grpo": {"new": sum(r["answers_trained"] for r in history),
-                                  "replayed": 0}},
-            "practice_tasks": tasks, "rollouts": sum(r["samples"] for r in history)}
+    data = {"since": watermark, "watermark": watermark, **practice_data(history, tasks=tasks)}
     path, _ = write_adapter(
         model, adapters_dir=adapters_dir, version=version, parent_version=parent_version,
         base_model=base_model_identity(base_model_dir), data_watermark=watermark, data=data,

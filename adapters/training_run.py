@@ -13,6 +13,11 @@ run as `succeeded` with its metrics and data watermark.
   is registered, a folder already written is removed, and the exception propagates.
 - The wall-clock limit `max_seconds` stops training where it stands; what was learned by then is
   kept as a candidate (the gate judges it) and the metrics say `stop_reason: time_limit`.
+- A recipe ending in `grpo` (e.g. sft, dpo, grpo) then practises: GRPO rounds through vLLM on the
+  store's verifiable tasks (`grpo_run.practise`), starting from what the feedback methods just
+  taught, and one candidate holds both. Without enough new feedback the run is skipped as
+  above (the daemon's practice cycles run grpo alone, `grpo_run.run_grpo`); without a task to
+  practise on, grpo is left out like a method without examples.
 
 Per-step loss, learning rate and tokens go into the run row's metrics every `metrics_every`
 steps. To cancel from a signal, set a `threading.Event` in the handler and pass its `is_set`.
@@ -24,10 +29,11 @@ import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from peft import PeftModel
 from sqlalchemy.orm import Session, sessionmaker
@@ -43,7 +49,10 @@ from lifelong.adapters.lora_config import LoraTrainingConfig
 from lifelong.adapters.lora_trainer import (
     DEFAULT_RECIPE,
     METHOD_EXAMPLES,
+    METHODS,
+    InvalidRecipe,
     TrainingReport,
+    UnknownMethod,
     check_recipe,
     load_model,
     resolve_device,
@@ -60,7 +69,12 @@ from lifelong.feedback_store.runs import (
     update_training_run,
 )
 
+if TYPE_CHECKING:  # grpo_run builds on this module
+    from lifelong.adapters.grpo_run import PracticeSpec
+
 logger = logging.getLogger(__name__)
+
+PRACTICE_METHOD = "grpo"
 
 
 class TrainingCancelled(Exception):
@@ -100,37 +114,47 @@ def run_training(
     cancelled: Callable[[], bool] | None = None,
     metrics_every: int = 10,
     progress: bool = True,
+    practice: PracticeSpec | None = None,
 ) -> RunOutcome:
     """Train one adapter from the store's feedback and register it as a candidate.
 
     `parent_version`: the adapter to continue from; None: the champion (the base model if there
     is none), or nothing at all when `fresh`. `methods`: the recipe, in order; a method with no
-    examples is left out. `run_id`: a `running` run made by the caller, else one is started.
+    examples is left out. A recipe ending in grpo practises after the feedback methods, as
+    `practice` says (the vLLM server, GRPO settings, tasks). `run_id`: a `running` run made by
+    the caller, else one is started.
 
-    Raises ValueError (parent_version with fresh, a bad recipe, a run that is not running),
-    DatabaseNotMigrated or UnknownRun before any run is recorded; afterwards whatever went wrong
-    (UnknownAdapter, AdapterChecksumMismatch, BaseModelMismatch, LoraShapeMismatch,
-    TrainingCancelled, NothingTrained, ...), with the run marked failed.
+    Raises ValueError (parent_version with fresh, a bad recipe, grpo without `practice`, a run
+    that is not running), DatabaseNotMigrated or UnknownRun before any run is recorded;
+    afterwards whatever went wrong (UnknownAdapter, AdapterChecksumMismatch, BaseModelMismatch,
+    LoraShapeMismatch, TrainingCancelled, NothingTrained, EvalRequestFailed, ...), with the run
+    marked failed.
     """
     if fresh and parent_version is not None:
         raise ValueError("give parent_version or fresh, not both")
-    recipe = check_recipe(methods)
+    recipe, practises = split_recipe(methods)
+    if practises and practice is None:
+        raise ValueError("a recipe with grpo needs `practice`: the vLLM server to practise through")
     config = config or LoraTrainingConfig()
     # Absolute: the registry's path is handed to vLLM servers that do not share our cwd.
     base_model_dir, adapters_dir = Path(base_model_dir), Path(adapters_dir).resolve()
+    all_methods = recipe + ((PRACTICE_METHOD,) if practises else ())
     run_config = {
-        "methods": list(recipe), "hyperparameters": config.to_dict(), "seed": seed,
+        "methods": list(all_methods), "hyperparameters": config.to_dict(), "seed": seed,
         "replay_fraction": replay_fraction, "min_new_examples": min_new_examples,
         "min_rating": min_rating, "max_seconds": max_seconds, "fresh": fresh, "device": device,
         "base_model_dir": str(base_model_dir),
+        **(practice.to_dict() if practises and practice else {}),
     }
+    started = time.monotonic()
     engine = make_engine(db_url)
     try:
         ensure_migrated(engine)
         sessions = sessionmaker(engine, expire_on_commit=False)
-        run_id = open_run(sessions, run_id=run_id, recipe=recipe, parent_version=parent_version,
-                           config=run_config)
+        run_id = open_run(sessions, run_id=run_id, recipe=all_methods,
+                          parent_version=parent_version, config=run_config)
         history = _StepHistory(sessions, run_id, every=metrics_every)
+        rounds: list[dict[str, Any]] = []
         try:
             with sessions() as session:
                 parent = parent_adapter(session, parent_version=parent_version, fresh=fresh)
@@ -165,16 +189,67 @@ def run_training(
             if report.steps == 0:
                 raise NothingTrained(f"the time limit of {max_seconds} s ran out before the "
                                      "first step")
+            practised: dict[str, Any] | None = None
+            if practises and report.stop_reason == "time_limit":
+                practised = {"left_out": "the time limit ran out in the feedback methods"}
+            elif practises and practice is not None:
+                practised = _practise(
+                    practice, model, tokenizer, sessions=sessions, run_id=run_id,
+                    adapters_dir=adapters_dir, config=config, seed=seed, cancelled=cancelled,
+                    deadline=None if max_seconds is None else started + max_seconds,
+                    history=history, rounds=rounds)
             return _publish(
                 sessions, run_id=run_id, model=model, adapters_dir=adapters_dir, parent=parent,
                 base_model=base_model, training_set=training_set, recipe=recipe, config=config,
-                seed=seed, report=report, history=history,
+                seed=seed, report=report, history=history, practised=practised, rounds=rounds,
             )
         except BaseException as exc:  # anything at all, Ctrl-C included
-            _mark_failed(sessions, run_id, exc, history)
+            _mark_failed(sessions, run_id, exc, history, rounds)
             raise
     finally:
         engine.dispose()
+
+
+def split_recipe(methods: Sequence[str]) -> tuple[tuple[str, ...], bool]:
+    """The feedback methods of a recipe, in order, and whether it ends by practising (grpo).
+    Raises UnknownMethod, InvalidRecipe."""
+    methods = list(methods)
+    unknown = [m for m in methods if m not in METHODS and m != PRACTICE_METHOD]
+    if unknown:
+        raise UnknownMethod(f"unknown training methods {unknown}; choose from "
+                            f"{[*METHODS, PRACTICE_METHOD]}")
+    practises = PRACTICE_METHOD in methods
+    if practises and (methods.count(PRACTICE_METHOD) > 1 or methods[-1] != PRACTICE_METHOD):
+        raise InvalidRecipe(f"grpo comes last, once: it practises on what the feedback methods "
+                            f"taught; got {methods}")
+    feedback = [m for m in methods if m != PRACTICE_METHOD]
+    if practises and not feedback:
+        raise InvalidRecipe("a recipe of grpo alone is run_grpo's (grpo_run.run_grpo)")
+    return check_recipe(feedback), practises
+
+
+def _practise(
+    practice: PracticeSpec, model: PeftModel, tokenizer: Any, *,
+    sessions: sessionmaker[Session], run_id: int, adapters_dir: Path, config: LoraTrainingConfig,
+    seed: int, cancelled: Callable[[], bool] | None, deadline: float | None,
+    history: _StepHistory, rounds: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """GRPO rounds after the feedback methods (appended to `rounds`); what the run's data summary
+    says of them."""
+    from lifelong.adapters.grpo_run import load_practice_tasks, no_tasks_reason, practise
+
+    with sessions() as session:
+        tasks = load_practice_tasks(session, tag=practice.task_tag)
+    if not tasks:
+        reason = no_tasks_reason(practice.task_tag)
+        logger.info("training run %s: grpo left out: %s", run_id, reason)
+        return {"left_out": reason}
+    practise(model, tokenizer, tasks=tasks, spec=practice, sessions=sessions, run_id=run_id,
+             adapters_dir=adapters_dir, config=config, seed=seed, cancelled=cancelled,
+             deadline=deadline, history=rounds,
+             report=lambda done: update_run(sessions, run_id, metrics={
+                 "outcome": "running", "history": history.snapshot(), "rounds": done}))
+    return {"practice_tasks": len(tasks), "grpo": practice.grpo.to_dict()}
 
 
 def open_run(
@@ -198,7 +273,8 @@ def open_run(
             raise UnknownRun(f"no training run {run_id}", field="run_id")
         if row.status != "running":
             raise ValueError(f"training run {run_id} is {row.status}, not running")
-        update_training_run(session, run_id=run_id, **owner)
+        # The daemon may have recorded "recipe"; the run knows its methods.
+        update_training_run(session, run_id=run_id, method="+".join(recipe), **owner)
         return run_id
 
 
@@ -226,10 +302,24 @@ def _publish(
     seed: int,
     report: TrainingReport,
     history: _StepHistory,
+    practised: dict[str, Any] | None = None,
+    rounds: list[dict[str, Any]] | None = None,
 ) -> RunOutcome:
     """Write the adapter folder, then register it and finish the run in one transaction."""
     summary = {**report.to_dict(), "tokens_per_second": report.tokens / report.seconds}
     data = _data_summary(training_set, recipe)
+    methods, hyperparameters = list(recipe), config.to_dict()
+    if practised is not None and "left_out" in practised:
+        data["grpo_left_out"] = practised["left_out"]
+    elif practised is not None and rounds:
+        from lifelong.adapters.grpo_run import practice_data
+
+        extra = practice_data(rounds, tasks=practised["practice_tasks"])
+        data = {**data, **extra, "examples": {**data["examples"], **extra["examples"]}}
+        summary = {**summary, "rounds": rounds,
+                   "practice_seconds": sum(r["seconds"] for r in rounds)}
+        methods.append(PRACTICE_METHOD)
+        hyperparameters = {**hyperparameters, "grpo": practised["grpo"]}
     with sessions() as session:
         taken = [adapter.version for adapter in registry.list_adapters(session)]
     version = next_version(adapters_dir, taken=taken)
@@ -238,8 +328,8 @@ def _publish(
     path, _ = write_adapter(
         model, adapters_dir=adapters_dir, version=version, parent_version=parent_version,
         base_model=base_model, data_watermark=training_set.watermark, data=data,
-        feedback_ids=training_set.feedback_ids(trained), methods=list(recipe),
-        hyperparameters=config.to_dict(), seed=seed, metrics=summary,
+        feedback_ids=training_set.feedback_ids(trained), methods=methods,
+        hyperparameters=hyperparameters, seed=seed, metrics=summary,
     )
     metrics = {"outcome": "trained", **summary, "data": data, "history": history.snapshot()}
     try:
@@ -303,13 +393,16 @@ def update_run(sessions: sessionmaker[Session], run_id: int, **values: Any) -> N
 
 
 def _mark_failed(
-    sessions: sessionmaker[Session], run_id: int, exc: BaseException, history: _StepHistory
+    sessions: sessionmaker[Session], run_id: int, exc: BaseException, history: _StepHistory,
+    rounds: list[dict[str, Any]],
 ) -> None:
     error = f"{type(exc).__name__}: {exc}"
     logger.error("training run %s failed: %s", run_id, error)
+    metrics = {"outcome": "failed", "history": history.snapshot(), **({"rounds": rounds}
+                                                                       if rounds else {})}
     try:
         with sessions.begin() as session:
             finish_training_run(session, run_id=run_id, status="failed", error=error,
-                                metrics={"outcome": "failed", "history": history.snapshot()})
+                                metrics=metrics)
     except Exception:  # the original error matters more; this one is logged
         logger.exception("could not mark training run %s failed", run_id)

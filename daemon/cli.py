@@ -251,8 +251,9 @@ def train(
     if fresh and parent is not None:
         fail("give --fresh or --parent, not both")
     methods = method or t.recipe
-    if "grpo" in methods and list(methods) != ["grpo"]:
-        fail(f"grpo runs alone: give `-m grpo` only, not {list(methods)}")
+    if "grpo" in methods and list(methods)[-1] != "grpo":
+        fail(f"grpo comes last (it practises on what the feedback methods taught): give "
+             f"`-m grpo` last, not {list(methods)}")
     if not (settings.base_model_path / "config.json").is_file():
         fail(f"no base model at {settings.base_model_path}; run `lifelong base build` "
              "or set base_model.path to a Hugging Face model folder")
@@ -273,10 +274,11 @@ def train(
 
     signal.signal(signal.SIGTERM, cancelled)
     signal.signal(signal.SIGINT, cancelled)
-    if "grpo" in methods:
+    if list(methods) == ["grpo"]:
         _train_grpo(settings, lora, fresh=fresh or t.fresh, parent=parent, run_id=run_id,
                     cancelled=cancel.is_set, pause_file=pause_file)
         return
+    practice = _practice_spec(settings, pause_file) if "grpo" in methods else None
     try:
         outcome = run_training(
             db_url=settings.database_url, base_model_dir=settings.base_model_path,
@@ -284,7 +286,7 @@ def train(
             methods=methods, config=lora, seed=t.seed,
             replay_fraction=t.replay_fraction, min_new_examples=1 if now else t.min_new_examples,
             min_rating=t.min_rating, max_seconds=t.max_seconds, device=t.device, run_id=run_id,
-            cancelled=cancel.is_set, progress=progress,
+            cancelled=cancel.is_set, progress=progress, practice=practice,
         )
     except (UnknownMethod, InvalidRecipe, DatabaseNotMigrated) as exc:
         fail(str(exc))
@@ -300,8 +302,15 @@ def train(
         f"{stage['method']} {stage['examples']} examples, loss {stage['first_loss']:.3f} -> "
         f"{stage['final_loss']:.3f}" for stage in outcome.metrics["stages"]
     )
+    rounds = outcome.metrics.get("rounds")
+    if rounds:
+        stages += (f", grpo {len(rounds)} rounds, practice pass rate "
+                   f"{rounds[0]['pass_rate']:.1%} -> {rounds[-1]['pass_rate']:.1%}")
+    elif "grpo_left_out" in outcome.metrics["data"]:
+        stages += f", grpo left out: {outcome.metrics['data']['grpo_left_out']}"
+    seconds = outcome.metrics["seconds"] + outcome.metrics.get("practice_seconds", 0.0)
     typer.echo(f"training run {outcome.run_id} made candidate {outcome.adapter_version} "
-               f"in {outcome.metrics['seconds']:.0f} s ({stages}); at {outcome.adapter_path}")
+               f"in {seconds:.0f} s ({stages}); at {outcome.adapter_path}")
 
 
 def _vllm_url(settings: Settings) -> str:
@@ -313,16 +322,13 @@ def _vllm_url(settings: Settings) -> str:
     return settings.vllm_urls[0]
 
 
-def _train_grpo(settings: Settings, lora: Any, *, fresh: bool, parent: str | None,
-                run_id: int | None, cancelled: Callable[[], bool],
-                pause_file: Path | None) -> None:
-    """`lifelong train -m grpo`: practice rounds through the daemon's vLLM, a candidate."""
-    from lifelong.adapters import AdapterError, InvalidTrainingConfig
+def _practice_spec(settings: Settings, pause_file: Path | None) -> Any:
+    """How a run practises (grpo_run.PracticeSpec), from training.grpo and the daemon's vLLM."""
+    from lifelong.adapters import InvalidTrainingConfig
     from lifelong.adapters.grpo_config import GrpoConfig
-    from lifelong.adapters.grpo_run import run_grpo
-    from lifelong.feedback_store.errors import DatabaseNotMigrated, StoreError
+    from lifelong.adapters.grpo_run import PracticeSpec
 
-    t, g = settings.training, settings.training.grpo
+    g = settings.training.grpo
     try:
         grpo = GrpoConfig(
             group_size=g.group_size, rounds=g.rounds, prompts_per_round=g.prompts_per_round,
@@ -332,13 +338,28 @@ def _train_grpo(settings: Settings, lora: Any, *, fresh: bool, parent: str | Non
         )
     except InvalidTrainingConfig as exc:
         fail(f"training.grpo settings: {exc}")
-    url = _vllm_url(settings)
+    return PracticeSpec(vllm_url=_vllm_url(settings), grpo=grpo, task_tag=g.task_tag,
+                        pause_file=pause_file)
+
+
+def _train_grpo(settings: Settings, lora: Any, *, fresh: bool, parent: str | None,
+                run_id: int | None, cancelled: Callable[[], bool],
+                pause_file: Path | None) -> None:
+    """`lifelong train -m grpo`: practice rounds through the daemon's vLLM, a candidate."""
+    from lifelong.adapters import AdapterError
+    from lifelong.adapters.grpo_run import run_grpo
+    from lifelong.feedback_store.errors import DatabaseNotMigrated, StoreError
+
+    t = settings.training
+    spec = _practice_spec(settings, pause_file)
+    url = spec.vllm_url
     try:
         outcome = run_grpo(
             db_url=settings.database_url, base_model_dir=settings.base_model_path,
             adapters_dir=settings.adapters_dir, vllm_url=url, parent_version=parent, fresh=fresh,
-            config=lora, grpo=grpo, task_tag=g.task_tag, seed=t.seed, max_seconds=t.max_seconds,
-            device=t.device, run_id=run_id, cancelled=cancelled, pause_file=pause_file,
+            config=lora, grpo=spec.grpo, task_tag=spec.task_tag, seed=t.seed,
+            max_seconds=t.max_seconds, device=t.device, run_id=run_id, cancelled=cancelled,
+            pause_file=pause_file,
         )
     except DatabaseNotMigrated as exc:
         fail(str(exc))

@@ -440,7 +440,8 @@ class StateCollector(Collector):
             "lifelong_rollout_reward", "Sum of the rollouts' rewards (mean reward = rate of "
             "this / rate of lifelong_rollouts_total).", value=totals.reward_sum)
         last = session.scalar(
-            select(TrainingRun).where(TrainingRun.method == "grpo").order_by(TrainingRun.id.desc()).limit(1))
+            select(TrainingRun).where(TrainingRun.method.like("%grpo"))  # grpo, or a recipe's last
+            .order_by(TrainingRun.id.desc()).limit(1))
         rounds = ((last.metrics or {}).get("rounds") or []) if last is not None else []
         if rounds:
             pass_rate = GaugeMetricFamily(

@@ -3,10 +3,11 @@
 Two duties, both off the serving path:
 
 - **The idle trigger** (APScheduler, every `schedule.check_every_s`): once no cycle is running,
-  users have been quiet for `schedule.practice.idle_s`, the last GRPO run started more than
-  `every_minutes` ago and the store holds train-split tasks with an installed verifier, it runs
-  a learning cycle with methods ["grpo"]. Its candidate is judged, gated and promoted like any
-  other; the cycle's lock keeps it from overlapping the data trigger or the schedule.
+  users have been quiet for `schedule.practice.idle_s`, the last run that practised (grpo alone
+  or a recipe ending in grpo) started more than `every_minutes` ago and the store holds
+  train-split tasks with an installed verifier, it runs a learning cycle with methods ["grpo"].
+  Its candidate is judged, gated and promoted like any other; the cycle's lock keeps it from
+  overlapping the data trigger or the schedule.
 - **Yielding**: while the trainer runs a GRPO run (practice, `POST /admin/train`, or a recipe
   with grpo), a user request's arrival creates the pause file the run checks before each
   rollout request and optimizer step (`adapters.pause_file`), and the file goes once users have
@@ -149,7 +150,7 @@ class Practice:
     def _not_due(self) -> str | None:
         with self.sessions() as session:
             last = session.scalar(select(func.max(TrainingRun.started_at))
-                                  .where(TrainingRun.method == GRPO))
+                                  .where(TrainingRun.method.like(f"%{GRPO}")))
             if last is not None:
                 last = last if last.tzinfo else last.replace(tzinfo=UTC)
                 due = last + timedelta(minutes=self.settings.every_minutes)

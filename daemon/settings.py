@@ -186,7 +186,7 @@ class GatewaySettings(Section):
 
 class GrpoSettings(Section):
     """GRPO: practice on the store's train-split tasks through vLLM, learning from verifier
-    rewards (recipe ["grpo"]; it runs alone). The LoRA shape, learning_rate, max_seq_len, seed,
+    rewards (a recipe's last method, or alone: ["grpo"]). The LoRA shape, learning_rate, max_seq_len, seed,
     device and max_seconds are training's."""
 
     group_size: int = Field(default=8, ge=2, description="Answers sampled per prompt (K).")
@@ -229,7 +229,8 @@ class TrainingSettings(Section):
 
     recipe: list[Literal["sft", "dpo", "kto", "grpo"]] = Field(
         default_factory=lambda: ["sft", "dpo"], min_length=1,
-        description="Methods in order; one with no examples is left out. grpo runs alone.",
+        description="Methods in order; one with no examples is left out. grpo comes last "
+        "(it practises on what the feedback methods taught) or alone.",
     )
     grpo: GrpoSettings = Field(default_factory=GrpoSettings)
     fresh: bool = Field(
@@ -284,8 +285,9 @@ class TrainingSettings(Section):
             )
         if len(set(self.recipe)) != len(self.recipe):
             raise ValueError(f"recipe names each method once, got {self.recipe}")
-        if "grpo" in self.recipe and self.recipe != ["grpo"]:
-            raise ValueError(f"grpo runs alone (recipe [grpo]), got {self.recipe}")
+        if "grpo" in self.recipe and self.recipe[-1] != "grpo":
+            raise ValueError(f"grpo comes last in a recipe (it practises on what the feedback "
+                             f"methods taught), got {self.recipe}")
         return self
 
 

@@ -66,6 +66,7 @@ def update_training_run(
     data_watermark: int | None = None,
     host: str | None = None,
     pid: int | None = None,
+    method: str | None = None,
 ) -> TrainingRun:
     """Change a running run as it learns more about itself; None leaves a field as it is.
 
@@ -74,7 +75,7 @@ def update_training_run(
     row = _running_training_run(session, run_id)
     for name, value in (
         ("metrics", metrics), ("parent_version", parent_version),
-        ("data_watermark", data_watermark), ("host", host), ("pid", pid),
+        ("data_watermark", data_watermark), ("host", host), ("pid", pid), ("method", method),
     ):
         if value is not None:
             setattr(row, name, value)

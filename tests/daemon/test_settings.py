@@ -109,7 +109,7 @@ def test_default_build_steps_are_the_builders():
         ("training:\n  max_seconds: 600\n  timeout_s: 300\n", "timeout_s (300.0) must exceed"),
         ("training:\n  recipe: [sft, sft]\n", "recipe names each method once"),
         ("training:\n  recipe: [ppo]\n", "training.recipe.0"),
-        ("training:\n  recipe: [sft, grpo]\n", "grpo runs alone"),
+        ("training:\n  recipe: [grpo, sft]\n", "grpo comes last in a recipe"),
         ("training:\n  grpo:\n    group_size: 1\n", "training.grpo.group_size"),
         ("training:\n  grpo:\n    temperature: 0\n", "training.grpo.temperature"),
         ("evals:\n  samples: 4\n", "samples=4 needs a temperature above 0"),
@@ -147,8 +147,10 @@ def test_a_section_given_as_one_unparseable_variable_names_the_fix(monkeypatch):
         load_settings()
 
 
-def test_grpo_is_a_recipe_of_its_own_with_its_settings(tmp_path):
+def test_grpo_is_a_recipe_of_its_own_or_a_recipe_s_last_method_with_its_settings(tmp_path):
     settings = load_settings(write(
         tmp_path, "training:\n  recipe: [grpo]\n  grpo:\n    group_size: 4\n    kl_beta: 0.04\n"))
     assert settings.training.recipe == ["grpo"]
     assert (settings.training.grpo.group_size, settings.training.grpo.kl_beta) == (4, 0.04)
+    mixed = load_settings(write(tmp_path, "training:\n  recipe: [sft, dpo, grpo]\n"))
+    assert mixed.training.recipe == ["sft", "dpo", "grpo"]

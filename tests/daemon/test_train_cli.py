@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from lifelong.base_model import messages
-from lifelong.feedback_store.models import Adapter, TrainingRun
+from lifelong.feedback_store.models import Adapter, Rollout, TrainingRun
 from lifelong.feedback_store.records import Correction, NewTask
 from lifelong.feedback_store.tasks import add_task
 
@@ -112,7 +112,7 @@ def test_a_corrupted_adapter_is_shown_with_its_problem(setup):
     [
         (("train", "--fresh", "--parent", "v0001"), "give --fresh or --parent, not both"),
         (("train", "--method", "ppo"), "unknown training methods ['ppo']"),
-        (("train", "-m", "grpo", "-m", "sft"), "grpo runs alone: give `-m grpo` only"),
+        (("train", "-m", "grpo", "-m", "sft"), "grpo comes last (it practises on what the"),
         (("train", "--parent", "v0042"), "training run failed: no adapter 'v0042'"),
         (("adapters", "show", "v0099"), "no adapter 'v0099'; `lifelong adapters list` shows"),
     ],
@@ -178,3 +178,45 @@ def test_train_grpo_practises_through_vllm_and_adapters_show_the_candidate(setup
     with store.sessions() as session:
         (run,) = session.scalars(select(TrainingRun)).all()
         assert (run.method, run.status) == ("grpo", "succeeded")
+
+
+@pytest.mark.integration
+def test_a_recipe_ending_in_grpo_learns_from_feedback_then_practises_into_one_candidate(
+    setup, vllm_url
+):
+    config, store = setup
+    settings = yaml.safe_load(config.read_text())
+    settings["vllm"] = {"upstreams": [vllm_url]}
+    settings["training"]["grpo"] = {"rounds": 2, "prompts_per_round": 4, "group_size": 4,
+                                    "max_new_tokens": 8, "batch_size": 8}
+    config.write_text(yaml.safe_dump(settings))
+    correct(store, 20, seed=0)
+    no_tasks = lifelong("train", "-m", "sft", "-m", "grpo", config=config)
+    assert no_tasks.returncode == 0, no_tasks.stderr
+    assert "made candidate v0001" in no_tasks.stdout and "sft 20 examples" in no_tasks.stdout
+    assert "grpo left out: no train-split task with an installed verifier" in no_tasks.stdout
+
+    correct(store, 20, seed=1)
+    with store.sessions.begin() as session:
+        for n in range(4):
+            add_task(session, task=NewTask(reference=str(20 + n), verifier="numeric",
+                                           options={"abs_tol": 5}, heldout=False,
+                                           messages=messages(f"What is 1{n} + 10?")),
+                     principal=None, heldout_fraction=0.0)
+    trained = lifelong("train", "-m", "sft", "-m", "grpo", "--parent", "v0001", config=config)
+    assert trained.returncode == 0, trained.stderr
+    assert "made candidate v0002" in trained.stdout
+    assert "(sft " in trained.stdout and "grpo 2 rounds" in trained.stdout
+    detail = json.loads(lifelong("adapters", "show", "v0002", "--json", config=config).stdout)
+    manifest = detail["manifest"]
+    assert manifest["methods"] == ["sft", "grpo"]
+    assert manifest["data"]["watermark"] > manifest["data"]["since"] == 20  # feedback was read
+    assert manifest["data"]["rollouts"] == 2 * 4 * 4
+    assert set(manifest["data"]["examples"]) == {"sft", "grpo"}
+    with store.sessions() as session:
+        run = session.scalars(select(TrainingRun).order_by(TrainingRun.id.desc())).first()
+        assert (run.method, run.status, run.adapter_version) == ("sft+grpo", "succeeded", "v0002")
+        assert [r["round"] for r in run.metrics["rounds"]] == [0, 1]
+        assert run.metrics["stages"][0]["method"] == "sft"
+        assert session.scalar(select(func.count()).select_from(Rollout)
+                              .where(Rollout.training_run_id == run.id)) == 2 * 4 * 4
