@@ -14,6 +14,8 @@ champion unless told otherwise, none when `fresh`), and then, round after round:
 
 The last round's weights become a `candidate` in a version folder with a manifest, registered
 in the same transaction that finishes the run, like any other training run; the gate decides.
+`practise` is the rounds loop alone: `training_run.run_training` calls it after the feedback
+methods of a recipe ending in grpo.
 
 Practice tasks are train-split tasks with a verifier installed here (`rollouts.practice_tasks`):
 held-out tasks are the judge's. The KL reference is the weights the run started from (the

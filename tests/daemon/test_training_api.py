@@ -80,6 +80,17 @@ def test_training_needs_the_admin_scope(daemon):
     assert denied.status_code == 403
 
 
+@pytest.mark.parametrize(("methods", "message"), [
+    (["grpo", "sft"], "grpo comes last"),
+    (["sft", "sft"], "names each method once"),
+    (["ppo"], "Input should be"),
+])
+def test_a_bad_recipe_is_422_and_starts_nothing(daemon, admin, methods, message):
+    refused = admin.post("/admin/train", json={"methods": methods})
+    assert refused.status_code == 422 and message in refused.text, refused.text
+    assert admin.get("/admin/training-runs/1").status_code == 404  # no run was started
+
+
 def test_a_killed_trainer_fails_its_run_and_the_daemon_serves_on(daemon, admin):
     started = admin.post("/admin/train", json={"methods": ["sft"]})
     assert started.status_code == 202, started.text

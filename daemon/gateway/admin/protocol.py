@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Method = Literal["sft", "dpo", "kto", "grpo"]
 
@@ -18,6 +18,16 @@ class TrainIn(BaseModel):
     now: bool = Field(
         default=False, description="Train even below training.min_new_examples (one will do)."
     )
+
+    @field_validator("methods")
+    @classmethod
+    def _a_recipe(cls, methods: list[Method] | None) -> list[Method] | None:
+        if methods is not None and len(set(methods)) != len(methods):
+            raise ValueError(f"a recipe names each method once, got {methods}")
+        if methods is not None and "grpo" in methods and methods[-1] != "grpo":
+            raise ValueError("grpo comes last (it practises on what the feedback methods "
+                             f"taught), got {methods}")
+        return methods
 
 
 class TrainingRunOut(BaseModel):
