@@ -67,6 +67,9 @@ class BuildParams:
     batch_size: int
     lr: float
     eval_items: int
+    # Train on the schedule of `steps` but stop after this many: a model caught half-way
+    # through learning its skill (tests of RL need one that half-knows it). None: all of them.
+    stop_after: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ class BuildReport:
         how = "reused" if self.reused else f"trained in {self.train_seconds:.0f} s"
         lines = [
             f"base model at {self.path} ({how}): Llama {p.layers} layers x {p.hidden}, "
-            f"{self.parameters / 1e6:.1f}M parameters, seed {p.seed}, {p.steps} steps, "
+            f"{self.parameters / 1e6:.1f}M parameters, seed {p.seed}, "
+            f"{p.steps if p.stop_after is None else f'{p.stop_after} of {p.steps}'} steps, "
             f"final loss {self.final_loss:.3f}",
             f"held-out exact match ({p.eval_items} questions each):",
         ]
@@ -107,20 +111,29 @@ def build(
     batch_size: int = 64,
     lr: float = 3e-3,
     eval_items: int = 200,
+    stop_after: int | None = None,
     progress: bool = True,
 ) -> BuildReport:
     """Build the base model into `out_dir`, or return the existing build with these parameters.
+
+    `stop_after`: stop after this many of the `steps` (the learning-rate schedule is that of
+    `steps`), leaving a model that has half learned its skill. Raises ValueError unless
+    1 <= stop_after <= steps.
 
     `progress` shows a tqdm bar with the loss on stderr. Raises BaseModelFolderTaken if
     `out_dir` holds something other than a base model build.
     """
     out_dir = Path(out_dir)
+    if stop_after is not None and not 1 <= stop_after <= steps:
+        raise ValueError(f"stop_after must be between 1 and steps ({steps}), got {stop_after}")
     params = BuildParams(
         seed=seed, steps=steps, layers=layers, hidden=hidden, batch_size=batch_size, lr=lr,
-        eval_items=eval_items,
+        eval_items=eval_items, stop_after=stop_after,
     )
     existing = _read_marker(out_dir)
-    if existing is not None and existing.get("params") == asdict(params):
+    # Markers written before stop_after existed describe full builds.
+    recorded = {"stop_after": None, **existing.get("params", {})} if existing else None
+    if recorded == asdict(params):
         logger.info("base model at %s already built with these parameters", out_dir)
         return _report(out_dir, params, existing["summary"], reused=True)
     if existing is None and out_dir.exists() and any(out_dir.iterdir()):
@@ -161,9 +174,11 @@ def model_config(
 
 
 def train(
-    model: LlamaForCausalLM, data: Iterator[Batch], *, steps: int, lr: float, progress: bool
+    model: LlamaForCausalLM, data: Iterator[Batch], *, steps: int, lr: float, progress: bool,
+    stop_after: int | None = None,
 ) -> float:
-    """AdamW with linear warmup and cosine decay for `steps` batches; returns the last loss."""
+    """AdamW with linear warmup and cosine decay for `steps` batches (stopping after
+    `stop_after` of them, if given); returns the last loss."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     warmup = max(1, int(WARMUP_SHARE * steps))
 
@@ -175,7 +190,8 @@ def train(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     model.train()
-    bar = tqdm(range(steps), desc="base model", file=sys.stderr, disable=not progress)
+    bar = tqdm(range(steps if stop_after is None else stop_after), desc="base model",
+               file=sys.stderr, disable=not progress)
     loss = torch.tensor(float("nan"))
     for step in bar:
         batch = next(data)
@@ -185,7 +201,7 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % 10 == 0 or step == steps - 1:
+        if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     model.eval()
     return loss.item()
@@ -206,7 +222,8 @@ def _build_into(folder: Path, params: BuildParams, *, progress: bool) -> dict[st
             tokenizer, skills=CORPUS_SKILLS, seed=params.seed, batch_size=params.batch_size
         )
         started = time.monotonic()
-        final_loss = train(model, data, steps=params.steps, lr=params.lr, progress=progress)
+        final_loss = train(model, data, steps=params.steps, lr=params.lr, progress=progress,
+                           stop_after=params.stop_after)
         train_seconds = time.monotonic() - started
 
         model.generation_config = GenerationConfig(

@@ -87,3 +87,30 @@ def test_the_report_describes_accuracy_per_skill(tiny_base_model):
     text = build(tiny_base_model, **params, progress=False).describe()
     assert "reused" in text
     assert all(skill in text for skill in ("add2", "sub2", "add3", "echo"))
+
+
+def test_stop_after_is_the_full_schedule_cut_short(tmp_path, monkeypatch):
+    calls = []
+    real_train = builder_module.train
+
+    def counting(model, data, **kwargs):
+        calls.append(kwargs)
+        return real_train(model, data, **kwargs)
+
+    monkeypatch.setattr(builder_module, "train", counting)
+    half = build(tmp_path / "half", seed=7, stop_after=4, **QUICK)
+    full = build(tmp_path / "full", seed=7, **QUICK)
+    assert [(c["steps"], c["stop_after"]) for c in calls] == [(8, 4), (8, None)]
+    assert "4 of 8 steps" in half.describe() and "seed 7, 8 steps" in full.describe()
+    assert not same_weights(weights(half.path), weights(full.path))
+    assert build(tmp_path / "half", seed=7, stop_after=4, **QUICK).reused
+    with pytest.raises(ValueError, match="stop_after must be between 1 and steps"):
+        build(tmp_path / "bad", seed=7, stop_after=9, **QUICK)
+
+
+def test_a_marker_from_before_stop_after_still_matches_a_full_build(tmp_path):
+    build(tmp_path / "m", seed=7, **QUICK)
+    marker = json.loads((tmp_path / "m" / MARKER).read_text())
+    del marker["params"]["stop_after"]
+    (tmp_path / "m" / MARKER).write_text(json.dumps(marker))
+    assert build(tmp_path / "m", seed=7, **QUICK).reused
