@@ -62,10 +62,15 @@ from lifelong.adapters.training_run import (
     parent_adapter,
     update_run,
 )
-from lifelong.evals.verifiers import verifier_names
+from lifelong.evals.verifiers import usable_verifier, verifier_names
 from lifelong.feedback_store import registry
 from lifelong.feedback_store.database import ensure_migrated, make_engine
-from lifelong.feedback_store.rollouts import NewRollout, add_rollouts, practice_tasks
+from lifelong.feedback_store.rollouts import (
+    NewRollout,
+    add_rollouts,
+    practice_tasks,
+    tasks_from_outcomes,
+)
 from lifelong.feedback_store.runs import finish_training_run
 from lifelong.feedback_store.training_data import Prompt
 
@@ -188,7 +193,7 @@ def run_grpo(
         try:
             with sessions() as session:
                 parent = parent_adapter(session, parent_version=parent_version, fresh=fresh)
-                tasks = load_practice_tasks(session, tag=task_tag)
+            tasks = load_practice_tasks(sessions, tag=task_tag)
             if parent is not None:
                 verify(Path(parent.path), base_model_dir, checksum=parent.checksum)
             update_run(sessions, run_id, parent_version=parent.version if parent else None,
@@ -236,9 +241,16 @@ class PracticeSpec:
                 "pause_file": str(self.pause_file) if self.pause_file else None}
 
 
-def load_practice_tasks(session: Session, *, tag: str | None) -> list[PracticeTask]:
-    """Train-split tasks (tagged `tag`, if given) whose verifier is installed here."""
-    return [_practice(row) for row in practice_tasks(session, verifiers=verifier_names(), tag=tag)]
+def load_practice_tasks(sessions: sessionmaker[Session], *, tag: str | None) -> list[PracticeTask]:
+    """Train-split tasks (tagged `tag`, if given) whose verifier is installed here, after making
+    tasks of the logged outcomes that say how to check an answer."""
+    with sessions.begin() as session:
+        made = tasks_from_outcomes(session, verifiers=verifier_names(), usable=usable_verifier)
+    if made:
+        logger.info("made %d practice tasks from logged outcomes", made)
+    with sessions() as session:
+        return [_practice(row)
+                for row in practice_tasks(session, verifiers=verifier_names(), tag=tag)]
 
 
 def no_tasks_reason(tag: str | None) -> str:

@@ -238,8 +238,7 @@ def _practise(
     says of them."""
     from lifelong.adapters.grpo_run import load_practice_tasks, no_tasks_reason, practise
 
-    with sessions() as session:
-        tasks = load_practice_tasks(session, tag=practice.task_tag)
+    tasks = load_practice_tasks(sessions, tag=practice.task_tag)
     if not tasks:
         reason = no_tasks_reason(practice.task_tag)
         logger.info("training run %s: grpo left out: %s", run_id, reason)

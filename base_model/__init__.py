@@ -18,6 +18,7 @@ _EXPORTS = {
     "BuildReport": "lifelong.base_model.builder",
     "CORPUS_SKILLS": "lifelong.base_model.skills",
     "DEFAULT_STEPS": "lifelong.base_model.builder",
+    "HALF_TRAINED": "lifelong.base_model.builder",
     "MARKER": "lifelong.base_model.builder",
     "NEIGHBOUR_SKILLS": "lifelong.base_model.skills",
     "NotEnoughHeldOutItems": "lifelong.base_model.skills",
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from lifelong.base_model.accuracy import exact_match
     from lifelong.base_model.builder import (
         DEFAULT_STEPS,
+        HALF_TRAINED,
         MARKER,
         BaseModelFolderTaken,
         BuildParams,
@@ -67,6 +69,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CORPUS_SKILLS",
     "DEFAULT_STEPS",
+    "HALF_TRAINED",
     "MARKER",
     "NEIGHBOUR_SKILLS",
     "SKILLS",

@@ -33,9 +33,9 @@ from lifelong.daemon.learning_cycle import LearningCycle, backing_off
 from lifelong.daemon.settings import GrpoSettings, PracticeSettings
 from lifelong.daemon.trainer import Trainer, TrainRequest
 from lifelong.daemon.user_traffic import UserTraffic
-from lifelong.evals.verifiers import verifier_names
+from lifelong.evals.verifiers import usable_verifier, verifier_names
 from lifelong.feedback_store.models import TrainingRun
-from lifelong.feedback_store.rollouts import practice_tasks
+from lifelong.feedback_store.rollouts import practice_tasks, tasks_from_outcomes
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,8 @@ class Practice:
         return await asyncio.to_thread(self._not_due)
 
     def _not_due(self) -> str | None:
+        with self.sessions.begin() as session:
+            tasks_from_outcomes(session, verifiers=verifier_names(), usable=usable_verifier)
         with self.sessions() as session:
             last = session.scalar(select(func.max(TrainingRun.started_at))
                                   .where(TrainingRun.method.like(f"%{GRPO}")))

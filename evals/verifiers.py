@@ -268,6 +268,15 @@ def get_verifier(name: str) -> Verifier:
     return loaded  # type: ignore[no-any-return]
 
 
+def usable_verifier(name: str, options: Mapping[str, Any], reference: str) -> bool:
+    """Whether `name` with `options` can grade answers against `reference` (check_verifier)."""
+    try:
+        check_verifier(name, options, reference=reference)
+    except (UnknownVerifier, InvalidVerifierOptions):
+        return False
+    return True
+
+
 def check_verifier(name: str, options: Mapping[str, Any], *, reference: str | None = None) -> None:
     """Refuse, before any eval, a verifier name or options that cannot work.
 

@@ -1,13 +1,14 @@
 """Rollouts: a GRPO run's graded samples, stored as data, and its practice set.
 
 `practice_tasks` is what a run may practise on: train-split tasks (never held-out ones, which
-the judge keeps for itself) whose verifier the caller can run. Functions flush, never commit:
-the caller frames the transaction.
+the judge keeps for itself) whose verifier the caller can run. `tasks_from_outcomes` adds the
+logged prompts whose outcome says how to check an answer (verifier and `details.reference`) to
+them. Functions flush, never commit: the caller frames the transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -15,7 +16,11 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from lifelong.feedback_store.errors import UnknownRun
-from lifelong.feedback_store.models import Rollout, Task, TrainingRun
+from lifelong.feedback_store.models import Feedback, Interaction, Rollout, Task, TrainingRun
+from lifelong.feedback_store.records import NewTask
+from lifelong.feedback_store.tasks import add_task
+
+OUTCOME_TAG = "source:outcome"  # tasks made from logged outcomes
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +53,59 @@ def practice_tasks(
              .order_by(Task.created_at, Task.id))
     rows = list(session.scalars(query))
     return [row for row in rows if tag is None or tag in row.tags]
+
+
+def tasks_from_outcomes(
+    session: Session,
+    *,
+    verifiers: Collection[str],
+    usable: Callable[[str, dict, str], bool] = lambda verifier, options, reference: True,
+) -> int:
+    """Make a train-split task (tagged `source:outcome`) of each logged prompt whose outcome was
+    judged by one of `verifiers` and says what it compared with: `details.reference`, and the
+    verifier's `details.options` if any. Held-out interactions never become tasks, nor prompts
+    of held-out tasks (the judge measures with those). A prompt, verifier and reference already
+    a task are not made again; `usable(verifier, options, reference)` false skips an outcome
+    the verifier could not grade with. Returns how many tasks were made."""
+    # One pass over the outcomes: their references live in the details JSON, which SQLite and
+    # PostgreSQL query differently.
+    rows = session.execute(
+        select(Feedback, Interaction).join(Interaction, Feedback.interaction_id == Interaction.id)
+        .where(Feedback.kind == "outcome", Feedback.verifier.in_(list(verifiers)),
+               Interaction.heldout.is_(False))
+        .order_by(Feedback.id))
+    found = []
+    for feedback, interaction in rows:
+        details = feedback.details or {}
+        reference, options = details.get("reference"), details.get("options", {})
+        if isinstance(reference, str) and isinstance(options, dict) \
+                and usable(feedback.verifier, options, reference):
+            found.append((feedback, interaction, reference, options))
+    if not found:
+        return 0
+    keys = list({interaction.prompt_key for _, interaction, _, _ in found})
+    known = session.execute(select(Task.prompt_key, Task.verifier, Task.reference, Task.heldout)
+                            .where(Task.prompt_key.in_(keys))).all()
+    heldout = {key for key, _, _, held in known if held}
+    made = {(key, verifier, reference) for key, verifier, reference, _ in known}
+    count = 0
+    for feedback, interaction, reference, options in found:
+        key = (interaction.prompt_key, feedback.verifier, reference)
+        if interaction.prompt_key in heldout or key in made:
+            continue
+        chat = interaction.endpoint == "chat.completions"
+        messages, prompt = interaction.request.get("messages"), interaction.request.get("prompt")
+        if not (isinstance(messages, list) and messages if chat else isinstance(prompt, str)
+                and prompt):
+            continue  # e.g. a batch of text prompts: not one question to practise on
+        add_task(session, task=NewTask(
+            reference=reference, verifier=feedback.verifier, options=options,
+            messages=messages if chat else None, prompt=None if chat else prompt,
+            tags=(OUTCOME_TAG,), heldout=False),
+            principal=feedback.principal, heldout_fraction=0.0)
+        made.add(key)
+        count += 1
+    return count
 
 
 def add_rollouts(

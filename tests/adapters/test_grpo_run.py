@@ -8,6 +8,7 @@ import random
 import httpx
 import pytest
 import torch
+from sqlalchemy import select
 
 from lifelong.adapters import LoraTrainingConfig, load_model, verify
 from lifelong.adapters.batches import collate, encode
@@ -16,9 +17,9 @@ from lifelong.adapters.grpo_config import GrpoConfig
 from lifelong.adapters.grpo_run import grpo_update, run_grpo
 from lifelong.base_model import SKILLS, messages, training_items
 from lifelong.feedback_store import registry
-from lifelong.feedback_store.models import TrainingRun
-from lifelong.feedback_store.records import NewTask
-from lifelong.feedback_store.rollouts import list_rollouts
+from lifelong.feedback_store.models import Task, TrainingRun
+from lifelong.feedback_store.records import NewTask, Outcome
+from lifelong.feedback_store.rollouts import OUTCOME_TAG, list_rollouts
 from lifelong.feedback_store.tasks import add_task
 from lifelong.feedback_store.training_data import Prompt
 
@@ -107,3 +108,28 @@ def test_a_run_practises_through_vllm_stores_rollouts_and_registers_a_candidate(
     # Round 1 sampled from round 0's update, loaded into vLLM under its own name.
     served = {m["id"] for m in httpx.get(f"{vllm_url}/v1/models", timeout=30).json()["data"]}
     assert policies[0][0] in served and policies[1][0] in served
+
+
+def test_a_run_practises_on_logged_prompts_whose_outcome_gives_a_reference(
+    tiny_base_model, vllm_url, store, tmp_path
+):
+    stream = training_items(SKILLS["add2"], random.Random(1))
+    pairs = [next(stream) for _ in range(4)]
+    ids = store.ask_many([(q, "0") for q, _ in pairs])  # answered wrongly, on the train side
+    store.give(*[Outcome(i, passed=False, verifier="numeric",
+                         details={"reference": a, "options": {"abs_tol": 5}})
+                 for i, (_, a) in zip(ids, pairs, strict=True)])
+
+    outcome = run_grpo(
+        db_url=store.url, base_model_dir=tiny_base_model, adapters_dir=tmp_path / "adapters",
+        vllm_url=vllm_url, fresh=True, config=LORA, seed=0, device="cpu",
+        grpo=GrpoConfig(rounds=1, prompts_per_round=4, group_size=4, max_new_tokens=8,
+                        batch_size=8),
+    )
+
+    assert outcome.status == "succeeded" and outcome.metrics["data"]["practice_tasks"] == 4
+    with store.sessions() as session:
+        tasks = {t.id: t for t in session.scalars(select(Task))}
+        rows = list_rollouts(session, training_run_id=outcome.run_id)
+    assert {tasks[r.task_id].reference for r in rows} == {a for _, a in pairs}
+    assert all(tasks[r.task_id].tags == [OUTCOME_TAG] for r in rows) and len(rows) == 16

@@ -81,6 +81,10 @@ def test_feedback_on_unknown_interaction_is_404(daemon):
         ({"kind": "mood", "score": 1}, "kind"),
         ({"kind": "preference"}, "preference"),
         ({"kind": "outcome", "verifier": "x"}, "outcome"),
+        ({"kind": "outcome", "passed": True, "verifier": "numeric",
+          "details": {"reference": "eight"}}, "outcome"),
+        ({"kind": "outcome", "passed": True, "verifier": "exact_match",
+          "details": {"reference": "8", "options": {"fuzzy": True}}}, "outcome"),
         ({"kind": "correction", "text": ""}, "text"),
     ],
 )
@@ -89,6 +93,13 @@ def test_malformed_or_out_of_range_feedback_is_422_naming_the_field(daemon, ask,
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert field in (error["param"] or "") or field in error["message"]
+
+
+def test_an_outcome_with_a_reference_for_a_verifier_unknown_here_is_stored_as_given(daemon, ask):
+    item = {"kind": "outcome", "passed": True, "verifier": "my_unit_tests",
+            "details": {"reference": "eight"}}
+    response = post(daemon, "/v1/feedback", {"interaction_id": ask(), **item})
+    assert response.status_code == 201, response.text
 
 
 def test_preference_over_itself_is_422(daemon, ask):

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from lifelong.evals.verifiers import usable_verifier
 from lifelong.feedback_store.errors import UnknownRun
-from lifelong.feedback_store.records import NewTask
+from lifelong.feedback_store.feedback import add_feedback
+from lifelong.feedback_store.interactions import add_interactions
+from lifelong.feedback_store.records import NewTask, Outcome
 from lifelong.feedback_store.rollouts import (
+    OUTCOME_TAG,
     NewRollout,
     add_rollouts,
     list_rollouts,
     practice_tasks,
     round_summaries,
+    tasks_from_outcomes,
 )
 from lifelong.feedback_store.runs import start_training_run
 from lifelong.feedback_store.tasks import add_task
@@ -64,3 +69,50 @@ def test_rollouts_of_an_unknown_run_are_refused(sessions):
             add_rollouts(session, training_run_id=999, round=0, rollouts=[
                 NewRollout(task_id=task_id, policy="base", sample=0, text="4",
                            finish_reason="stop", reward=1.0, passed=True)])
+
+
+def log(sessions, record, *, heldout: bool, **outcome) -> str:
+    """An interaction on the held-out side or not, with an outcome on it."""
+    with sessions.begin() as session:
+        add_interactions(session, records=[record], heldout_fraction=1.0 if heldout else 0.0)
+        add_feedback(session, items=[Outcome(record.id, **outcome)], principal="alice",
+                     admin=True)
+    return record.id
+
+
+def test_logged_prompts_whose_outcome_names_a_verifier_and_reference_become_practice_tasks(
+    sessions, interaction_record
+):
+    ok = {"passed": False, "verifier": "exact_match", "details": {"reference": "46"}}
+    log(sessions, interaction_record(question="What is 12 + 34?"), heldout=False, **ok)
+    log(sessions, interaction_record(question="What is 12 + 34?"), heldout=False, **ok)  # again
+    log(sessions, interaction_record(question="What is 10 + 5?"), heldout=False, passed=True,
+        verifier="numeric", details={"reference": "15", "options": {"abs_tol": 1}})
+    # None of these can be practised on:
+    log(sessions, interaction_record(question="What is 1 + 1?"), heldout=True, **ok)  # held out
+    log(sessions, interaction_record(question="What is 2 + 2?"), heldout=False, passed=True,
+        verifier="exact_match")  # no reference
+    log(sessions, interaction_record(question="What is 3 + 3?"), heldout=False, passed=True,
+        verifier="someone_elses", details={"reference": "6"})  # not a verifier here
+    log(sessions, interaction_record(question="What is 4 + 4?"), heldout=False, passed=True,
+        verifier="numeric", details={"reference": "eight"})  # unusable by its verifier
+    with sessions.begin() as session:  # a held-out task's prompt stays the judge's
+        add_task(session, task=NewTask(messages=[{"role": "user", "content": "What is 7 + 7?"}],
+                                       reference="14", verifier="exact_match", heldout=True),
+                 principal=None, heldout_fraction=0.0)
+    log(sessions, interaction_record(question="What is 7 + 7?"), heldout=False,
+        passed=True, verifier="exact_match", details={"reference": "14"})
+
+    verifiers = {"exact_match", "numeric"}
+    with sessions.begin() as session:
+        made = tasks_from_outcomes(session, verifiers=verifiers, usable=usable_verifier)
+    with sessions.begin() as session:
+        assert tasks_from_outcomes(session, verifiers=verifiers, usable=usable_verifier) == 0
+    assert made == 2
+    with sessions() as session:
+        tasks = practice_tasks(session, verifiers=verifiers)
+        assert [(t.messages[0]["content"], t.reference, t.verifier, t.options, t.tags)
+                for t in tasks] == [
+            ("What is 12 + 34?", "46", "exact_match", {}, [OUTCOME_TAG]),
+            ("What is 10 + 5?", "15", "numeric", {"abs_tol": 1}, [OUTCOME_TAG])]
+        assert {t.principal for t in tasks} == {"alice"}

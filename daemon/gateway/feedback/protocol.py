@@ -7,7 +7,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lifelong.evals.verifiers import InvalidVerifierOptions, UnknownVerifier, check_verifier
+from lifelong.evals.verifiers import (
+    InvalidVerifierOptions,
+    UnknownVerifier,
+    check_verifier,
+    verifier_names,
+)
 
 Text = Annotated[str, Field(min_length=1)]
 
@@ -46,12 +51,31 @@ class OutcomeIn(_Item):
     passed: bool | None = None
     reward: float | None = None
     verifier: str | None = Field(default=None, description="Name of what judged the answer.")
-    details: dict[str, Any] | None = None
+    details: dict[str, Any] | None = Field(
+        default=None, description="Anything about the judgement. `reference` (a string: what "
+        "the answer was compared with) and `options` (the verifier's), with a verifier the "
+        "daemon has, make the prompt a practice task: the model may practise on it (GRPO).",
+    )
 
     @model_validator(mode="after")
     def _some_result(self) -> OutcomeIn:
         if self.passed is None and self.reward is None:
             raise ValueError("give `passed`, `reward`, or both")
+        return self
+
+    @model_validator(mode="after")
+    def _practisable(self) -> OutcomeIn:
+        # Refused now rather than when a practice run first grades against it.
+        reference = (self.details or {}).get("reference")
+        if reference is None or self.verifier not in verifier_names():
+            return self
+        if not isinstance(reference, str):
+            raise ValueError("details.reference must be a string")
+        try:
+            check_verifier(self.verifier, (self.details or {}).get("options", {}),
+                           reference=reference)
+        except (UnknownVerifier, InvalidVerifierOptions) as exc:
+            raise ValueError(str(exc)) from None
         return self
 
 
