@@ -50,7 +50,10 @@ TRAIN_QUESTIONS = 1000
 SUM_QUESTIONS = 200
 HELDOUT_QUESTIONS = 200
 MARGIN = 0.5  # the adapter must beat the base model by 50 points of exact match
-CONFIG = LoraTrainingConfig(rank=8, alpha=16, learning_rate=3e-3, warmup_steps=20, batch_size=32,
+# echo is learned suddenly, and where depends on the CPU's arithmetic: at 3e-3 one machine learned
+# it within these 760 steps and a later one (AVX-512/AMX) stayed at 0% (loss 1.2); 5e-3 gave 89%
+# there, 1e-2 0%.
+CONFIG = LoraTrainingConfig(rank=8, alpha=16, learning_rate=5e-3, warmup_steps=20, batch_size=32,
                             epochs=20)
 
 

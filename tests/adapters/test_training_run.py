@@ -13,13 +13,16 @@ from transformers import AutoModelForCausalLM
 
 from lifelong.adapters import (
     AdapterChecksumMismatch,
+    InvalidRecipe,
     NothingTrained,
     TrainingCancelled,
+    UnknownMethod,
     manifest_checksum,
     run_training,
     verify,
 )
 from lifelong.adapters import training_run as training_run_module
+from lifelong.adapters.grpo_run import PracticeSpec
 from lifelong.feedback_store import registry
 from lifelong.feedback_store.models import Adapter, TrainingRun
 from lifelong.feedback_store.records import Correction, Outcome, Rating
@@ -83,6 +86,30 @@ def test_a_run_trains_writes_and_registers_a_candidate(store, train, tiny_base_m
     # What vLLM and the evals will do with it: peft loads it onto the base model.
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base_model),
                               str(outcome.adapter_path))
+
+
+def test_a_recipe_ending_in_grpo_with_no_task_to_practise_on_leaves_grpo_out(store, train):
+    teach(store, 20, 6)
+    # Nothing listens there: with no task, practice never contacts vLLM.
+    outcome = train(methods=("sft", "grpo"), practice=PracticeSpec(vllm_url="http://127.0.0.1:9"))
+    assert outcome.status == "succeeded"
+    assert outcome.metrics["data"]["grpo_left_out"].startswith("no train-split task")
+    assert "rounds" not in outcome.metrics
+    assert json.loads((outcome.adapter_path / "manifest.json").read_text())["methods"] == ["sft"]
+    assert run_row(store, outcome.run_id).method == "sft+grpo"
+
+
+@pytest.mark.parametrize(("methods", "message"), [
+    (("grpo", "sft"), "grpo comes last"), (("sft", "grpo", "grpo"), "grpo comes last"),
+    (("grpo",), "run_grpo's"), (("sft", "ppo"), "unknown training methods"),
+])
+def test_a_bad_recipe_is_refused_before_any_run(store, train, methods, message):
+    with pytest.raises((InvalidRecipe, UnknownMethod), match=message):
+        train(methods=methods, practice=PracticeSpec(vllm_url="http://127.0.0.1:9"))
+    with pytest.raises(ValueError, match="needs `practice`"):
+        train(methods=("sft", "grpo"))
+    with store.sessions() as session:
+        assert session.scalars(select(TrainingRun)).all() == []
 
 
 def test_per_step_metrics_reach_the_run_row_while_it_runs(store, train, small):

@@ -45,7 +45,8 @@ def test_feedback_through_the_api_becomes_a_promoted_adapter_and_poison_is_rejec
         tmp_path, tiny_base_model,
         schedule={"enabled": True, "interval_minutes": None, "min_new_feedback": 600,
                   "check_every_s": 1},
-        training={"recipe": ["sft"], "learning_rate": 3e-3, "warmup_steps": 20, "batch_size": 32,
+        # 5e-3: see CONFIG in tests/adapters/test_learning.py (3e-3 left echo at 0% on one CPU).
+        training={"recipe": ["sft"], "learning_rate": 5e-3, "warmup_steps": 20, "batch_size": 32,
                   "epochs": 20, "max_steps": None, "min_new_examples": 5, "device": "cpu"},
         evals={"retention_source": str(retention_source), "max_tokens": 8,
                "gate": {"min_items": 100}},
