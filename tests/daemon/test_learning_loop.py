@@ -45,9 +45,11 @@ def test_feedback_through_the_api_becomes_a_promoted_adapter_and_poison_is_rejec
         tmp_path, tiny_base_model,
         schedule={"enabled": True, "interval_minutes": None, "min_new_feedback": 600,
                   "check_every_s": 1},
-        # 5e-3: see CONFIG in tests/adapters/test_learning.py (3e-3 left echo at 0% on one CPU).
-        training={"recipe": ["sft"], "learning_rate": 5e-3, "warmup_steps": 20, "batch_size": 32,
-                  "epochs": 20, "max_steps": None, "min_new_examples": 5, "device": "cpu"},
+        # 40 epochs (1520 steps): echo is learned suddenly, and where depends on the CPU's
+        # arithmetic: 20 epochs at 3e-3 passed on one machine and left echo at 0% on a later one
+        # (AVX-512/AMX), 5e-3 too; 40 epochs gave 100% there (see tests/adapters/test_learning.py).
+        training={"recipe": ["sft"], "learning_rate": 3e-3, "warmup_steps": 20, "batch_size": 32,
+                  "epochs": 40, "max_steps": None, "min_new_examples": 5, "device": "cpu"},
         evals={"retention_source": str(retention_source), "max_tokens": 8,
                "gate": {"min_items": 100}},
         database={"heldout_fraction": 0.0},  # every interaction trains; the target is the tasks
