@@ -82,6 +82,14 @@ class Learned:
 
 
 @pytest.fixture(scope="module")
+def vllm_url(tiny_base_model, tmp_path_factory, start_vllm):
+    """A server of this module's own: on the shared one, after other modules' adapter loads,
+    vLLM 0.32 once answered held-out echo for the base model at 28% (it knows none)."""
+    with start_vllm(tiny_base_model, tmp_path_factory.mktemp("vllm")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
 def learned(tiny_base_model, migrated_store, echo, tmp_path_factory) -> Iterator[Learned]:
     """An adapter trained from logged feedback on `echo`, a skill the base model lacks."""
     folder = tmp_path_factory.mktemp("learning")
