@@ -148,8 +148,6 @@ class Practice:
         return await asyncio.to_thread(self._not_due)
 
     def _not_due(self) -> str | None:
-        with self.sessions.begin() as session:
-            tasks_from_outcomes(session, verifiers=verifier_names(), usable=usable_verifier)
         with self.sessions() as session:
             last = session.scalar(select(func.max(TrainingRun.started_at))
                                   .where(TrainingRun.method.like(f"%{GRPO}")))
@@ -159,9 +157,14 @@ class Practice:
                 if datetime.now(UTC) < due:
                     return f"the last GRPO run started at {last.isoformat()}; next at " \
                            f"{due.isoformat()}"
-            if not practice_tasks(session, verifiers=verifier_names(), tag=self.grpo.task_tag):
-                return "no train-split task with an installed verifier to practise on"
-        return None
+            if practice_tasks(session, verifiers=verifier_names(), tag=self.grpo.task_tag):
+                return None
+        # Only when due and short of tasks: a write and a scan of the outcomes, not every check.
+        with self.sessions.begin() as session:
+            if tasks_from_outcomes(session, verifiers=verifier_names(), usable=usable_verifier) \
+                    and practice_tasks(session, verifiers=verifier_names(), tag=self.grpo.task_tag):
+                return None
+        return "no train-split task with an installed verifier to practise on"
 
     def status(self) -> dict[str, object]:
         return {"enabled": self.trigger, "paused": self.paused, "pauses": self.pauses,

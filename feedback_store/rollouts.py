@@ -59,7 +59,7 @@ def tasks_from_outcomes(
     session: Session,
     *,
     verifiers: Collection[str],
-    usable: Callable[[str, dict, str], bool] = lambda verifier, options, reference: True,
+    usable: Callable[[str, dict, str], bool],
 ) -> int:
     """Make a train-split task (tagged `source:outcome`) of each logged prompt whose outcome was
     judged by one of `verifiers` and says what it compared with: `details.reference`, and the
