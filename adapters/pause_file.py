@@ -5,6 +5,9 @@ and removes it once users have been quiet a moment; the run checks it at its saf
 each rollout request and each optimizer step) and waits there. A file rather than a signal: the
 run may be starting up (a signal's default action would kill it) or inside a database write
 (stopping it there would hold a lock the serving path needs); a stat per step costs nothing.
+While the run waits it keeps a second file, `waiting_marker(path)`, so the daemon can tell
+"asked to pause" from "the run has stopped at a safe point" (a niced run can take seconds to
+get there on a busy CPU).
 """
 
 from __future__ import annotations
@@ -56,12 +59,22 @@ class PauseFile:
         if self._waiters == 0:
             self.pauses += 1
             self._since = time.monotonic()
+            assert self.path is not None  # only a path that exists pauses
+            waiting_marker(self.path).touch()
         self._waiters += 1
 
     def _leave(self) -> None:
         self._waiters -= 1
         if self._waiters == 0:
             self.paused_s += time.monotonic() - self._since
+            assert self.path is not None
+            waiting_marker(self.path).unlink(missing_ok=True)
+
+
+def waiting_marker(path: Path | str) -> Path:
+    """The file that exists while a run waits at a safe point because `path` exists."""
+    path = Path(path)
+    return path.with_name(path.name + ".waiting")
 
 
 def pause(path: Path) -> None:
@@ -72,3 +85,8 @@ def pause(path: Path) -> None:
 
 def resume(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+def run_waiting(path: Path) -> bool:
+    """Whether a run is waiting at a safe point for `path` to go."""
+    return waiting_marker(path).exists()

@@ -28,7 +28,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from lifelong.adapters.pause_file import pause, resume
+from lifelong.adapters.pause_file import pause, resume, run_waiting, waiting_marker
 from lifelong.daemon.learning_cycle import LearningCycle, backing_off
 from lifelong.daemon.settings import GrpoSettings, PracticeSettings
 from lifelong.daemon.trainer import Trainer, TrainRequest
@@ -90,7 +90,8 @@ class Practice:
     # --- life cycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        resume(self.pause_file)  # a file left by a daemon that died mid-pause
+        resume(self.pause_file)  # files left by a daemon (or a run) that died mid-pause
+        waiting_marker(self.pause_file).unlink(missing_ok=True)
         self.traffic.on_arrival(self._user_arrived)
         if self.trigger:
             self._scheduler.add_job(self.check, IntervalTrigger(seconds=self.check_every_s),
@@ -167,5 +168,7 @@ class Practice:
         return "no train-split task with an installed verifier to practise on"
 
     def status(self) -> dict[str, object]:
+        # paused: the run was asked to wait; run_waiting: it has stopped at a safe point.
         return {"enabled": self.trigger, "paused": self.paused, "pauses": self.pauses,
+                "run_waiting": self._yielding_run() and run_waiting(self.pause_file),
                 "last_check": self.last_check}

@@ -104,6 +104,17 @@ class VLLMSettings(Section):
     cpu_kvcache_space_gib: int = Field(
         default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build."
     )
+    cpu_cores: Literal["halves", "auto"] = Field(
+        default="halves",
+        description="CPU build: the cores each local vLLM's OpenMP threads are bound to. "
+        "'halves': the server on `port` gets the first half of this process's CPUs and one on "
+        "port + 1 the second, so a replacement never starts on the cores the serving one spins "
+        "on (vLLM's worker busy-waits 1 s after each request: bound to the same core, a "
+        "replacement took 3 minutes to start on 2 cores instead of 30 s). 'auto': vLLM's own "
+        "choice (all cores but one, for both servers): more throughput on a many-core host, "
+        "slow replacements under traffic. VLLM_CPU_OMP_THREADS_BIND in the environment wins "
+        "(set it, or 'auto', for tensor parallelism on CPU). Ignored by the CUDA build.",
+    )
     extra_args: list[str] = Field(
         default_factory=list, description="Further `vllm serve` arguments, passed as given."
     )

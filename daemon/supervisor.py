@@ -61,7 +61,8 @@ class Supervisor:
     """One local vLLM child process, restarted with backoff up to `max_restarts` per window, and
     replaced by a fresh one (no request failing) once it has registered `replace_after` adapters.
 
-    `command(port)` is the server's command line; it alternates between the two `ports`.
+    `command(port)` is the server's command line and `env(port)` its environment; the port
+    alternates between the two `ports`.
     `on_replacement(upstream)` readies a replacement (champion and kept versions loaded) and
     `on_replaced()` runs right after the switch; both run inside `exclusive()`, which holds off
     promotions and evals so the adapter state cannot change under them.
@@ -72,7 +73,7 @@ class Supervisor:
         *,
         command: Callable[[int], Sequence[str]],
         ports: tuple[int, int],
-        env: dict[str, str],
+        env: Callable[[int], dict[str, str]],
         upstream: HttpUpstream,
         log_path: Path,
         on_ready: OnReady,
@@ -133,7 +134,7 @@ class Supervisor:
             log_file.flush()
             process = await asyncio.create_subprocess_exec(
                 *self.command(port),
-                env=self.env,
+                env=self.env(port),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=asyncio.subprocess.STDOUT,

@@ -69,12 +69,29 @@ def vllm_command(settings: Settings, port: int | None = None) -> list[str]:
     ]
 
 
-def vllm_env(settings: Settings) -> dict[str, str]:
-    return {
+def vllm_env(settings: Settings, port: int | None = None) -> dict[str, str]:
+    """The environment of the local vLLM on `port` (None: any vLLM of these settings)."""
+    env = {
         **os.environ,
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
         "VLLM_CPU_KVCACHE_SPACE": str(settings.vllm.cpu_kvcache_space_gib),
     }
+    if port is not None and CPU_BIND not in os.environ and (cores := cpu_cores(settings, port)):
+        env[CPU_BIND] = cores
+    return env
+
+
+CPU_BIND = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+def cpu_cores(settings: Settings, port: int) -> str | None:
+    """The CPUs the local vLLM on `port` is bound to (`vllm.cpu_cores`), as vLLM reads them, or
+    None for vLLM's own choice."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if settings.vllm.cpu_cores == "auto" or len(cpus) < 2:
+        return None
+    half = len(cpus) // 2
+    return ",".join(map(str, cpus[:half] if port == settings.vllm.port else cpus[half:]))
 
 
 def _note_vllm_url(settings: Settings, url: str) -> None:
@@ -200,7 +217,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
                 Supervisor(
                     command=lambda port: vllm_command(settings, port),
                     ports=(settings.vllm.port, settings.vllm.port + 1),
-                    env=vllm_env(settings),
+                    env=lambda port: vllm_env(settings, port),
                     upstream=upstreams[0],
                     log_path=settings.data_dir / "logs" / "vllm.log",
                     on_ready=apply_adapters,

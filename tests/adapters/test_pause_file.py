@@ -6,7 +6,7 @@ import asyncio
 import threading
 import time
 
-from lifelong.adapters.pause_file import PauseFile, pause, resume
+from lifelong.adapters.pause_file import PauseFile, pause, resume, run_waiting
 
 
 def test_no_file_no_wait(tmp_path):
@@ -29,8 +29,12 @@ def test_waits_while_the_file_exists_and_counts_it(tmp_path):
     assert switch.pauses == 1 and switch.paused_s >= 0.29
 
     pause(path)
+    seen_waiting = []
+    threading.Timer(0.1, lambda: seen_waiting.append(run_waiting(path))).start()
     threading.Timer(0.2, resume, args=(path,)).start()
+    assert not run_waiting(path)  # asked, not yet at a safe point
     asyncio.run(switch.wait_async())
+    assert seen_waiting == [True] and not run_waiting(path)
     assert switch.pauses == 2 and switch.paused_s >= 0.48
     resume(path)  # a second resume is harmless
 

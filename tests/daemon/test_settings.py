@@ -154,3 +154,24 @@ def test_grpo_is_a_recipe_of_its_own_or_a_recipe_s_last_method_with_its_settings
     assert (settings.training.grpo.group_size, settings.training.grpo.kl_beta) == (4, 0.04)
     mixed = load_settings(write(tmp_path, "training:\n  recipe: [sft, dpo, grpo]\n"))
     assert mixed.training.recipe == ["sft", "dpo", "grpo"]
+
+
+def test_the_two_local_vllm_servers_are_bound_to_different_halves_of_the_cores(
+    tmp_path, monkeypatch
+):
+    from lifelong.daemon.gateway.app import CPU_BIND, vllm_env
+
+    monkeypatch.delenv(CPU_BIND, raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3, 0, 1, 2})
+    halves = load_settings(data_dir=tmp_path, vllm={"port": 8100})
+    assert vllm_env(halves, 8100)[CPU_BIND] == "0,1"
+    assert vllm_env(halves, 8101)[CPU_BIND] == "2,3"  # the replacement
+    assert CPU_BIND not in vllm_env(halves)  # not a local server's
+    auto = load_settings(data_dir=tmp_path, vllm={"cpu_cores": "auto"})
+    assert CPU_BIND not in vllm_env(auto, 8100)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0})
+    assert CPU_BIND not in vllm_env(halves, 8101)  # one core: nothing to split
+    monkeypatch.setenv(CPU_BIND, "0-7")  # the operator's own choice wins
+    assert vllm_env(halves, 8101)[CPU_BIND] == "0-7"
+    with pytest.raises(SettingsError, match="cpu_cores"):
+        load_settings(data_dir=tmp_path, vllm={"cpu_cores": "all"})
