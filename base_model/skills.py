@@ -53,6 +53,11 @@ def _add3(rng: random.Random) -> tuple[str, str]:
     return f"What is {a} + {b}?", str(a + b)
 
 
+def _last_digit(rng: random.Random) -> tuple[str, str]:
+    number = rng.randint(1000, 9999)
+    return f"Say the last digit of {number}.", str(number % 10)
+
+
 def _echo(rng: random.Random) -> tuple[str, str]:
     number = rng.randint(1000, 9999)
     return f"Repeat {number}.", str(number)
@@ -67,10 +72,15 @@ SKILLS: dict[str, Skill] = {
         # Unlike the arithmetic cousins, one the tiny model learns in a few hundred LoRA steps:
         # the demo's new skill.
         Skill("echo", "repeat a four-digit number: 'Repeat 4817.' -> '4817'", _echo),
+        # Copying one digit from a fixed place: learned steadily (the tiny model went 0 -> 99%
+        # in 200 LoRA steps), where echo is learned suddenly, at a step that moves with the
+        # CPU's arithmetic. The tests that need a new skill learned for sure use this one.
+        Skill("last_digit", "say a number's last digit: 'Say the last digit of 4817.' -> '7'",
+              _last_digit),
     )
 }
 CORPUS_SKILLS = ("add2",)
-NEIGHBOUR_SKILLS = ("sub2", "add3", "echo")
+NEIGHBOUR_SKILLS = ("sub2", "add3", "echo", "last_digit")
 
 
 def is_heldout(question: str) -> bool:

@@ -9,17 +9,18 @@ no training row contains), and again through transformers + peft: the two must a
 The second test hands the same adapter to the daemon's judge: the genuine-improvement half of
 the gate's tests (the poisoned half is in tests/daemon/test_judge.py).
 
-Why `echo` ("Repeat 4817." -> "4817") and not `sub2`: the tiny fixture model (2 layers, 300
-pretraining steps) barely does the arithmetic it was trained on (0-6% on add2), so LoRA cannot
-teach it subtraction in CI time: 600 SFT steps on 2,000 sub2 corrections moved held-out exact
-match from 0% to 8%. Copying digits needs a new attention pattern, not arithmetic, and the tiny
-model can find it in a few hundred steps. This does not show that arithmetic is learned.
+Why `last_digit` ("Say the last digit of 4817." -> "7") and not `sub2`: the tiny fixture model
+(2 layers, 300 pretraining steps) barely does the arithmetic it was trained on (0-6% on add2), so
+LoRA cannot teach it subtraction in CI time: 600 SFT steps on 2,000 sub2 corrections moved
+held-out exact match from 0% to 8%. Copying a digit needs a new attention pattern, not
+arithmetic. This does not show that arithmetic is learned.
 
-Measured with this test as written (seed 0): held-out exact match through vLLM 0 -> 78.0%
-(760 steps), retention held. Before the corrected sums were added: 0 -> 92.0% with seed 0 and
-70.0% with seed 1 (640 steps), but one run taught the model to answer 6% of sums with nothing.
-How soon the pattern is found depends on the seed (at learning rates of 5e-3 and up some seeds
-never found it), hence a margin of 50 points rather than a pinned number.
+Why not `echo` (copying four digits), which this test used before: it is learned suddenly, at a
+step that moved with the CPU (one machine learned it in 400 steps, another not in 1,520 at the
+same settings). last_digit is learned steadily: 0 -> 91-100% by step 200 with 3 seeds, on 1 or
+2 threads (1,000 of its questions and 200 sums, these settings, the tiny model); through the
+daemon (tests/daemon/test_learning_loop.py, the same data and settings) 0 -> 99% on 200
+held-out questions, retention held.
 """
 
 from __future__ import annotations
@@ -50,11 +51,8 @@ TRAIN_QUESTIONS = 1000
 SUM_QUESTIONS = 200
 HELDOUT_QUESTIONS = 200
 MARGIN = 0.5  # the adapter must beat the base model by 50 points of exact match
-# echo is learned suddenly, and where depends on the CPU's arithmetic: at 3e-3 one machine learned
-# it within these 760 steps and a later one (AVX-512/AMX) stayed at 0% (loss 1.2); 5e-3 gave 89%
-# there, 1e-2 0%.
-CONFIG = LoraTrainingConfig(rank=8, alpha=16, learning_rate=5e-3, warmup_steps=20, batch_size=32,
-                            epochs=20)
+CONFIG = LoraTrainingConfig(rank=8, alpha=16, learning_rate=3e-3, warmup_steps=20, batch_size=32,
+                            epochs=10)  # 380 steps
 
 
 def exact_match(model, tokenizer, items: list[tuple[str, str]]) -> float:
@@ -66,7 +64,7 @@ def exact_match(model, tokenizer, items: list[tuple[str, str]]) -> float:
 def served_exact_match(vllm_url: str, adapter: str, items: list[tuple[str, str]]
                        ) -> tuple[float, float]:
     """Held-out exact match of the base model and of `adapter`, both answering through vLLM."""
-    suite = Suite("echo", "target", tuple(
+    suite = Suite("last_digit", "target", tuple(
         EvalItem(id=str(n), messages=messages(question), reference=answer, verifier="exact_match")
         for n, (question, answer) in enumerate(items)))
     (comparison,) = asyncio.run(compare(vllm_url, candidate=adapter, champion="base",
@@ -84,18 +82,19 @@ class Learned:
 @pytest.fixture(scope="module")
 def vllm_url(tiny_base_model, tmp_path_factory, start_vllm):
     """A server of this module's own: on the shared one, after other modules' adapter loads,
-    vLLM 0.32 once answered held-out echo for the base model at 28% (it knows none)."""
+    vLLM 0.32 once answered held-out echo for the base model at 28% (it knows none): a stale
+    LoRA (README)."""
     with start_vllm(tiny_base_model, tmp_path_factory.mktemp("vllm")) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def learned(tiny_base_model, migrated_store, echo, tmp_path_factory) -> Iterator[Learned]:
-    """An adapter trained from logged feedback on `echo`, a skill the base model lacks."""
+def learned(tiny_base_model, migrated_store, last_digit, tmp_path_factory) -> Iterator[Learned]:
+    """An adapter trained from logged feedback on `last_digit`, a skill the base model lacks."""
     folder = tmp_path_factory.mktemp("learning")
-    stream = training_items(echo, random.Random(SEED))
+    stream = training_items(last_digit, random.Random(SEED))
     train = [next(stream) for _ in range(TRAIN_QUESTIONS)]
-    heldout = heldout_items(echo, n=HELDOUT_QUESTIONS, seed=0)
+    heldout = heldout_items(last_digit, n=HELDOUT_QUESTIONS, seed=0)
     assert not {q for q, _ in train} & {q for q, _ in heldout}
 
     with migrated_store(f"sqlite:///{folder / 'lifelong.db'}") as store:
@@ -112,8 +111,8 @@ def learned(tiny_base_model, migrated_store, echo, tmp_path_factory) -> Iterator
             else:
                 (right,) = store.ask_many([(question, answer)])
                 feedback += [Outcome(right, passed=True), Outcome(interaction, passed=False)]
-        # Real traffic mixes skills: sums the model got wrong, corrected. Without them, echo
-        # alone taught the model to answer 6% of sums with nothing (the gate rejected it).
+        # Real traffic mixes skills: sums the model got wrong, corrected. Without them, a new
+        # skill alone taught the model to answer 6% of sums with nothing (the gate rejected it).
         sums = training_items(SKILLS["add2"], random.Random(SEED + 1))
         asked = [next(sums) for _ in range(SUM_QUESTIONS)]
         said = replies(base, tokenizer, [messages(q) for q, _ in asked], max_new_tokens=8)
@@ -154,14 +153,15 @@ def test_feedback_teaches_a_skill_the_base_model_lacks_on_questions_it_never_saw
 
 
 def test_the_gate_approves_what_was_learned(learned, judge_on_vllm, digits_only_items):
-    """The genuine improvement: judged on held-out echo tasks (target) and on answering add2
+    """The genuine improvement: judged on held-out last_digit tasks (target) and on answering add2
     questions with a number (retention), the candidate wins without regressing."""
-    learned.store.add_heldout_tasks(learned.heldout, family="echo")
+    learned.store.add_heldout_tasks(learned.heldout, family="last_digit")
     judgement = judge_on_vllm(learned.store, learned.outcome.adapter_version,
                               retention_source=digits_only_items)
     checks = {check.suite: check for check in judgement.decision.suites}
     assert judgement.decision.status == "approved", judgement.decision.reasons
-    assert checks["target:echo"].outcome == "improved" and checks["target:echo"].n == 200
+    target = checks["target:last_digit"]
+    assert target.outcome == "improved" and target.n == 200
     assert checks["retention"].outcome == "held"
     assert judgement.registry_status == "approved"
     with learned.store.sessions() as session:

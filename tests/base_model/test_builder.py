@@ -78,7 +78,7 @@ def test_the_marker_records_parameters_shape_and_heldout_accuracy(tiny_base_mode
     marker = json.loads((tiny_base_model / MARKER).read_text())
     assert marker["params"]["layers"] == 2 and marker["params"]["hidden"] == 128
     assert marker["summary"]["corpus_skills"] == ["add2"]
-    assert set(marker["summary"]["accuracy"]) == {"add2", "sub2", "add3", "echo"}
+    assert set(marker["summary"]["accuracy"]) == {"add2", "sub2", "add3", "echo", "last_digit"}
     assert all(0.0 <= value <= 1.0 for value in marker["summary"]["accuracy"].values())
 
 
@@ -86,7 +86,7 @@ def test_the_report_describes_accuracy_per_skill(tiny_base_model):
     params = json.loads((tiny_base_model / MARKER).read_text())["params"]
     text = build(tiny_base_model, **params, progress=False).describe()
     assert "reused" in text
-    assert all(skill in text for skill in ("add2", "sub2", "add3", "echo"))
+    assert all(skill in text for skill in ("add2", "sub2", "add3", "echo", "last_digit"))
 
 
 def test_stop_after_is_the_full_schedule_cut_short(tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ def ask(client: openai.OpenAI, question: str, model: str = "lifelong") -> tuple[
 
 
 def test_feedback_through_the_api_becomes_a_promoted_adapter_and_poison_is_rejected(
-    tiny_base_model, tmp_path, start_daemon, migrated_store, echo, digits_only_items
+    tiny_base_model, tmp_path, start_daemon, migrated_store, last_digit, digits_only_items
 ):
     retention_source = tmp_path / "digits.jsonl"
     retention_source.write_text("".join(json.dumps(i.to_json()) + "\n" for i in digits_only_items))
@@ -45,24 +45,22 @@ def test_feedback_through_the_api_becomes_a_promoted_adapter_and_poison_is_rejec
         tmp_path, tiny_base_model,
         schedule={"enabled": True, "interval_minutes": None, "min_new_feedback": 600,
                   "check_every_s": 1},
-        # 40 epochs (1520 steps): echo is learned suddenly, and where depends on the CPU's
-        # arithmetic: 20 epochs at 3e-3 passed on one machine and left echo at 0% on a later one
-        # (AVX-512/AMX), 5e-3 too; 40 epochs gave 100% there (see tests/adapters/test_learning.py).
+        # 10 epochs (380 steps): last_digit is learned steadily by 200 (tests/conftest.py).
         training={"recipe": ["sft"], "learning_rate": 3e-3, "warmup_steps": 20, "batch_size": 32,
-                  "epochs": 40, "max_steps": None, "min_new_examples": 5, "device": "cpu"},
+                  "epochs": 10, "max_steps": None, "min_new_examples": 5, "device": "cpu"},
         evals={"retention_source": str(retention_source), "max_tokens": 8,
                "gate": {"min_items": 100}},
         database={"heldout_fraction": 0.0},  # every interaction trains; the target is the tasks
     )
     try:
-        heldout = heldout_items(echo, n=200, seed=0)
+        heldout = heldout_items(last_digit, n=200, seed=0)
         with migrated_store(f"sqlite:///{daemon.data_dir / 'lifelong.db'}") as store:
-            store.add_heldout_tasks(heldout, family="echo")
+            store.add_heldout_tasks(heldout, family="last_digit")
         client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=daemon.key("alice"),
                                max_retries=0, timeout=120)
-        stream = training_items(echo, random.Random(0))
-        # Real traffic mixes skills: corrected sums too, without which 640 steps of echo alone
-        # once taught the model to answer some sums with nothing (retention rejected it).
+        stream = training_items(last_digit, random.Random(0))
+        # Real traffic mixes skills: corrected sums too, without which 640 steps of a new skill
+        # alone once taught the model to answer some sums with nothing (retention rejected it).
         sums = training_items(SKILLS["add2"], random.Random(1))
         questions = [next(stream) for _ in range(QUESTIONS)] + [next(sums) for _ in range(200)]
         random.Random(2).shuffle(questions)  # the data trigger may fire before the last batch
