@@ -7,10 +7,14 @@ is reported at once (`InvalidTrainingConfig`), not the first one only.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 # The projections vLLM's LoRA kernels serve for Llama-family models: attention and MLP.
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 class InvalidTrainingConfig(ValueError):
@@ -63,6 +67,14 @@ class LoraTrainingConfig:
         metadata={"help": "DPO/KTO beta: how strongly the policy is held to the reference "
                           "(the weights its stage started from)."},
     )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "Arithmetic of the SFT/DPO/KTO forward passes (LoRA weights stay "
+                          "float32): 'bf16' autocast, 'fp32', or 'auto' (bf16 on a CUDA device "
+                          "that has it, else fp32). A small model learns in fp32 what bf16 "
+                          "rounds away: on an H100 the tiny test model learned last_digit to "
+                          "100% in fp32 and 55.5% in bf16 (380 steps)."},
+    )
 
     def __post_init__(self) -> None:
         problems = [
@@ -80,11 +92,20 @@ class LoraTrainingConfig:
                 ("max_length", self.max_length >= 8, ">= 8"),
                 ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
                 ("beta", self.beta > 0, "> 0"),
+                ("precision", self.precision in PRECISIONS, f"one of {PRECISIONS}"),
             )
             if not ok
         ]
         if problems:
             raise InvalidTrainingConfig("; ".join(problems))
+
+    def bf16(self, device: torch.device) -> bool:
+        """Whether the forward passes on `device` run under bf16 autocast."""
+        import torch  # here: reading a manifest's config must not load torch
+
+        if self.precision == "auto":
+            return device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return self.precision == "bf16"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON values, for the run row and the manifest."""

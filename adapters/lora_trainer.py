@@ -118,7 +118,8 @@ def load_model(
     tokenizer = AutoTokenizer.from_pretrained(base_model_dir)
     with transformers_bars_off():
         # Float32 weights even from a bfloat16 folder: upcasting is exact, and the LoRA update
-        # of a small model drowns in bfloat16 rounding. On a GPU, autocast computes in bf16.
+        # of a small model drowns in bfloat16 rounding. On a GPU, autocast computes in bf16
+        # unless config.precision says fp32.
         base = AutoModelForCausalLM.from_pretrained(base_model_dir, dtype=torch.float32)
     model: PeftModel
     if parent_dir is None:
@@ -166,7 +167,7 @@ def train_lora(
     methods = check_recipe(methods)
     started = time.monotonic()
     device = next(model.parameters()).device
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    bf16 = config.bf16(device)
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
     stages = []

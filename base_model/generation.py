@@ -65,9 +65,11 @@ def replies(
         # Left padding keeps every prompt's last token in the last column, where generation
         # continues; the mask tells the model (and its position ids) where each prompt starts.
         input_ids = torch.tensor(
-            [[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in chunk]
+            [[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids in chunk],
+            device=model.device,
         )
-        attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk])
+        attention_mask = torch.tensor(
+            [[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk], device=model.device)
         generated = model.generate(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -263,6 +263,7 @@ def train(
             target_modules=tuple(t.target_modules), learning_rate=t.learning_rate,
             warmup_steps=t.warmup_steps, epochs=t.epochs, max_steps=t.max_steps,
             batch_size=t.batch_size, max_length=t.max_seq_len, beta=t.beta,
+            precision=t.precision,
         )
     except InvalidTrainingConfig as exc:
         fail(f"training settings: {exc}")

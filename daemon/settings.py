@@ -265,6 +265,12 @@ class TrainingSettings(Section):
     )
     batch_size: int = Field(default=16, ge=1)
     max_seq_len: int = Field(default=256, ge=8)
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="SFT/DPO/KTO forward passes: bf16 autocast, fp32, or auto (bf16 on a CUDA "
+        "device that has it). LoRA weights stay float32 either way; GRPO updates run in fp32. "
+        "A small model may need fp32 on a GPU (the tiny test model: 100% vs 55.5% learned).",
+    )
     beta: float = Field(default=0.1, gt=0, description="DPO/KTO: how tightly held to the reference.")
     seed: int = 0
     replay_fraction: float = Field(

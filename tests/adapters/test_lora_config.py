@@ -27,3 +27,14 @@ def test_the_config_is_plain_json_for_the_run_row_and_the_manifest():
                                         "up_proj", "down_proj"]
     assert LoraTrainingConfig(**{**values, "target_modules": tuple(values["target_modules"])}) \
         == LoraTrainingConfig()
+
+
+def test_precision_auto_means_bf16_only_on_a_cuda_device():
+    import torch
+
+    cpu = torch.device("cpu")
+    assert not LoraTrainingConfig().bf16(cpu)  # auto on the CPU: fp32
+    assert LoraTrainingConfig(precision="bf16").bf16(cpu)
+    assert not LoraTrainingConfig(precision="fp32").bf16(torch.device("cuda"))
+    with pytest.raises(InvalidTrainingConfig, match="precision must be one of"):
+        LoraTrainingConfig(precision="fp16")
