@@ -16,11 +16,13 @@ held-out accuracy per round.
 
 The server must serve the base model with --enable-lora and runtime LoRA updating on. The skill
 is add2 graded by `exact_match` (`--verifier numeric`: within 5), on a model that half-knows it
-(`HALF_TRAINED`: greedy 60%): with rewards that rarely pass, neither method has much to learn from.
+(`HALF_TRAINED`: stopped at 60% of sums): with rewards that rarely pass, neither method has
+much to learn from.
 Not the demo's new skill (two-digit repeats): the base model answers none of those right, so no
 sample passes and there is no verifier reward to learn from.
 
-Measured here (HALF_TRAINED, exact_match, 12 rounds of 64 questions x 8 samples, lr 1e-3, seed
+Measured here (HALF_TRAINED as it was then: stopped after 1,100 steps, greedy 59.5%; not re-run
+with the accuracy stop), exact_match, 12 rounds of 64 questions x 8 samples, lr 1e-3, seed
 0, one run): held-out exact match at T=1 0.412 -> grpo 0.521, rs-sft 0.525; greedy 0.595 ->
 grpo 0.720, rs-sft 0.740. rs-sft led in most rounds (greedy by 1.5-5 points in rounds 1-7),
 GRPO caught up by round 8; a tie at the end within noise (T=1: 1,600 samples, about +-1.2

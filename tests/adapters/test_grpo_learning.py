@@ -2,16 +2,21 @@
 exact match on a skill the tiny base model half-knows.
 
 The skill: two-digit addition, graded by the `exact_match` verifier. The model half-knows it
-(`base_model.HALF_TRAINED`): the tiny test shape on a 2000-step schedule, stopped after 1100 steps,
-half-way through learning sums (the same schedule reaches 100% by step 1500). Measured through vLLM on the
-200 held-out questions below: greedy exact match 59.5-60%, sampled at temperature 1 41.7-43.3%.
+(`base_model.HALF_TRAINED`): the tiny test shape on a 2000-step schedule, stopped once it answers
+60% of 100 train-split sums (checked every 25 steps). Measured through vLLM on the 200 held-out
+questions below, on this session's machine (it stopped at step 625): greedy exact match 63.5%,
+sampled at temperature 1 39.2%.
 
-Measured here in three runs of this set-up (20 rounds of 64 prompts x 8 samples, lr 1e-3; training
-seeds 0, 0, 1): at temperature 1, 43.3% -> 52.6%, 41.7% -> 53.4%, 41.7% -> 56.0%; greedy
-59.0% -> 70.5%, 59.5% -> 75.0%, 59.5% -> 73.5%; every p < 0.002. The test asserts half of the
-smallest gain, with significance: both the sampled policy and the greedy answer must improve.
-vLLM's sampling is not seeded (see adapters/rollout.py), so the run is reproducible in
-distribution only; the build and the training side are seeded.
+Measured here in two runs (20 rounds of 64 prompts x 8 samples, lr 1e-3, seed 0): at temperature
+1 39.2% -> 58.3% and 38.2% -> 56.5%, greedy 63.5% -> 90.5% and 63.0% -> 85.0%, p < 0.001 each.
+The test asserts 5 points each, with significance: both the sampled policy and the greedy answer
+must improve. vLLM's sampling is not seeded (see adapters/rollout.py), so the run is reproducible
+in distribution only; the build and the training side are seeded.
+
+Why stop at an accuracy, not at a step: the preset used to stop after 1100 steps, which left the
+model at 59.5-60% greedy on one machine (where GRPO gained 11.5-15.5 points greedy in four runs)
+and at 93.5% on another (AVX-512, AMD), where there was too little left to gain for the margin
+(T=1 89.9% -> 94.6%): when the tiny model learns sums moves with the CPU's arithmetic.
 
 Everything the model learns from is its own samples graded by the verifier, through the real
 vLLM server; practice tasks are train-split questions, disjoint from the held-out ones.
@@ -46,7 +51,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def half_trained_model(tmp_path_factory) -> Path:
-    """A model that half-knows two-digit addition (about a minute to build on 2 cores)."""
+    """A model that half-knows two-digit addition (about 40 s to build on 2 cores)."""
     return build(tmp_path_factory.mktemp("base_model") / "half", **HALF_TRAINED, eval_items=20,
                  progress=False).path
 
@@ -64,8 +69,8 @@ PRACTICE_TASKS = 500
 HELDOUT = 200
 SAMPLES = 8
 VERIFIER = "exact_match"
-SAMPLED_MARGIN = 0.05  # smallest gain measured: 9.3 points
-GREEDY_MARGIN = 0.05  # smallest gain measured: 11.5 points
+SAMPLED_MARGIN = 0.05  # smallest gain measured: 18.3 points (9.3 with the earlier preset)
+GREEDY_MARGIN = 0.05  # smallest gain measured: 22 points (11.5 with the earlier preset)
 LORA = LoraTrainingConfig(rank=8, alpha=16, learning_rate=1e-3)
 GRPO = GrpoConfig(rounds=20, prompts_per_round=64, group_size=8, max_new_tokens=8,
                   batch_size=32, updates_per_round=1, kl_beta=0.0, concurrency=2)

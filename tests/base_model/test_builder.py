@@ -114,3 +114,25 @@ def test_a_marker_from_before_stop_after_still_matches_a_full_build(tmp_path):
     del marker["params"]["stop_after"]
     (tmp_path / "m" / MARKER).write_text(json.dumps(marker))
     assert build(tmp_path / "m", seed=7, **QUICK).reused
+
+
+def test_stop_at_ends_training_once_the_corpus_skill_is_half_known(tmp_path, monkeypatch):
+    monkeypatch.setattr(builder_module, "STOP_CHECK_EVERY", 2)
+    asked = []
+
+    def answering(model, tokenizer, conversations, **kwargs):
+        # wrong at the first two checks (steps 2 and 4), right from the third (step 6)
+        asked.append(len(conversations))
+        if len(asked) < 3:
+            return ["0"] * len(conversations)
+        return [str(sum(map(int, c[-1]["content"][8:-1].split(" + ")))) for c in conversations]
+
+    monkeypatch.setattr(builder_module, "replies", answering)
+    half = build(tmp_path / "half", seed=7, stop_at=0.6, **QUICK)
+    assert half.trained_steps == 6 and asked == [builder_module.STOP_CHECK_ITEMS] * 3
+    assert "6 of 8 steps (stopped at 60% of sums)" in half.describe()
+    again = build(tmp_path / "half", seed=7, stop_at=0.6, **QUICK)
+    assert again.reused and again.trained_steps == 6
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="stop_at must be a share"):
+            build(tmp_path / "bad", seed=7, stop_at=bad, **QUICK)
