@@ -29,16 +29,10 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from lifelong.base_model.accuracy import exact_match
+from lifelong.base_model.accuracy import exact_match, share_right
 from lifelong.base_model.corpus import Batch, batches
-from lifelong.base_model.generation import replies, transformers_bars_off
-from lifelong.base_model.skills import (
-    CORPUS_SKILLS,
-    NEIGHBOUR_SKILLS,
-    SKILLS,
-    messages,
-    training_items,
-)
+from lifelong.base_model.generation import transformers_bars_off
+from lifelong.base_model.skills import CORPUS_SKILLS, NEIGHBOUR_SKILLS, SKILLS, training_items
 from lifelong.base_model.tokenizer import make_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -273,10 +267,7 @@ def _build_into(folder: Path, params: BuildParams, *, progress: bool) -> dict[st
 
             def done() -> bool:
                 with torch.no_grad():
-                    said = replies(model, tokenizer, [messages(q) for q, _ in checks],
-                                   max_new_tokens=6)
-                right = sum(r == a for r, (_, a) in zip(said, checks, strict=True))
-                return right >= stop_at * len(checks)
+                    return share_right(model, tokenizer, checks) >= stop_at
 
         final_loss, trained_steps = train(
             model, data, steps=params.steps, lr=params.lr, progress=progress,

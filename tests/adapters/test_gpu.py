@@ -23,7 +23,6 @@ from peft import PeftModel
 
 from lifelong.adapters import (
     LoraTrainingConfig,
-    build_training_set,
     load_model,
     run_training,
     train_lora,
@@ -34,31 +33,22 @@ from lifelong.adapters.grpo import group_advantages
 from lifelong.adapters.grpo_config import GrpoConfig
 from lifelong.adapters.grpo_run import grpo_update
 from lifelong.base_model import SKILLS, heldout_items, messages, training_items
-from lifelong.base_model.generation import load, replies
-from lifelong.feedback_store.records import Correction, Outcome, Rating
+from lifelong.base_model.accuracy import share_right
+from lifelong.base_model.generation import load
+from lifelong.feedback_store.records import Correction
 from lifelong.feedback_store.training_data import Prompt
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 GPU, CPU = torch.device("cuda"), torch.device("cpu")
-SMALL = LoraTrainingConfig(rank=4, alpha=8, target_modules=("q_proj", "v_proj"),
-                           learning_rate=1e-2, batch_size=4, max_steps=3, warmup_steps=0)
 
 
-def test_every_stage_runs_in_bf16_autocast_with_float32_lora_weights(tiny_base_model, store):
-    wrong = store.ask_many([(f"What is {a} - {a - 3}?", str(2 * a)) for a in range(20, 30)])
-    right = store.ask_many([(f"What is {a} - {a - 3}?", "3") for a in range(20, 30)])
-    thumbs = store.ask_many([(f"What is {a} + 1?", str(a + 1)) for a in range(40, 48)])
-    store.give(*[Correction(i, text="3") for i in wrong[:5]],
-               *[Outcome(i, passed=False) for i in wrong[5:]],
-               *[Outcome(i, passed=True) for i in right],
-               *[Rating(i, score=1 if n % 2 else -1) for n, i in enumerate(thumbs)])
-    with store.sessions() as session:
-        training_set = build_training_set(session, since=0, replay_fraction=0.0, seed=0)
-    model, tokenizer = load_model(tiny_base_model, parent_dir=None, config=SMALL, seed=0,
+def test_every_stage_runs_in_bf16_autocast_with_float32_lora_weights(tiny_base_model,
+                                                                      training_set, small):
+    model, tokenizer = load_model(tiny_base_model, parent_dir=None, config=small, seed=0,
                                   device=GPU)
     report = train_lora(model, tokenizer, training_set, methods=("sft", "dpo", "kto"),
-                        config=SMALL, seed=0, progress=False)
+                        config=small, seed=0, progress=False)
     assert [stage.method for stage in report.stages] == ["sft", "dpo", "kto"]
     assert all(math.isfinite(stage.final_loss) for stage in report.stages)
     # bf16 logits: the reference and the policy agree to bf16's precision, not float32's
@@ -68,13 +58,13 @@ def test_every_stage_runs_in_bf16_autocast_with_float32_lora_weights(tiny_base_m
     assert lora and all(p.device.type == "cuda" and p.dtype == torch.float32 for p in lora)
 
 
-def test_a_grpo_update_on_the_gpu_matches_the_cpu(tiny_base_model):
+def test_a_grpo_update_on_the_gpu_matches_the_cpu(tiny_base_model, small):
     answers = ["85", "84", "95", "85", "75", "86"]
     rewards = torch.tensor([float(a == "85") for a in answers])
     advantages = group_advantages(rewards, len(answers)).advantages
     moved = {}
     for device in (CPU, GPU):
-        model, tokenizer = load_model(tiny_base_model, parent_dir=None, config=SMALL, seed=0,
+        model, tokenizer = load_model(tiny_base_model, parent_dir=None, config=small, seed=0,
                                       device=device)
         start = {n: p.detach().cpu().clone() for n, p in model.named_parameters()
                  if p.requires_grad}
@@ -117,16 +107,11 @@ def test_a_skill_learned_on_the_gpu_is_in_the_adapter_the_cpu_loads(
                            seed=0, device="cuda", progress=False)
     verify(outcome.adapter_path, tiny_base_model)
 
-    def exact_match(model, tokenizer) -> float:
-        said = replies(model, tokenizer, [messages(q) for q, _ in heldout], max_new_tokens=8)
-        return sum(s == a for s, (_, a) in zip(said, heldout, strict=True)) / len(heldout)
-
     base, tokenizer = load(tiny_base_model)
     on_cpu = PeftModel.from_pretrained(load(tiny_base_model)[0], str(outcome.adapter_path)).eval()
     on_gpu = PeftModel.from_pretrained(load(tiny_base_model)[0].to(GPU),
                                        str(outcome.adapter_path)).eval()
-    before, cpu, gpu = (exact_match(base, tokenizer), exact_match(on_cpu, tokenizer),
-                        exact_match(on_gpu, tokenizer))
+    before, cpu, gpu = (share_right(model, tokenizer, heldout) for model in (base, on_cpu, on_gpu))
     print(f"last_digit held-out exact match: base {before:.1%}, trained on the GPU "
           f"({precision}): {cpu:.1%} on the CPU, {gpu:.1%} on the GPU")
     assert cpu >= before + margin and abs(cpu - gpu) <= 0.05, (before, cpu, gpu)

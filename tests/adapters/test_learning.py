@@ -37,6 +37,7 @@ from peft import PeftModel
 
 from lifelong.adapters import LoraTrainingConfig, RunOutcome, run_training, verify
 from lifelong.base_model import heldout_items, messages, training_items
+from lifelong.base_model.accuracy import share_right
 from lifelong.base_model.generation import load, replies
 from lifelong.base_model.skills import SKILLS
 from lifelong.evals.runner import Sampling, compare
@@ -53,12 +54,6 @@ HELDOUT_QUESTIONS = 200
 MARGIN = 0.5  # the adapter must beat the base model by 50 points of exact match
 CONFIG = LoraTrainingConfig(rank=8, alpha=16, learning_rate=3e-3, warmup_steps=20, batch_size=32,
                             epochs=10)  # 380 steps
-
-
-def exact_match(model, tokenizer, items: list[tuple[str, str]]) -> float:
-    said = replies(model, tokenizer, [messages(question) for question, _ in items],
-                   max_new_tokens=8)
-    return sum(reply == answer for reply, (_, answer) in zip(said, items, strict=True)) / len(items)
 
 
 def served_exact_match(vllm_url: str, adapter: str, items: list[tuple[str, str]]
@@ -145,7 +140,7 @@ def test_feedback_teaches_a_skill_the_base_model_lacks_on_questions_it_never_saw
     base, tokenizer = load(tiny_base_model)
     adapted = PeftModel.from_pretrained(load(tiny_base_model)[0], str(outcome.adapter_path))
     adapted.eval()
-    in_peft = exact_match(adapted, tokenizer, heldout), exact_match(base, tokenizer, heldout)
+    in_peft = share_right(adapted, tokenizer, heldout), share_right(base, tokenizer, heldout)
     assert after >= before + MARGIN, f"served: exact match {before:.1%} -> {after:.1%} (seed {SEED})"
     # vLLM's kernels and transformers' differ in float rounding, so a greedy answer may differ
     # now and then; the adapter must mean the same thing in both.

@@ -15,27 +15,11 @@ from lifelong.adapters import (
     LoraShapeMismatch,
     TrainingDiverged,
     UnknownMethod,
-    build_training_set,
     load_model,
     train_lora,
 )
-from lifelong.feedback_store.records import Correction, Outcome, Rating
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture
-def training_set(store):
-    """Corrections, passes and failures, thumbs: every method has examples."""
-    wrong = store.ask_many([(f"What is {a} - {a - 3}?", str(2 * a)) for a in range(20, 30)])
-    right = store.ask_many([(f"What is {a} - {a - 3}?", "3") for a in range(20, 30)])
-    thumbs = store.ask_many([(f"What is {a} + 1?", str(a + 1)) for a in range(40, 48)])
-    store.give(*[Correction(i, text="3") for i in wrong[:5]],
-               *[Outcome(i, passed=False) for i in wrong[5:]],
-               *[Outcome(i, passed=True) for i in right],
-               *[Rating(i, score=1 if n % 2 else -1) for n, i in enumerate(thumbs)])
-    with store.sessions() as session:
-        return build_training_set(session, since=0, replay_fraction=0.0, seed=0)
 
 
 def lora_tensors(model) -> dict[str, torch.Tensor]:

@@ -121,13 +121,16 @@ def test_stop_at_ends_training_once_the_corpus_skill_is_half_known(tmp_path, mon
     asked = []
 
     def answering(model, tokenizer, conversations, **kwargs):
-        # wrong at the first two checks (steps 2 and 4), right from the third (step 6)
+        # the stop checks (STOP_CHECK_ITEMS sums): wrong at the first two (steps 2 and 4), right
+        # from the third (step 6); the final held-out measure (eval_items each) gets "0"
+        if len(conversations) != builder_module.STOP_CHECK_ITEMS:
+            return ["0"] * len(conversations)
         asked.append(len(conversations))
         if len(asked) < 3:
             return ["0"] * len(conversations)
         return [str(sum(map(int, c[-1]["content"][8:-1].split(" + ")))) for c in conversations]
 
-    monkeypatch.setattr(builder_module, "replies", answering)
+    monkeypatch.setattr("lifelong.base_model.accuracy.replies", answering)
     half = build(tmp_path / "half", seed=7, stop_at=0.6, **QUICK)
     assert half.trained_steps == 6 and asked == [builder_module.STOP_CHECK_ITEMS] * 3
     assert "6 of 8 steps (stopped at 60% of sums)" in half.describe()
