@@ -26,6 +26,7 @@ class Encoded:
 
     input_ids: list[int]
     labels: list[int]
+    truncated: bool = False  # longer than max_length: its first tokens were dropped
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,8 @@ def encode(
         raise ValueError("a prompt needs messages or text")
     input_ids = [*head, *answer][-max_length:]
     labels = ([IGNORE_INDEX] * len(head) + answer)[-max_length:]
-    return Encoded(input_ids=input_ids, labels=labels)
+    return Encoded(input_ids=input_ids, labels=labels,
+                   truncated=len(head) + len(answer) > max_length)
 
 
 def collate(rows: Sequence[Encoded], *, pad_id: int) -> Batch:

@@ -71,6 +71,7 @@ class StageReport:
     tokens: int
     first_loss: float
     final_loss: float  # mean of the last ten steps: one step's loss is too noisy to compare
+    truncated: int = 0  # examples longer than max_length, trained on their last tokens only
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,12 @@ def train_lora(
     reports: list[StageReport] = []
     step, tokens, stopped = 0, 0, None
     for (method, rows), steps in zip(stages, planned, strict=True):
+        truncated = sum(any(e.truncated for e in encoded) for encoded, _ in rows)
         logger.info("%s stage: %d examples, %d steps", method, len(rows), steps)
+        if truncated:
+            logger.warning("%s stage: %d of %d examples are longer than max_length (%d tokens) "
+                           "and lose their first tokens; raise training.max_seq_len to keep "
+                           "them whole", method, truncated, len(rows), config.max_length)
         refs = _reference_logps(model, rows, pad_id, config.batch_size, bf16) if method != "sft" else None
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
@@ -224,6 +230,7 @@ def train_lora(
             reports.append(StageReport(
                 method=method, examples=len(rows), steps=len(losses), tokens=stage_tokens,
                 first_loss=losses[0], final_loss=sum(losses[-10:]) / len(losses[-10:]),
+                truncated=truncated,
             ))
         if stopped is not None:
             break

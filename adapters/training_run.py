@@ -31,13 +31,14 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from peft import PeftModel
 from sqlalchemy.orm import Session, sessionmaker
 
+from lifelong.adapters.anchors import anchor_count, anchor_examples, base_answers
 from lifelong.adapters.artifact import (
     base_model_identity,
     manifest_checksum,
@@ -115,12 +116,16 @@ def run_training(
     metrics_every: int = 10,
     progress: bool = True,
     practice: PracticeSpec | None = None,
+    anchor_fraction: float = 0.0,
+    anchors_file: Path | None = None,
 ) -> RunOutcome:
     """Train one adapter from the store's feedback and register it as a candidate.
 
     `parent_version`: the adapter to continue from; None: the champion (the base model if there
     is none), or nothing at all when `fresh`. `methods`: the recipe, in order; a method with no
-    examples is left out. A recipe ending in grpo practises after the feedback methods, as
+    examples is left out. `anchor_fraction` > 0 (with `anchors_file`, where the base model's
+    answers are kept): that share of the SFT stage replays the base model's own answers to
+    everyday prompts (`anchors.py`). A recipe ending in grpo practises after the feedback methods, as
     `practice` says (the vLLM server, GRPO settings, tasks). `run_id`: a `running` run made by
     the caller, else one is started.
 
@@ -143,6 +148,7 @@ def run_training(
         "methods": list(all_methods), "hyperparameters": config.to_dict(), "seed": seed,
         "replay_fraction": replay_fraction, "min_new_examples": min_new_examples,
         "min_rating": min_rating, "max_seconds": max_seconds, "fresh": fresh, "device": device,
+        "anchor_fraction": anchor_fraction,
         "base_model_dir": str(base_model_dir),
         **(practice.to_dict() if practises and practice else {}),
     }
@@ -179,6 +185,10 @@ def run_training(
                 base_model_dir, parent_dir=Path(parent.path) if parent else None, config=config,
                 seed=seed, device=resolve_device(device),
             )
+            if anchor_fraction > 0 and anchors_file is not None and "sft" in recipe:
+                training_set = _with_anchors(training_set, model, tokenizer, file=anchors_file,
+                                             base_sha256=base_model["sha256"],
+                                             fraction=anchor_fraction, seed=seed)
             report = train_lora(
                 model, tokenizer, training_set, methods=recipe, config=config, seed=seed,
                 on_step=history.record, cancelled=cancelled, max_seconds=max_seconds,
@@ -357,10 +367,25 @@ def parent_adapter(session: Session, *, parent_version: str | None, fresh: bool)
     return registry.champion(session)
 
 
+def _with_anchors(
+    training_set: TrainingSet, model: PeftModel, tokenizer: Any, *, file: Path, base_sha256: str,
+    fraction: float, seed: int,
+) -> TrainingSet:
+    count = anchor_count(len(training_set.sft), fraction)
+    if count == 0:
+        return training_set
+    answers = base_answers(model, tokenizer, cache_file=file, base_sha256=base_sha256)
+    anchors = anchor_examples(answers, count=count, seed=seed)
+    logger.info("sft stage: %d feedback examples and %d anchors", len(training_set.sft),
+                len(anchors))
+    return replace(training_set, sft=training_set.sft + tuple(anchors), anchors=len(anchors))
+
+
 def _data_summary(training_set: TrainingSet, recipe: tuple[str, ...]) -> dict[str, Any]:
     return {
         "since": training_set.since,
         "watermark": training_set.watermark,
+        "anchors": training_set.anchors,
         "examples": {
             method: vars(training_set.portions[METHOD_EXAMPLES[method]]) for method in recipe
         },

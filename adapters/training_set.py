@@ -60,6 +60,7 @@ class TrainingSet:
     since: int  # feedback ids above this are new (the parent's data watermark; 0 when fresh)
     watermark: int  # the highest feedback id read: the new adapter's data watermark
     portions: dict[str, Portion]  # "sft", "pairs", "binary" -> new/replayed counts
+    anchors: int = 0  # of `sft`, the base model's own answers to everyday prompts (anchors.py)
 
     def new_examples(self) -> int:
         return sum(portion.new for portion in self.portions.values())

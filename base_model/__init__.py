@@ -1,7 +1,9 @@
-"""The embedded default base model: a small Llama trained from scratch on a synthetic corpus.
+"""The embedded default base models: SmolLM2-135M-Instruct imported from a pinned GGUF file, and
+a tiny Llama trained from scratch on a synthetic corpus (the demo's and the tests').
 
-`build(out_dir, seed=..., steps=...)` makes (or finds) a Hugging Face model folder that
-transformers, peft and vLLM load unchanged; `exact_match` and `answer` ask it questions.
+`import_gguf(gguf_file, out_dir)` and `build(out_dir, seed=..., steps=...)` make (or find) a
+Hugging Face model folder that transformers, peft and vLLM load unchanged; `exact_match` and
+`answer` ask it questions.
 
 Importing this package is cheap: each name loads its module (torch, for the builder) on first
 use, so the gateway can read the skills without loading torch.
@@ -18,7 +20,9 @@ _EXPORTS = {
     "BuildReport": "lifelong.base_model.builder",
     "CORPUS_SKILLS": "lifelong.base_model.skills",
     "DEFAULT_STEPS": "lifelong.base_model.builder",
+    "GgufImportError": "lifelong.base_model.gguf_import",
     "HALF_TRAINED": "lifelong.base_model.builder",
+    "ImportReport": "lifelong.base_model.gguf_import",
     "MARKER": "lifelong.base_model.builder",
     "NEIGHBOUR_SKILLS": "lifelong.base_model.skills",
     "NotEnoughHeldOutItems": "lifelong.base_model.skills",
@@ -28,9 +32,11 @@ _EXPORTS = {
     "build": "lifelong.base_model.builder",
     "exact_match": "lifelong.base_model.accuracy",
     "heldout_items": "lifelong.base_model.skills",
+    "import_gguf": "lifelong.base_model.gguf_import",
     "is_heldout": "lifelong.base_model.skills",
     "make_tokenizer": "lifelong.base_model.tokenizer",
     "messages": "lifelong.base_model.skills",
+    "smollm2_gguf": "lifelong.base_model.gguf_import",
     "training_items": "lifelong.base_model.skills",
 }
 
@@ -46,6 +52,12 @@ if TYPE_CHECKING:
         build,
     )
     from lifelong.base_model.generation import answer
+    from lifelong.base_model.gguf_import import (
+        GgufImportError,
+        ImportReport,
+        import_gguf,
+        smollm2_gguf,
+    )
     from lifelong.base_model.skills import (
         CORPUS_SKILLS,
         NEIGHBOUR_SKILLS,
@@ -76,14 +88,18 @@ __all__ = [
     "BaseModelFolderTaken",
     "BuildParams",
     "BuildReport",
+    "GgufImportError",
+    "ImportReport",
     "NotEnoughHeldOutItems",
     "Skill",
     "answer",
     "build",
     "exact_match",
     "heldout_items",
+    "import_gguf",
     "is_heldout",
     "make_tokenizer",
     "messages",
+    "smollm2_gguf",
     "training_items",
 ]

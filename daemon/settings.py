@@ -47,13 +47,31 @@ class BaseModelSettings(Section):
 
     path: Path | None = Field(
         default=None,
-        description="A Hugging Face model folder. Empty: the embedded default, built into "
-        "<data_dir>/base_model by `lifelong base build`.",
+        description="A Hugging Face model folder. Empty: the embedded default (see `default`) "
+        "in <data_dir>/base_model.",
     )
-    seed: int = Field(default=0, description="Seed for building the embedded default.")
+    default: Literal["smollm2", "tiny"] = Field(
+        default="smollm2",
+        description="The embedded default that fills <data_dir>/base_model when path is empty: "
+        "smollm2 is SmolLM2-135M-Instruct, imported from the pinned GGUF file by `lifelong base "
+        "import` (serve and train import it when it is missing); tiny is the 2.4M-parameter "
+        "Llama that does two-digit sums, trained from scratch by `lifelong base build` (the "
+        "demo's and the tests' model).",
+    )
+    gguf: Path | None = Field(
+        default=None,
+        description="With default smollm2: import this GGUF file instead of the pinned "
+        "SmolLM2 (a Llama-architecture instruct model with a chat template).",
+    )
+    seed: int = Field(default=0, description="Seed for building the tiny embedded default.")
     build_steps: int = Field(
-        default=700, ge=1, description="Training steps when building the embedded default."
+        default=700, ge=1, description="Training steps when building the tiny embedded default."
     )
+
+    @property
+    def embedded_tiny(self) -> bool:
+        """The model is the tiny one `lifelong base build` makes, whose skills we know."""
+        return self.path is None and self.default == "tiny"
 
 
 class DatabaseSettings(Section):
@@ -283,6 +301,13 @@ class TrainingSettings(Section):
     min_rating: float = Field(
         default=1.0, description="Rated answers at or above this score are SFT examples."
     )
+    anchor_fraction: float = Field(
+        default=0.5, ge=0.0, lt=1.0,
+        description="Share of the SFT stage given to the base model's own answers to everyday "
+        "prompts (the general prompts' anchor half, answered once and kept in "
+        "<data_dir>/evals/anchors.jsonl), so learning one thing does not overwrite how the "
+        "model answers everything else. 0: off.",
+    )
     max_seconds: float = Field(
         default=1800.0, gt=0,
         description="Training stops here and keeps what it learned (the gate judges it).",
@@ -323,7 +348,14 @@ class GateSettings(Section):
         default_factory=dict, description="Per-suite tolerances, by suite name."
     )
     min_items: int = Field(
-        default=200, ge=1, description="A target suite smaller than this cannot approve."
+        default=200, ge=1,
+        description="A target suite smaller than this approves only at small_suite_alpha.",
+    )
+    small_suite_alpha: float = Field(
+        default=0.001, gt=0.0, lt=1.0,
+        description="Significance a target suite below min_items must reach to approve: a large "
+        "gain beyond doubt on a small held-out suite is kept, and a candidate no better than "
+        "the champion passes such a suite at most this often.",
     )
     power: float = Field(default=0.8, gt=0.0, lt=1.0)
     require_nonempty: bool = True
@@ -350,6 +382,31 @@ class EvalSettings(Section):
     )
     retention_items: int = Field(
         default=300, ge=1, description="Items drawn from the embedded model's skill."
+    )
+    general_suite: bool = Field(
+        default=True,
+        description="Judge every candidate on the general-capability suite too: shipped "
+        "everyday prompts answered once by the base model (frozen in "
+        "<data_dir>/evals/general.jsonl), scored by how alike the candidate's answers are "
+        "(lifelong.evals.general). Off only for a model that cannot chat.",
+    )
+    general_min_ratio: float = Field(
+        default=0.6, ge=0.0, le=1.0,
+        description="General suite: an answer counts as kept at this similarity to the base's.",
+    )
+    general_floor: float = Field(
+        default=0.3, ge=0.0, le=1.0,
+        description="General suite: the lowest mean similarity to the base model's answers a "
+        "candidate may have (a hard check of the gate). Measured on SmolLM2-135M: an adapter "
+        "trained with anchors that learned bare sums kept 0.43-0.52 while answering everyday "
+        "prompts sensibly (often in other words, sometimes better); one trained without them "
+        "kept 0.02 ('14766666' for a capital).",
+    )
+    general_tolerance: float = Field(
+        default=1.0, ge=0.0, le=1.0,
+        description="General suite: the largest drop against the champion. 1: none, the floor "
+        "decides (any adapter rewords answers, so the first candidate drops by half against "
+        "the base model itself).",
     )
     max_tokens: int = Field(default=64, ge=1, description="Longest answer per eval item.")
     samples: int = Field(
@@ -455,6 +512,14 @@ class Settings(BaseSettings):
     @property
     def retention_file(self) -> Path:
         return self.evals.retention_file or self.data_dir / "evals" / "retention.jsonl"
+
+    @property
+    def general_file(self) -> Path:
+        return self.data_dir / "evals" / "general.jsonl"
+
+    @property
+    def anchors_file(self) -> Path:
+        return self.data_dir / "evals" / "anchors.jsonl"
 
     @property
     def vllm_urls(self) -> list[str]:

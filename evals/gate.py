@@ -4,17 +4,28 @@ evidence, with every test's numbers in the reasons.
 For each suite the paired test is exact McNemar when every score is pass/fail, else the paired
 bootstrap on scores (`statistics.py`). The rules, in order:
 
-1. Hard checks (any failure rejects): no empty candidate answer (if required), and the
-   candidate's format rate (non-empty answers the model ended itself) not below the champion's.
+1. Hard checks (any failure rejects): no empty candidate answer (if required), the
+   candidate's format rate (non-empty answers the model ended itself) not below the champion's,
+   and every suite with a floor (`floors`) scoring at or above it. A floor is absolute, where a
+   tolerance is relative to the champion: the general suite (evals/general.py) measures how
+   alike answers stay to the base model's, which the first candidate already lowers by half
+   while answering just as well (measured on SmolLM2), so a floor against the base, not a
+   tolerance against a moving champion, is what keeps every generation recognisably itself.
 2. Regression, every suite: a drop larger than the suite's tolerance that a one-sided paired test
    finds significant at `alpha` rejects, naming the suite. A drop beyond tolerance that is not
    significant cannot be ruled harmless: not enough evidence. (No Holm here: correcting would make
    harm harder to see; erring is a false rejection, the safe side.)
 3. Improvement, target suites: a suite improves when its difference is at least
    `min_improvement` and its one-sided p-value, Holm-adjusted across the target suites, is at most
-   `alpha`. Only suites with at least `min_items` items may approve: a smaller one says "not
-   enough evidence" instead of guessing, as does a large one whose gain is big enough but not
-   yet significant. No target suite improving (nor able to) rejects.
+   `alpha`. A suite of at least `min_items` items approves at `alpha`; a smaller one only at
+   `small_suite_alpha` (0.001 by default): a small held-out suite (a user's first 18 corrected
+   questions) that shows a large gain beyond doubt is not thrown away, while the chance that a
+   candidate no better than the champion is approved on such a suite stays below
+   `small_suite_alpha` (the exact McNemar test's size; it needs at least 10 discordant items,
+   0.5^10 < 0.001). A small suite that is not that significant, or a large one whose gain is big
+   enough but not yet significant, says "not enough evidence" instead of guessing: the candidate
+   stays a candidate and can be judged again on more held-out data. No target suite improving
+   (nor able to) rejects.
 
 Each suite's check reports n, both means, the difference, p-values and the smallest difference the
 test could detect at `alpha` with `power` (so a small suite says what it cannot see).
@@ -48,7 +59,9 @@ class GatePolicy:
     holm: bool = True  # Holm-correct the improvement tests across target suites
     tolerance: float = 0.01  # the largest drop any suite may show (default for all suites)
     tolerances: Mapping[str, float] = field(default_factory=dict)  # per suite name
-    min_items: int = 200  # a target suite smaller than this cannot approve
+    floors: Mapping[str, float] = field(default_factory=dict)  # lowest candidate mean, per suite
+    min_items: int = 200  # a target suite smaller than this approves only at small_suite_alpha
+    small_suite_alpha: float = 0.001
     power: float = 0.8  # for the smallest detectable difference reported
     require_nonempty: bool = True
     format_rate_not_lower: bool = True
@@ -95,6 +108,7 @@ class Decision:
         """Plain JSON types, for the eval run's row and the registry."""
         data = asdict(self)
         data["policy"]["tolerances"] = dict(self.policy.tolerances)
+        data["policy"]["floors"] = dict(self.policy.floors)
         return data
 
 
@@ -137,6 +151,14 @@ def _hard_checks(comparisons: Sequence[Comparison], policy: GatePolicy) -> list[
         checks.append(HardCheck(
             "format rate not lower", cand_ok >= champ_ok,
             f"candidate {cand_ok}/{n} well-formed answers, champion {champ_ok}/{n}"))
+    for comparison in comparisons:
+        floor = policy.floors.get(comparison.suite.name)
+        if floor is not None:
+            mean = comparison.candidate.summary.mean
+            checks.append(HardCheck(
+                f"{comparison.suite.name} at or above its floor", mean >= floor,
+                f"candidate mean {mean:.3f}, floor {floor:g} (champion "
+                f"{comparison.champion.summary.mean:.3f})"))
     return checks
 
 
@@ -168,10 +190,10 @@ def decide(comparisons: Sequence[Comparison], policy: GatePolicy) -> Decision:
             outcome: Outcome = "regressed" if significant_drop else "unclear_drop"
         elif i not in adjusted:
             outcome = "held"
+        elif diff >= policy.min_improvement and adjusted[i] <= _alpha_for(up.n, policy):
+            outcome = "improved"
         elif up.n < policy.min_items:
             outcome = "too_few_items"
-        elif diff >= policy.min_improvement and adjusted[i] <= policy.alpha:
-            outcome = "improved"
         elif diff >= policy.min_improvement:
             outcome = "unclear_gain"
         else:
@@ -189,6 +211,11 @@ def decide(comparisons: Sequence[Comparison], policy: GatePolicy) -> Decision:
                             for h in hard] + [_line(check, policy.alpha) for check in checks]
     return Decision(status=status, reasons=tuple(reasons), suites=tuple(checks),
                     hard_checks=tuple(hard), policy=policy)
+
+
+def _alpha_for(n: int, policy: GatePolicy) -> float:
+    """The significance level a target suite of `n` items must reach to approve."""
+    return policy.alpha if n >= policy.min_items else min(policy.alpha, policy.small_suite_alpha)
 
 
 def _status(checks: list[SuiteCheck], hard: list[HardCheck], policy: GatePolicy) -> tuple[Status, str]:
@@ -209,5 +236,6 @@ def _status(checks: list[SuiteCheck], hard: list[HardCheck], policy: GatePolicy)
     if small := names("too_few_items", "unclear_gain"):
         return "not_enough_evidence", (
             f"not enough evidence: {', '.join(small)} cannot show an improvement of "
-            f"{policy.min_improvement:g} (fewer than {policy.min_items} items, or not significant)")
+            f"{policy.min_improvement:g} (fewer than {policy.min_items} items and not "
+            f"significant at {policy.small_suite_alpha:g}, or not significant at {policy.alpha:g})")
     return "rejected", f"rejected: no target suite improved by {policy.min_improvement:g} or more"

@@ -12,6 +12,9 @@ a score in [0, 1], passed, and a short reason a person can read. Built in:
 - contains: the reference occurs in the answer. Option `case_sensitive`.
 - json: the answer parses as JSON (a ```json fence is allowed), is valid under the `schema`
   option (a JSON Schema) if given, and equals the reference's JSON if the reference is not empty.
+- agreement: how alike the answer is to the reference, for references that are a model's own
+  earlier answer rather than the one right answer: the score is difflib's similarity ratio of
+  the two normalised texts (0..1), passed at `min_ratio` (default 0.6).
 - python_tests: the answer's code (a ```python fence is allowed), then the reference's test code,
   run to the end in the sandbox (`sandbox.py`). Options `timeout_s` (<= 60), `memory_mb` (>= 64).
 
@@ -29,6 +32,7 @@ registered (`check_verifier`), so an unknown verifier never reaches an eval.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
@@ -125,6 +129,14 @@ def numeric(answer: str, reference: str, options: Mapping[str, Any]) -> Verifier
     if math.isclose(got, want, abs_tol=abs_tol, rel_tol=rel_tol):
         return _result(True, f"{got:g} is within tolerance of {want:g}")
     return _result(False, f"{got:g} differs from {want:g} (abs_tol {abs_tol:g}, rel_tol {rel_tol:g})")
+
+
+def agreement(answer: str, reference: str, options: Mapping[str, Any]) -> VerifierResult:
+    got, want = " ".join(answer.split()), " ".join(reference.split())
+    ratio = difflib.SequenceMatcher(None, got, want, autojunk=False).ratio()
+    passed = ratio >= float(options.get("min_ratio", 0.6))
+    return VerifierResult(score=ratio, passed=passed,
+                          reason=f"similarity {ratio:.2f} to {_short(want)}: got {_short(got)}")
 
 
 def _compile(options: Mapping[str, Any], reference: str) -> re.Pattern[str]:
@@ -227,6 +239,11 @@ def _timeout(value: Any) -> str | None:
     return None if ok and 0 < value <= 60 else "must be a number of seconds in (0, 60]"
 
 
+def _share(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1
+    return None if ok else "must be a number in [0, 1]"
+
+
 def _memory(value: Any) -> str | None:
     ok = isinstance(value, int) and not isinstance(value, bool)
     return None if ok and 64 <= value <= 16384 else "must be a whole number of MiB in [64, 16384]"
@@ -240,6 +257,7 @@ BUILTIN: dict[str, tuple[Verifier, dict[str, OptionCheck]]] = {
     "numeric": (numeric, {"abs_tol": _tolerance, "rel_tol": _tolerance}),
     "regex": (regex, {"pattern": _pattern, "search": _bool, "ignore_case": _bool}),
     "contains": (contains, {"case_sensitive": _bool}),
+    "agreement": (agreement, {"min_ratio": _share}),
     "json": (json_verifier, {"schema": _schema}),
     "python_tests": (python_tests, {"timeout_s": _timeout, "memory_mb": _memory}),
 }

@@ -45,7 +45,8 @@ class Prompt:
 class SftExample:
     prompt: Prompt
     completion: str
-    source: Literal["correction", "outcome", "rating"]
+    # "anchor": not feedback but the base model's own answer, replayed (adapters/anchors.py)
+    source: Literal["correction", "outcome", "rating", "anchor"]
     interaction_ids: tuple[str, ...]
     feedback_ids: tuple[int, ...]
 

@@ -1,5 +1,6 @@
-"""Fixtures every test folder shares: a tiny base model built once per session, a real vLLM
-serving it, and real databases (a SQLite file per test, one PostgreSQL database per run).
+"""Fixtures every test folder shares: a tiny base model built once per session (and the default
+SmolLM2 imported once, for the tests that ask for it), a real vLLM serving the tiny one, and real
+databases (a SQLite file per test, one PostgreSQL database per run).
 
 `engine` runs a test on both: SQLite (a fresh copy of a migrated file) and PostgreSQL (a
 database created for this test session on the server at $LIFELONG_TEST_POSTGRES_URL, migrated
@@ -32,7 +33,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from lifelong.base_model import SKILLS, Skill, build, heldout_items, messages
+from lifelong.base_model import SKILLS, Skill, build, heldout_items, import_gguf, messages, smollm2_gguf
+from lifelong.base_model.gguf_import import SMOLLM2_SHA256
 from lifelong.feedback_store.database import make_engine, upgrade
 from lifelong.feedback_store.feedback import add_feedback
 from lifelong.feedback_store.interactions import add_interactions
@@ -159,6 +161,14 @@ def free_port() -> int:
 def tiny_base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of a tiny embedded base model (transformers, peft and vLLM load it)."""
     return build(tmp_path_factory.mktemp("base_model") / "tiny", **TINY_BUILD, progress=False).path
+
+
+@pytest.fixture(scope="session")
+def smollm2_base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of the product's default base model, SmolLM2-135M-Instruct imported from the
+    pinned GGUF file (about 30 s and 540 MB, once per session)."""
+    out_dir = tmp_path_factory.mktemp("base_model") / "smollm2"
+    return import_gguf(smollm2_gguf(), out_dir, expected_sha256=SMOLLM2_SHA256).path
 
 
 STARTUP_TIMEOUT_S = 300  # about 30 s on 2 idle cores; far more when the machine is shared

@@ -51,6 +51,9 @@ def test_a_long_example_loses_its_first_tokens_not_its_answer(tokenizer):
     encoded = encode(tokenizer, Prompt("chat.completions", turns, None), "2", max_length=32)
     assert len(encoded.input_ids) == len(encoded.labels) == 32
     assert labelled(tokenizer, encoded) == "2<|im_end|>"
+    assert encoded.truncated  # counted by the trainer and reported, never silent
+    assert not encode(tokenizer, Prompt("chat.completions", turns, None), "2",
+                      max_length=512).truncated
 
 
 def test_batches_are_right_padded_with_the_padding_masked(tokenizer):

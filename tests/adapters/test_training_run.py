@@ -22,7 +22,9 @@ from lifelong.adapters import (
     verify,
 )
 from lifelong.adapters import training_run as training_run_module
+from lifelong.adapters.artifact import base_model_identity
 from lifelong.adapters.grpo_run import PracticeSpec
+from lifelong.evals.general import general_prompts
 from lifelong.feedback_store import registry
 from lifelong.feedback_store.models import Adapter, TrainingRun
 from lifelong.feedback_store.records import Correction, Outcome, Rating
@@ -254,3 +256,24 @@ def test_parent_version_and_fresh_together_are_refused_before_any_run(store, tra
 def _runs(store) -> list[TrainingRun]:
     with store.sessions() as session:
         return list(session.scalars(select(TrainingRun).order_by(TrainingRun.id)))
+
+
+def test_anchors_replay_the_base_models_own_answers_beside_the_feedback(
+    store, train, tmp_path, tiny_base_model
+):
+    teach(store, 20, 6)  # 12 SFT examples
+    anchors_file = tmp_path / "anchors.jsonl"
+    outcome = train(anchor_fraction=0.5, anchors_file=anchors_file)
+    assert outcome.status == "succeeded"
+    # Half the SFT stage: as many anchors as feedback examples, from the shipped prompts' anchor
+    # half, answered once by the base model (adapter off) and kept for the next run.
+    assert outcome.metrics["data"]["anchors"] == 12
+    (stage,) = outcome.metrics["stages"]
+    assert stage["examples"] == 24
+    cached = json.loads(anchors_file.read_text())
+    assert set(cached["answers"]) == set(general_prompts("anchor"))
+    assert cached["base_sha256"] == base_model_identity(tiny_base_model)["sha256"]
+    again = train(anchor_fraction=0.5, anchors_file=anchors_file, fresh=True)
+    assert again.metrics["data"]["anchors"] == 12
+    assert json.loads(anchors_file.read_text()) == cached  # read back, not generated again
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,8 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
 
 
 def test_every_command_has_help():
-    for command in (["config", "show"], ["db", "upgrade"], ["base", "build"], ["base", "ask"],
+    for command in (["config", "show"], ["db", "upgrade"], ["base", "build"], ["base", "import"],
+                    ["base", "ask"],
                     ["keys", "hash"], ["serve"], ["demo"], ["train"], ["eval"],
                     ["adapters", "list"], ["adapters", "show"]):
         done = run(*command, "--help")
@@ -81,8 +83,10 @@ def test_serve_refuses_eval_suites_with_mistakes_naming_each_file_and_line(tmp_p
     assert "math.jsonl:3:" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_serve_without_a_base_model_says_how_to_get_one(tmp_path):
-    done = run("serve", "--data-dir", str(tmp_path))
+def test_serve_without_the_tiny_base_model_says_how_to_get_one(tmp_path):
+    # (The default, SmolLM2, is imported on first use instead: test_gguf_import.py.)
+    env = {**os.environ, "LIFELONG_BASE_MODEL__DEFAULT": "tiny"}
+    done = run("serve", "--data-dir", str(tmp_path), env=env)
     assert done.returncode == 2 and "lifelong base build" in done.stderr
 
 
@@ -110,3 +114,32 @@ def test_base_build_refuses_when_a_model_of_your_own_is_configured(tmp_path):
     config.write_text(f"base_model:\n  path: {tmp_path}\n")
     done = run("base", "build", "--config", str(config))
     assert done.returncode == 2 and "your own model" in done.stderr
+
+
+def test_base_build_and_import_each_refuse_the_other_default_naming_the_fix(tmp_path):
+    done = run("base", "build", "--data-dir", str(tmp_path))  # the default is smollm2
+    assert done.returncode == 2, done.stderr
+    assert "run `lifelong base import`, or set base_model.default: tiny" in done.stderr
+    env = {**os.environ, "LIFELONG_BASE_MODEL__DEFAULT": "tiny"}
+    done = run("base", "import", "--data-dir", str(tmp_path), env=env)
+    assert done.returncode == 2, done.stderr
+    assert "run `lifelong base build`, or set base_model.default: smollm2" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_base_import_of_a_file_that_is_not_gguf_is_one_line_naming_the_fix(tmp_path):
+    bad = tmp_path / "model.gguf"
+    bad.write_text("<html>404 Not Found</html>\n")
+    done = run("base", "import", "--gguf", str(bad), "--data-dir", str(tmp_path / "d"))
+    assert done.returncode == 2, done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"lifelong: {bad} is not a readable GGUF file")
+    assert "download it again" in error and "Traceback" not in done.stderr
+    assert not (tmp_path / "d" / "base_model").exists()
+
+
+def test_base_import_finds_the_default_already_imported(smollm2_base_model, tmp_path):
+    (tmp_path / "base_model").symlink_to(smollm2_base_model)
+    done = run("base", "import", "--data-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "already there" in done.stdout

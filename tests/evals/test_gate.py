@@ -71,13 +71,23 @@ def test_regression_in_one_suite_is_rejected_naming_it():
     assert any(line.startswith("arithmetic (regression): regressed: -0.200") for line in decision.reasons)
 
 
-def test_small_target_suite_cannot_approve():
+def test_small_target_suite_approves_only_beyond_doubt():
+    # 14 wins, 0 losses of 20: p = 0.5**14 = 6e-5, below small_suite_alpha (0.001).
     decision = decide([comparison("target:add3", "target", both=5, candidate_only=14, neither=1)], POLICY)
+    assert decision.status == "approved", decision.reasons
+    check = decision.suites[0]
+    assert (check.outcome, check.n) == ("improved", 20)
+    assert check.p_improvement == pytest.approx(0.5**14)
+
+
+def test_small_target_suite_that_is_only_significant_at_alpha_is_not_enough_evidence():
+    # 8 wins, 0 losses of 20: p = 0.5**8 = 0.004, significant at 0.05 but not at 0.001.
+    decision = decide([comparison("target:add3", "target", both=5, candidate_only=8, neither=7)], POLICY)
     assert decision.status == "not_enough_evidence"
     assert "target:add3 cannot show an improvement of 0.05 (fewer than 100 items" in decision.reasons[0]
     check = decision.suites[0]
     assert (check.outcome, check.n) == ("too_few_items", 20)
-    assert check.p_improvement < 0.001  # significant, and still not enough: the suite is too small
+    assert check.p_improvement == pytest.approx(0.5**8)
     assert check.min_detectable_difference >= 5 / 20
 
 
@@ -162,3 +172,18 @@ def test_unpaired_comparison_is_refused():
     b = comparison("y", "target", both=3)
     with pytest.raises(ValueError, match="different items"):
         decide([Comparison(a.suite, a.candidate, b.champion)], POLICY)
+
+
+def test_a_suite_below_its_floor_rejects_whatever_its_champion_scored():
+    target = comparison("target:sums", "target", both=10, candidate_only=150, neither=40)
+    # The general suite: the champion kept 60% alike to the base model, the candidate 20%.
+    general = comparison("general", "retention", both=40, champion_only=80, neither=80)
+    floors = replace(POLICY, floors={"general": 0.3}, tolerances={"general": 1.0})
+    decision = decide([target, general], floors)
+    assert decision.status == "rejected"
+    assert decision.reasons[0] == "rejected: hard check failed: general at or above its floor"
+    assert "candidate mean 0.200, floor 0.3 (champion 0.600)" in " ".join(decision.reasons)
+    kept = comparison("general", "retention", both=80, champion_only=40, neither=80)
+    assert decide([target, kept], floors).status == "approved"  # 0.4: above the floor
+    assert decide([target, general], replace(POLICY, tolerances={"general": 1.0})).status == \
+        "approved"  # no floor, no tolerance: nothing holds it
