@@ -35,25 +35,41 @@ def base_answers(
     model: PeftModel, tokenizer: PreTrainedTokenizerBase, *, cache_file: Path, base_sha256: str
 ) -> dict[str, str]:
     """prompt -> the base model's greedy answer, for every anchor prompt; read from `cache_file`
-    when it was written for this base model (`base_sha256`), else generated and written."""
-    try:
-        cached = json.loads(cache_file.read_text())
-        if cached.get("base_sha256") == base_sha256:
-            return dict(cached["answers"])
-    except (FileNotFoundError, json.JSONDecodeError, AttributeError, KeyError):
-        pass
+    when it was written for this base model (`base_sha256`: the daemon writes it at start-up,
+    through vLLM), else generated here and written."""
+    cached = cached_answers(cache_file, base_sha256=base_sha256)
+    if cached is not None:
+        return cached
     prompts = general_prompts("anchor")
     logger.info("answering %d anchor prompts with the base model (once per base model)",
                 len(prompts))
     with model.disable_adapter():
         answers = replies(model, tokenizer, [chat(p) for p in prompts],
                           max_new_tokens=MAX_NEW_TOKENS, batch_size=32)
-    data = {"base_sha256": base_sha256, "answers": dict(zip(prompts, answers, strict=True))}
+    return write_answers(cache_file, dict(zip(prompts, answers, strict=True)),
+                         base_sha256=base_sha256)
+
+
+def cached_answers(cache_file: Path, *, base_sha256: str) -> dict[str, str] | None:
+    """The anchor answers kept in `cache_file` for this base model and the current prompts,
+    or None."""
+    try:
+        cached = json.loads(cache_file.read_text())
+        answers = dict(cached["answers"]) if cached.get("base_sha256") == base_sha256 else None
+    except (FileNotFoundError, json.JSONDecodeError, AttributeError, KeyError, TypeError):
+        return None
+    if answers is None or set(answers) != set(general_prompts("anchor")):
+        return None
+    return answers
+
+
+def write_answers(cache_file: Path, answers: dict[str, str], *, base_sha256: str) -> dict[str, str]:
+    """Keep `answers` in `cache_file` for the base model `base_sha256`, atomically."""
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     partial = cache_file.with_suffix(".partial")
-    partial.write_text(json.dumps(data, indent=1) + "\n")
+    partial.write_text(json.dumps({"base_sha256": base_sha256, "answers": answers}, indent=1) + "\n")
     os.replace(partial, cache_file)
-    return data["answers"]
+    return answers
 
 
 def anchor_examples(answers: dict[str, str], *, count: int, seed: int) -> list[SftExample]:

@@ -158,6 +158,8 @@ def build(
         eval_items=eval_items, stop_after=stop_after, stop_at=stop_at,
     )
     existing = _read_marker(out_dir)
+    if existing is not None and existing.get("imported_from"):
+        raise BaseModelFolderTaken(out_dir)  # an imported model (gguf_import), not a build
     # Markers written before stop_after and stop_at existed describe full builds.
     recorded = ({"stop_after": None, "stop_at": None, **existing.get("params", {})}
                 if existing else None)

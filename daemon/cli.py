@@ -139,6 +139,15 @@ def _ensure_base_model(settings: Settings) -> None:
     SmolLM2 is imported on first use; the tiny model and a folder of your own must exist."""
     path = settings.base_model_path
     if (path / "config.json").is_file():
+        held = _embedded_kind(path)
+        if settings.base_model.path is None and held not in (None, settings.base_model.default):
+            fail(f"{path} holds the {held} model but base_model.default is "
+                 f"{settings.base_model.default}: set base_model.default: {held}, or use "
+                 "another data_dir")
+        if not has_chat_template(path):
+            fail(f"the model at {path} has no chat template (chat_template.jinja, or "
+                 "chat_template in tokenizer_config.json): lifelong serves and trains chat "
+                 "models with the template they were tuned on; use an instruct model's folder")
         return
     if settings.base_model.path is not None:
         fail(f"no model at {path} (base_model.path); set it to a Hugging Face model folder, or "
@@ -150,6 +159,26 @@ def _ensure_base_model(settings: Settings) -> None:
         "no base model at %s yet: importing the embedded default (about a minute, once)", path)
     _quiet_openmp()
     _import_embedded(settings)
+
+
+def _embedded_kind(folder: Path) -> str | None:
+    """Which embedded model a folder holds ("smollm2": imported, "tiny": built), by its marker."""
+    try:
+        marker = json.loads((folder / "lifelong_base.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return "smollm2" if marker.get("imported_from") else "tiny"
+
+
+def has_chat_template(folder: Path) -> bool:
+    """Whether a Hugging Face model folder carries a chat template (read without loading it)."""
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(config.get("chat_template"))
 
 
 @base_app.command("build")

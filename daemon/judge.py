@@ -21,13 +21,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.adapters import verify
+from lifelong.adapters.anchors import MAX_NEW_TOKENS as ANCHOR_MAX_TOKENS
+from lifelong.adapters.anchors import cached_answers, write_answers
+from lifelong.adapters.artifact import base_model_identity
 from lifelong.base_model import CORPUS_SKILLS, SKILLS, heldout_items, messages
 from lifelong.daemon.settings import Settings
 from lifelong.daemon.upstream import BASE_MODEL_NAME, Upstream
@@ -187,6 +190,31 @@ class Judge:
             "path": str(path), "items": sum(passed.values()), "of": len(passed)})
         return await asyncio.to_thread(freeze_retention_suite, path, items=source,
                                        base_passed=passed)
+
+    async def prepare(self, anchors_file: Path | None) -> None:
+        """What the base model says, asked once while nothing else needs it (at start-up): the
+        general suite frozen (if on) and the anchors' answers written (if `anchors_file`), both
+        through vLLM, which batches them far faster than the trainer's transformers would.
+        A first cycle then neither waits for them nor asks them beside the users' traffic."""
+        async with self.lock:
+            if self.suites.general_file is not None:
+                await self.general_suite(self.suites.general_file)
+            if anchors_file is not None:
+                await self._anchor_answers(anchors_file)
+
+    async def _anchor_answers(self, path: Path) -> None:
+        identity = await asyncio.to_thread(base_model_identity, self.base_model_dir)
+        if cached_answers(path, base_sha256=identity["sha256"]) is not None:
+            return
+        prompts = general_prompts("anchor")
+        asked = Suite(name="anchors", kind="retention", items=tuple(
+            general_items({prompt: "?" for prompt in prompts})))
+        (run,) = await evaluate(self.upstream.base_url, BASE_MODEL_NAME, [asked],
+                                sampling=replace(self.sampling, max_tokens=ANCHOR_MAX_TOKENS),
+                                concurrency=self.concurrency)
+        answers = {prompt: result.answer for prompt, result in zip(prompts, run.results, strict=True)}
+        await asyncio.to_thread(write_answers, path, answers, base_sha256=identity["sha256"])
+        logger.info("anchor answers written", extra={"path": str(path), "prompts": len(answers)})
 
     async def general_suite(self, path: Path) -> Suite:
         """The general-capability suite: the shipped prompts the base model answered the first

@@ -32,7 +32,7 @@ from lifelong.daemon.gateway.feedback.service import FeedbackService
 from lifelong.daemon.gateway.health import router as health_router
 from lifelong.daemon.gateway.inference.router import router as inference_router
 from lifelong.daemon.gateway.inference.service import InferenceService
-from lifelong.daemon.judge import build_judge
+from lifelong.daemon.judge import Judge, build_judge
 from lifelong.daemon.learning_cycle import LearningCycle, Schedule
 from lifelong.daemon.metrics import ServingMetrics, StateCollector, VersionLabels
 from lifelong.daemon.practice import Practice
@@ -295,6 +295,10 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             if app.state.schedule is not None:
                 await app.state.schedule.start()
             await app.state.practice.start()
+            if settings.evals.general_suite or settings.training.anchor_fraction > 0:
+                prepared = asyncio.create_task(_prepare(app.state.judge, settings))
+                app.state.background.add(prepared)
+                prepared.add_done_callback(app.state.background.discard)
             logger.info(
                 "gateway ready",
                 extra={"upstreams": urls, "champion": catalog.champion, "open": app.state.keyring.open},
@@ -332,3 +336,16 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     app.include_router(exposition_router)
     app.include_router(admin_router)
     return app
+
+
+async def _prepare(judge: Judge, settings: Settings) -> None:
+    """The base model's answers for the general suite and the anchors, asked once at start-up;
+    a failure is logged and retried by the first judgement or training run that needs them."""
+    anchors = settings.anchors_file if settings.training.anchor_fraction > 0 else None
+    try:
+        await judge.prepare(anchors)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        logger.warning("could not ask the base model for the general suite and anchors at "
+                       "start-up (%s: %s); the first cycle will", type(exc).__name__, exc)

@@ -14,6 +14,7 @@ from lifelong.base_model import (
     BaseModelFolderTaken,
     GgufImportError,
     answer,
+    build,
     import_gguf,
     smollm2_gguf,
 )
@@ -136,3 +137,9 @@ def test_a_missing_file_is_refused_naming_what_to_give(tmp_path):
     with pytest.raises(GgufImportError, match="give the path of a .gguf file"):
         import_gguf(tmp_path / "nowhere.gguf", tmp_path / "model")
     assert only(tmp_path) == []
+
+
+def test_the_tiny_builder_never_overwrites_an_imported_model(smollm2_base_model):
+    with pytest.raises(BaseModelFolderTaken):
+        build(smollm2_base_model, seed=0, steps=1)
+    assert json.loads((smollm2_base_model / "lifelong_base.json").read_text())["imported_from"]

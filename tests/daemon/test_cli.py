@@ -90,6 +90,18 @@ def test_serve_without_the_tiny_base_model_says_how_to_get_one(tmp_path):
     assert done.returncode == 2 and "lifelong base build" in done.stderr
 
 
+def test_serve_on_a_model_folder_without_a_chat_template_says_why(tiny_base_model, tmp_path):
+    folder = tmp_path / "plain"
+    folder.mkdir()
+    for part in tiny_base_model.iterdir():
+        if part.name != "chat_template.jinja":
+            (folder / part.name).symlink_to(part)
+    env = {**os.environ, "LIFELONG_BASE_MODEL__PATH": str(folder)}
+    done = run("serve", "--data-dir", str(tmp_path / "data"), env=env)
+    assert done.returncode == 2 and "no chat template" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_public_bind_without_keys_is_refused(tmp_path):
     done = run("serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path))
     assert done.returncode == 2 and "api_keys" in done.stderr

@@ -9,6 +9,7 @@ after, while the general-capability suite shows it still answers everything else
 from __future__ import annotations
 
 import random
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -148,6 +149,14 @@ def test_corrections_teach_bare_sums_and_the_general_suite_holds(smol, migrated_
                        headers=smol.headers("alice"), timeout=120)
     assert given.status_code == 201, given.text
 
+    # At start-up the daemon asked the base model, through vLLM, for the general suite's and
+    # the anchors' answers, so neither the judge nor the trainer waits for them.
+    evals = smol.data_dir / "evals"
+    deadline = time.monotonic() + 600
+    while not ((evals / "general.jsonl").exists() and (evals / "anchors.jsonl").exists()):
+        assert time.monotonic() < deadline, "the base model's answers were not prepared"
+        time.sleep(2)
+
     admin = httpx.Client(base_url=smol.url, headers=smol.headers("ops"), timeout=60)
     started = admin.post("/admin/train", json={})
     assert started.status_code == 202, started.text
@@ -166,6 +175,10 @@ def test_corrections_teach_bare_sums_and_the_general_suite_holds(smol, migrated_
     assert "hard check general at or above its floor: ok" in " ".join(decision["reasons"])
     target = next(s for s in decision["suites"] if s["suite"] == "target:sums")
     assert target["difference"] >= 0.3, decision["reasons"]
+
+    trainer_log = (smol.data_dir / "logs" / "trainer-1.log").read_text()
+    assert re.search(r"sft stage: \d+ feedback examples and \d+ anchors", trainer_log)
+    assert "answering 135 anchor prompts" not in trainer_log  # read back, not generated again
 
     with ThreadPoolExecutor(4) as pool:
         after = list(pool.map(lambda qa: ask(qa[0]), heldout))
