@@ -1,20 +1,30 @@
-"""The learning demo: the embedded model learns a new skill from simulated users, live.
+"""The learning demo: the real base model learns a behaviour it lacks from simulated users, live.
 
-`lifelong demo` starts the daemon (`lifelong serve`, a child process) on the embedded base model
-with a schedule tuned for it, registers a test set of the new skill (`repeat`: say back a
-two-digit number, which the base model cannot do) through `POST /v1/tasks`, and lets a
-population of simulated users loose on the public OpenAI endpoint. Like a real application,
-they check each answer themselves and report the outcome (`exact_match`, pass/fail), and now and
-then correct a wrong answer. The daemon does the rest on its own: its data trigger starts a
-cycle, the trainer learns, the judge compares the candidate with the champion, the gate decides,
-winners are hot-swapped in. The demo only watches (`GET /admin/status`, `GET /admin/adapters/V`)
-and reports, per version, the judge's accuracy on the test set and on the base skill
-(retention), the gate's decision, what the users saw, and a PNG learning curve.
+`lifelong demo` starts the daemon (`lifelong serve`, a child process) on the base model (the
+embedded SmolLM2-135M-Instruct, imported on first use, or the folder in `base_model.path`) with
+a schedule and a training recipe sized for a laptop CPU (OVERLAY), registers the application's
+own test set through `POST /v1/tasks` (40 fixed sums the users never ask, held out, checked by
+`exact_match`), and lets simulated users loose on the public OpenAI endpoint. Most of them ask
+"What is 27 + 82? Answer with the number only."; the base model says "27 + 82 = 109", which
+their application's check (the bare number) fails, so they report the outcome (`exact_match`,
+pass/fail) and correct the answer. The others ask everyday questions and keep the answers (a
+rating). The daemon does the rest on its own: its data trigger starts a cycle, the trainer
+learns a LoRA adapter from the corrections (with the base model's own answers to everyday
+prompts replayed beside them, `training.anchor_fraction`), the judge compares the candidate
+with the champion on the test set and on the general suite (how alike its answers to everyday
+prompts stay to the base model's; `evals.general_suite`), the gate decides, winners are
+hot-swapped in while the users keep asking. The demo only watches (`GET /admin/status`,
+`GET /admin/adapters/V`) and reports, per judged version, the judge's exact match on the test
+set, its general-suite similarity and that suite's outcome, the gate's decision, what the users
+saw, and a PNG learning curve.
 
-Why `repeat` with two digits: measured on the embedded model, LoRA SFT took it from 0% to 82%
-on unseen numbers in 150 steps, with two-digit addition back to 97-99% by 250 steps. Four-digit
-`echo`, three-digit repeats and rephrased sums ("What is 47 plus 38?") stayed under 20% after
-300-600 steps: too slow for a demo on a laptop CPU.
+Pacing: on 2 cores a training step took about 4.7 s alone and 13 s with vLLM answering users at
+the same time, so while a cycle runs the users think longer (`Plan.learning_think_s`): they
+still ask, a few questions a minute, but leave the cores to the trainer and the judge.
+
+Why this behaviour: measured with transformers + peft on this model, 36 SFT steps on 180
+corrected sums took held-out sums from ~0% to 80%, and without the anchors they also turned
+"What is the capital of France?" into "14766666": the general suite is what shows that.
 
 Everything goes through the public HTTP API, as it would for any client of the daemon.
 """
@@ -39,84 +49,127 @@ from typing import Any
 import httpx
 import yaml
 
-from lifelong.base_model import messages, training_items
-from lifelong.base_model.skills import SKILLS
 from lifelong.daemon.settings import Settings, load_settings, write_settings_file
 from lifelong.daemon.supervisor import new_group_dying_with_parent, tail
+from lifelong.evals.general import SUITE_NAME as GENERAL_SUITE
+from lifelong.evals.general import chat
 
 logger = logging.getLogger(__name__)
 
-NEW_SKILL, BASE_SKILL = "repeat", "add2"
-FAMILY = f"family:{NEW_SKILL}"
-# The application's own test set: every third two-digit number, never asked by the users, so
-# the judge measures the skill on numbers the model was never taught.
-TEST_NUMBERS = tuple(range(12, 100, 3))
-ASKED_NUMBERS = tuple(n for n in range(10, 100) if n not in TEST_NUMBERS)
+SKILL, EVERYDAY = "sums", "everyday"  # what the users ask: the new behaviour, everything else
+TARGET_SUITE = f"target:{SKILL}"  # the judge's suite of the test set's family
+PAIRS = tuple((a, b) for a in range(10, 100) for b in range(10, 100))
+# The application's own test set: 40 fixed pairs, never asked by the users, so the judge
+# measures the behaviour on sums the model was never taught. 40 items show 0% -> 30% and more
+# beyond doubt (exact McNemar, p < 0.001: the gate's bar below gate.min_items), not small gains.
+TEST_PAIRS = tuple(sorted(random.Random(19).sample(PAIRS, 40)))
+_TESTED = frozenset(TEST_PAIRS)
+# What the other users ask: everyday questions, none of them in the general suite's prompt file
+# (lifelong/evals/general_prompts.txt), so their kept answers never grade themselves.
+EVERYDAY_PROMPTS = (
+    "How do I clean a cast iron pan?",
+    "How many legs does a spider have?",
+    "Can you recommend a good book for a long train ride?",
+    "What should I pack for a weekend in the mountains?",
+    "Why is the sky blue?",
+    "What does a librarian do?",
+    "How can I keep my houseplants alive?",
+    "What do octopuses eat?",
+    "How do I write a polite email to my landlord?",
+    "What is a good name for a goldfish?",
+    "How do I fix a squeaky door?",
+    "How does a knight move in chess?",
+    "What is the difference between a violin and a cello?",
+    "How long should I boil an egg?",
+    "Who was Marie Curie?",
+    "How do bees make honey?",
+    "What is the tallest mountain in the world?",
+    "How do I remove a coffee stain from a shirt?",
+    "What makes a good team leader?",
+    "Why do cats purr?",
+    "How do I teach my dog to sit?",
+    "What is a good stretch for a stiff back?",
+)
 
 
-def repeat(number: int) -> tuple[str, str]:
-    """The new skill's question and answer: 'Repeat 47.' -> '47'."""
-    return f"Repeat {number}.", str(number)
+def sum_question(a: int, b: int) -> tuple[str, str]:
+    """The new behaviour's question and the answer the users' check wants: the bare sum."""
+    return f"What is {a} + {b}? Answer with the number only.", str(a + b)
 
-# On top of the user's settings: what makes the embedded tiny model learn in minutes on a laptop
-# CPU. A real model keeps its own schedule and training settings.
+
+def asked_pair(rng: random.Random) -> tuple[int, int]:
+    """A pair a user asks: any two-digit pair outside the test set."""
+    while (pair := rng.choice(PAIRS)) in _TESTED:
+        pass
+    return pair
+
+
+# On top of the user's settings: what makes SmolLM2-135M learn the behaviour within minutes on a
+# 2-core CPU, beside live users. Measured: 36 steps of batch 16 at lr 1e-3 learned it; max_steps
+# bounds a run (about 13 s a step on 2 cores beside vLLM) when the feedback grows.
 OVERLAY: dict[str, Any] = {
     "schedule": {"enabled": True, "interval_minutes": None, "cron": None,
-                 "min_new_feedback": 600, "check_every_s": 5, "auto_promote": True},
-    "training": {"recipe": ["sft"], "learning_rate": 1e-3, "warmup_steps": 20, "batch_size": 32,
-                 "epochs": 20, "max_steps": 300, "device": "cpu"},
-    # The test set has 30 questions: enough to show 0% -> 80% (McNemar), not small gains.
-    "evals": {"max_tokens": 8, "gate": {"min_items": len(TEST_NUMBERS)}},
-    # Every user interaction may train; the new skill's eval set is the registered test set.
+                 "min_new_feedback": 240, "check_every_s": 5, "auto_promote": True},
+    "training": {"recipe": ["sft"], "learning_rate": 1e-3, "warmup_steps": 5, "batch_size": 16,
+                 "epochs": 2, "max_steps": 40, "max_seq_len": 256, "anchor_fraction": 0.5},
+    # Sums need a few tokens; everyday answers are compared on their first 32 (vLLM on one core
+    # took 3 min 48 s to answer the 2 x 182 judge items at 48 tokens).
+    "evals": {"max_tokens": 32, "general_suite": True},
+    # Every user interaction may train; the behaviour's eval set is the registered test set.
     "database": {"heldout_fraction": 0.0},
 }
 
 
 @dataclass(frozen=True)
 class Plan:
-    minutes: float = 10.0  # the demo stops after this long, or after `cycles` judged cycles
+    # The demo stops `after_promotion_s` after its `promotions`-th promotion, after `cycles`
+    # judged cycles, or at `minutes` (then after the cycle in progress is reported).
+    minutes: float = 20.0
     cycles: int = 3
+    promotions: int = 1
+    after_promotion_s: float = 60.0  # users asking the new champion, for the curve
     users: int = 4
     think_s: float = 0.5  # mean pause between one user's questions
-    # The rest ask the base skill, as real traffic mixes both; their passed answers are what
-    # keeps the base skill while the new one is learned (at 0.8, sums dropped 5 points).
-    new_skill_share: float = 0.6
-    correction_share: float = 0.5  # of the wrong answers, the share a user corrects
+    learning_think_s: float = 60.0  # ... while a cycle runs (training beside users: ~3x slower)
+    # The rest ask everyday questions and keep the answers, as real traffic mixes both.
+    sums_share: float = 0.75
+    correction_share: float = 1.0  # of the wrong answers, the share a user corrects
     seed: int = 0
 
 
 @dataclass(frozen=True)
 class Observation:
     at: float  # seconds since the users started
-    skill: str
+    skill: str  # SKILL or EVERYDAY
     version: str  # what answered (`x-lifelong-adapter`)
-    passed: bool
+    passed: bool | None  # the users' check (sums only)
 
 
 @dataclass
 class VersionRow:
     version: str
-    decision: str
-    new_skill: float | None  # the judge's held-out exact match on the new skill
-    retention: float | None  # ... on the base skill's items the base model answers right
+    decision: str  # base, promoted, rejected, not_enough_evidence, or a cycle's outcome
+    new_skill: float | None  # the judge's exact match on the test set
+    general: float | None  # ... mean similarity to the base model's answers (general suite)
+    general_outcome: str | None = None  # the gate on the general suite: held, regressed, ...
     n_new: int | None = None
-    n_retention: int | None = None
+    n_general: int | None = None
     why: str = ""
     at: float | None = None  # seconds since the users started, when decided
 
 
 def demo_settings(settings: Settings, data_dir: Path) -> tuple[Settings, Path]:
-    """The user's settings with the demo's overlay, in `data_dir`, and the file that holds them
+    """The user's settings with the demo's overlay, in `data_dir`, on the user's base model
+    folder (the embedded one, imported once, or `base_model.path`), and the file that holds them
     (0600: it carries any secret the user's settings have)."""
     path = write_settings_file(settings, data_dir / "settings.yaml")
     data = yaml.safe_load(path.read_text())
     for section, values in OVERLAY.items():
         data[section] = _merged(data.get(section) or {}, values)
     data["data_dir"] = str(data_dir)
-    # The embedded model is built once, where `lifelong base build` puts it; the demo reuses it
-    # through a link (base_model.path stays empty: it is still the embedded model, whose
-    # retention suite the judge knows how to make).
-    (data_dir / "base_model").symlink_to(settings.base_model_path.resolve())
+    # The demo's data folder is emptied at each demo; the model stays where it was imported.
+    data["base_model"] = {**(data.get("base_model") or {}),
+                          "path": str(settings.base_model_path.resolve())}
     fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
     with os.fdopen(fd, "w") as file:
         yaml.safe_dump(data, file, sort_keys=False)
@@ -180,9 +233,10 @@ class DaemonProcess:
 
 
 class Users:
-    """Simulated users on the public endpoint, each a thread with the official `openai` client:
-    ask, check the answer (exact match, as the application's own test would), report the
-    outcome, sometimes correct it."""
+    """Simulated users on the public endpoint, each a thread with the official `openai` client.
+    Most ask sums, check the answer (the bare number, as their application's own test would),
+    report the outcome and correct a wrong answer; the rest ask everyday questions and keep the
+    answer (a rating of 1). While `learning` is set they think longer."""
 
     def __init__(self, url: str, plan: Plan) -> None:
         self.url = url
@@ -190,6 +244,7 @@ class Users:
         self.observations: list[Observation] = []
         self.failed_requests = 0
         self.started = time.monotonic()
+        self.learning = threading.Event()  # set while the daemon runs a cycle
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._user, args=(n,), daemon=True,
@@ -213,27 +268,24 @@ class Users:
         import openai
 
         rng = random.Random(self.plan.seed * 1000 + n)
-        sums = training_items(SKILLS[BASE_SKILL], random.Random(rng.random()))
         client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="demo", max_retries=0,
                                timeout=120)
         feedback = httpx.Client(base_url=self.url, timeout=120)
         while not self._stop.is_set():
-            skill = NEW_SKILL if rng.random() < self.plan.new_skill_share else BASE_SKILL
-            question, expected = repeat(rng.choice(ASKED_NUMBERS)) if skill == NEW_SKILL \
-                else next(sums)
+            if rng.random() < self.plan.sums_share:
+                skill, max_tokens = SKILL, 16
+                question, expected = sum_question(*asked_pair(rng))
+            else:
+                skill, max_tokens = EVERYDAY, 48
+                question, expected = rng.choice(EVERYDAY_PROMPTS), None
             try:
                 reply = client.chat.completions.with_raw_response.create(
-                    model="lifelong", messages=messages(question), max_tokens=8, temperature=0)
+                    model="lifelong", messages=chat(question), max_tokens=max_tokens,
+                    temperature=0)
                 answer = reply.parse()
                 text = (answer.choices[0].message.content or "").strip()
-                passed = text == expected
-                items: list[dict[str, Any]] = [{
-                    "interaction_id": answer.id, "kind": "outcome", "passed": passed,
-                    "reward": float(passed), "verifier": "exact_match",
-                    "details": {"expected": expected}}]
-                if not passed and rng.random() < self.plan.correction_share:
-                    items.append({"interaction_id": answer.id, "kind": "correction",
-                                  "text": expected})
+                passed = None if expected is None else text == expected
+                items = self._feedback(answer.id, expected, passed, rng)
                 feedback.post("/v1/feedback:batch", json={"items": items}).raise_for_status()
             except Exception as exc:  # counted and shown: a hot-swap should cause none
                 with self._lock:
@@ -245,9 +297,33 @@ class Users:
                 self.observations.append(Observation(
                     at=time.monotonic() - self.started, skill=skill,
                     version=reply.headers.get("x-lifelong-adapter", "?"), passed=passed))
-            self._stop.wait(rng.expovariate(1 / self.plan.think_s) if self.plan.think_s else 0)
+            self._think(rng)
         client.close()
         feedback.close()
+
+    def _think(self, rng: random.Random) -> None:
+        """A pause between two questions: `think_s` on average, `learning_think_s` while the
+        daemon learns; a long pause ends as soon as it stops (the users come back at once)."""
+        learning = self.learning.is_set()
+        mean = self.plan.learning_think_s if learning else self.plan.think_s
+        until = time.monotonic() + (rng.expovariate(1 / mean) if mean else 0.0)
+        while not self._stop.is_set() and (left := until - time.monotonic()) > 0:
+            if learning and not self.learning.is_set():
+                return
+            self._stop.wait(min(left, 0.5))
+
+    def _feedback(self, interaction_id: str, expected: str | None, passed: bool | None,
+                  rng: random.Random) -> list[dict[str, Any]]:
+        if expected is None:  # an everyday answer, read and kept
+            return [{"interaction_id": interaction_id, "kind": "rating", "score": 1}]
+        items: list[dict[str, Any]] = [{
+            "interaction_id": interaction_id, "kind": "outcome", "passed": passed,
+            "reward": float(bool(passed)), "verifier": "exact_match",
+            "details": {"expected": expected}}]
+        if not passed and rng.random() < self.plan.correction_share:
+            items.append({"interaction_id": interaction_id, "kind": "correction",
+                          "text": expected})
+        return items
 
 
 @dataclass
@@ -260,46 +336,85 @@ class Demo:
     say: Any = print
     rows: list[VersionRow] = field(default_factory=list)
     users: Users | None = None
+    promoted_at: dict[str, float] = field(default_factory=dict)  # version -> seconds, as seen
     _admin: httpx.Client | None = None
+    _seen_cycle: str | None = None
 
     def register_test_set(self) -> int:
         """The test set as verifiable tasks, marked held out (never trained on); the judge's
-        target suite `target:repeat`."""
+        target suite `target:sums`."""
         client = httpx.Client(base_url=self.url, timeout=60)
-        items = [repeat(number) for number in TEST_NUMBERS]
-        for question, answer in items:
+        for pair in TEST_PAIRS:
+            question, answer = sum_question(*pair)
             client.post("/v1/tasks", json={
-                "messages": messages(question), "reference": answer, "verifier": "exact_match",
-                "tags": [FAMILY], "heldout": True}).raise_for_status()
+                "messages": chat(question), "reference": answer, "verifier": "exact_match",
+                "tags": [f"family:{SKILL}"], "heldout": True}).raise_for_status()
         client.close()
-        return len(items)
+        return len(TEST_PAIRS)
 
     def run(self) -> list[VersionRow]:
-        """Users on, watch until `plan.minutes` or `plan.cycles` judged cycles; users off."""
+        """Users on; watch until the plan says stop (Plan); users off. Every gate decision
+        becomes a row, whenever it is seen, and a last look after the users stop catches one
+        made since the previous look."""
         self._admin = httpx.Client(base_url=self.url, timeout=60)
         self.users = Users(self.url, self.plan)
         self.users.start()
         deadline = time.monotonic() + self.plan.minutes * 60
-        seen_cycle: str | None = None
-        last_line = 0.0
+        last_line, waiting = 0.0, False
         try:
-            while time.monotonic() < deadline and self._judged() < self.plan.cycles:
-                status = self._admin.get("/admin/status").json()
-                last = status["cycle"]["last"]
-                if last and last.get("finished_at") and last["started_at"] != seen_cycle:
-                    seen_cycle = last["started_at"]
-                    self._cycle_ended(last)
+            while True:
+                status = self.watch()
+                running = status["cycle"]["running"]
+                if self._done():
+                    break
+                if time.monotonic() >= deadline:
+                    if not running:
+                        break
+                    if not waiting:
+                        waiting = True
+                        self.say(f"[{clock(self._elapsed())}] time is up; waiting for the "
+                                 "cycle in progress to be judged (Ctrl-C ends now)")
                 if time.monotonic() - last_line >= 10:
                     last_line = time.monotonic()
                     self.say(self._progress(status))
                 time.sleep(2)
         finally:
             self.users.stop()
+            with contextlib.suppress(httpx.HTTPError):
+                self.watch()
             self._admin.close()
         return self.rows
 
+    def watch(self) -> dict[str, Any]:
+        """One look at `GET /admin/status`: new decisions, promotions and ended cycles become
+        rows; the users think longer while a cycle runs. The status."""
+        assert self._admin is not None and self.users is not None
+        status = self._admin.get("/admin/status").json()
+        (self.users.learning.set if status["cycle"]["running"] else self.users.learning.clear)()
+        known = {row.version for row in self.rows}
+        for decision in reversed(status["decisions"]):  # oldest first
+            if decision["candidate"] not in known:
+                self._decided(decision)
+        for promotion in reversed(status["promotions"]):
+            if promotion["kind"] == "promote" and promotion["to"] not in self.promoted_at:
+                self._promoted(promotion["to"])
+        last = status["cycle"]["last"]
+        if last and last.get("finished_at") and last["started_at"] != self._seen_cycle:
+            self._seen_cycle = last["started_at"]
+            if last.get("candidate") not in {row.version for row in self.rows}:
+                self._ended_unjudged(last)
+        return status
+
+    def _done(self) -> bool:
+        if self._judged() >= self.plan.cycles:
+            return True
+        if len(self.promoted_at) < self.plan.promotions:
+            return False
+        nth = sorted(self.promoted_at.values())[self.plan.promotions - 1]
+        return self._elapsed() - nth >= self.plan.after_promotion_s
+
     def _judged(self) -> int:
-        return sum(row.decision not in ("base", "skipped", "failed", "interrupted")
+        return sum(row.decision in ("promoted", "approved", "rejected", "not_enough_evidence")
                    for row in self.rows)
 
     def _elapsed(self) -> float:
@@ -308,102 +423,133 @@ class Demo:
 
     def _progress(self, status: dict[str, Any]) -> str:
         assert self.users is not None and self._admin is not None
-        recent = [o for o in self.users.seen(self._elapsed() - 60) if o.skill == NEW_SKILL]
-        rate = f"{sum(o.passed for o in recent) / len(recent):4.0%}" if recent else "  - "
+        recent = [o for o in self.users.seen(self._elapsed() - 60) if o.skill == SKILL]
+        rate = f"{sum(bool(o.passed) for o in recent) / len(recent):4.0%}" if recent else "  - "
         cycle = status["cycle"]
         if cycle["running"] and cycle["training_run"]:
             run = self._admin.get(f"/admin/training-runs/{cycle['training_run']}").json()
             progress = run.get("progress") or {}
             loss = progress.get("loss")
             doing = (f"training (step {progress.get('step', 0)}"
-                     + (f", loss {loss:.3f})" if loss is not None else ")"))
+                     + (f", loss {loss:.3f})" if loss is not None else ")")
+                     + "; users think longer")
         elif cycle["running"]:
-            doing = "judging the candidate against the champion"
+            doing = "judging the candidate against the champion; users think longer"
         else:
             schedule = status["schedule"]
             doing = (f"collecting feedback ({schedule['new_feedback']}/"
                      f"{schedule['min_new_feedback']} new items start a cycle)")
-        return (f"[{_clock(self._elapsed())}] serving {status['serving']:<5} | users asked "
-                f"{len(self.users.seen())}, last minute {NEW_SKILL} right {rate} | {doing}")
+        return (f"[{clock(self._elapsed())}] serving {status['serving']:<5} | users asked "
+                f"{len(self.users.seen())}, last minute {SKILL} right {rate} | {doing}")
 
-    def _cycle_ended(self, last: dict[str, Any]) -> None:
+    def _decided(self, decision: dict[str, Any]) -> None:
         assert self._admin is not None
-        candidate = last.get("candidate")
-        if candidate is None:
-            self.say(f"[{_clock(self._elapsed())}] cycle ended: {last['outcome']}"
-                     f" ({last.get('reason') or 'no candidate'})")
-            self.rows.append(VersionRow(version="-", decision=last["outcome"], new_skill=None,
-                                        retention=None, why=last.get("reason") or "",
-                                        at=self._elapsed()))
-            return
+        candidate = decision["candidate"]
         detail = self._admin.get(f"/admin/adapters/{candidate}").json()
-        decision = detail.get("gate_decision") or {}
-        suites = {suite["suite"]: suite for suite in decision.get("suites", [])}
-        target, kept = suites.get(f"target:{NEW_SKILL}"), suites.get("retention")
-        if not self.rows and target and kept:  # the first judgement was against the base model
-            self.rows.append(VersionRow(
-                version=decision.get("against", "base"), decision="base",
-                new_skill=target["champion_mean"], retention=kept["champion_mean"],
-                n_new=target["n"], n_retention=kept["n"], at=0.0))
-        # Promoted, or what the gate said (rejected, or not enough evidence to promote).
-        said = "promoted" if last["outcome"] == "promoted" else decision.get("status")
+        suites = {suite["suite"]: suite
+                  for suite in (detail.get("gate_decision") or {}).get("suites", [])}
+        target, general = suites.get(TARGET_SUITE), suites.get(GENERAL_SUITE)
+        if decision["against"] == "base" and not any(r.decision == "base" for r in self.rows):
+            self.rows.insert(0, VersionRow(  # the champion of the first judgement: the base
+                version="base", decision="base",
+                new_skill=target["champion_mean"] if target else None,
+                general=general["champion_mean"] if general else None,
+                n_new=target["n"] if target else None,
+                n_general=general["n"] if general else None, at=0.0))
         row = VersionRow(
-            version=candidate, decision=said or last["outcome"],
+            version=candidate, decision=decision["status"],
             new_skill=target["candidate_mean"] if target else None,
-            retention=kept["candidate_mean"] if kept else None,
-            n_new=target["n"] if target else None, n_retention=kept["n"] if kept else None,
-            why=(decision.get("reasons") or [last.get("reason") or ""])[0], at=self._elapsed())
+            general=general["candidate_mean"] if general else None,
+            general_outcome=general["outcome"] if general else None,
+            n_new=target["n"] if target else None, n_general=general["n"] if general else None,
+            why=decision["why"], at=self._elapsed())
         self.rows.append(row)
-        self.say(f"[{_clock(self._elapsed())}] {candidate}: {row.decision}; test set "
-                 f"{NEW_SKILL} {_pct(row.new_skill)}, {BASE_SKILL} kept {_pct(row.retention)}"
-                 f" - {row.why}")
+        self.say(f"[{clock(self._elapsed())}] {candidate}: {row.decision}; test set {SKILL} "
+                 f"{_pct(row.new_skill)}, general suite {_pct(row.general)} "
+                 f"({row.general_outcome or '-'}) - {row.why}")
+
+    def _promoted(self, version: str) -> None:
+        self.promoted_at[version] = self._elapsed()
+        for row in self.rows:
+            if row.version == version:
+                row.decision, row.at = "promoted", self.promoted_at[version]
+        self.say(f"[{clock(self._elapsed())}] {version} promoted: the users are now served by it")
+
+    def _ended_unjudged(self, last: dict[str, Any]) -> None:
+        """A cycle that ended without a gate decision: no candidate (skipped, failed) or one the
+        judge could not judge."""
+        why = last.get("reason") or "no candidate"
+        self.rows.append(VersionRow(version=last.get("candidate") or "-",
+                                    decision=last["outcome"], new_skill=None, general=None,
+                                    why=why, at=self._elapsed()))
+        self.say(f"[{clock(self._elapsed())}] cycle ended: {last['outcome']} ({why})")
 
 
 def table(rows: list[VersionRow]) -> str:
-    """The per-version summary the demo ends with."""
-    new, kept = f"test set {NEW_SKILL}", f"{BASE_SKILL} kept"
-    lines = [f"{'version':<8} {'gate':<19} {new:>15} {kept:>9}  why",
-             f"{'-' * 8} {'-' * 19} {'-' * 15} {'-' * 9}  {'-' * 30}"]
+    """The per-version summary the demo ends with: every version the judge saw, in order."""
+    new, general = f"test set {SKILL}", "general suite"
+    lines = [f"{'version':<8} {'gate':<19} {new:>13} {general:>18}  why",
+             f"{'-' * 8} {'-' * 19} {'-' * 13} {'-' * 18}  {'-' * 30}"]
     for row in rows:
-        lines.append(f"{row.version:<8} {row.decision:<19} {_pct(row.new_skill):>15} "
-                     f"{_pct(row.retention):>9}  {row.why}")
+        kept = _pct(row.general) + (f" {row.general_outcome}" if row.general_outcome else "")
+        lines.append(f"{row.version:<8} {row.decision:<19} {_pct(row.new_skill):>13} "
+                     f"{kept:>18}  {row.why}")
     return "\n".join(lines)
 
 
+def served(rows: list[VersionRow], until: float) -> list[tuple[float, VersionRow]]:
+    """(seconds, version) from when each served version took over: the base, then each
+    promoted one; the last lasts `until`."""
+    steps = sorted(((row.at or 0.0, row) for row in rows if row.decision in ("base", "promoted")),
+                   key=lambda step: step[0])
+    return [*steps, (until, steps[-1][1])] if steps else []
+
+
 def plot(rows: list[VersionRow], observations: list[Observation], path: Path) -> Path:
-    """The learning curve: what users saw on the new skill (a moving exact-match rate, by the
-    version that answered) and the judge's held-out scores at each decision."""
+    """The learning curve: what users saw on the new behaviour (a moving exact-match rate), the
+    served version's test-set and general-suite scores as steps (a promotion swaps at once),
+    and every judged candidate's scores where the gate decided."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no screen needed
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 5), dpi=110)
-    window = 100
-    for skill, style in ((NEW_SKILL, {"color": "tab:blue", "alpha": 0.6}),
-                         (BASE_SKILL, {"color": "tab:red", "alpha": 0.4, "linestyle": ":"})):
-        asked = [o for o in observations if o.skill == skill]
-        if len(asked) >= 10:
-            xs, ys = [], []
-            for end in range(min(window, len(asked)), len(asked) + 1, 10):
-                chunk = asked[max(0, end - window):end]
-                xs.append(chunk[-1].at / 60)
-                ys.append(sum(o.passed for o in chunk) / len(chunk))
-            axis.plot(xs, ys, **style, label=f"users: {skill} answers right (last {window})")
-    judged = [row for row in rows if row.new_skill is not None and row.at is not None]
-    axis.plot([r.at / 60 for r in judged], [r.new_skill for r in judged], "o-",
-              color="tab:green", label=f"judge: {NEW_SKILL} test set (per version)")
-    axis.plot([r.at / 60 for r in judged], [r.retention for r in judged], "s--",
-              color="tab:orange", label=f"judge: {BASE_SKILL} kept (retention)")
-    for row in judged:
+    window = 40
+    asked = [o for o in observations if o.skill == SKILL]
+    if len(asked) >= 10:
+        xs, ys = [], []
+        for end in range(min(window, len(asked)), len(asked) + 1, 5):
+            chunk = asked[max(0, end - window):end]
+            xs.append(chunk[-1].at / 60)
+            ys.append(sum(bool(o.passed) for o in chunk) / len(chunk))
+        axis.plot(xs, ys, color="tab:blue", alpha=0.6,
+                  label=f"users: {SKILL} answered right (last {window})")
+    until = max([o.at for o in observations] + [r.at or 0.0 for r in rows] + [0.0])
+    steps = [(at, row) for at, row in served(rows, until) if row.new_skill is not None]
+    if steps:
+        minutes = [at / 60 for at, _ in steps]
+        axis.step(minutes, [row.new_skill for _, row in steps], where="post",
+                  color="tab:green", label=f"judge: served version, {SKILL} test set")
+        axis.step(minutes, [row.general for _, row in steps], where="post", linestyle="--",
+                  color="tab:orange", label="judge: served version, general suite")
+    marks = {"promoted": ("o", "tab:green"), "rejected": ("x", "tab:red")}
+    for row in rows:
+        if row.decision == "base" or row.new_skill is None or row.at is None:
+            continue
+        marker, colour = marks.get(row.decision, ("D", "tab:gray"))
+        axis.plot([row.at / 60], [row.new_skill], marker=marker, color=colour, linestyle="")
+        if row.general is not None:
+            axis.plot([row.at / 60], [row.general], marker="s", color="tab:orange",
+                      fillstyle="none", linestyle="")
         axis.annotate(f"{row.version}\n{row.decision}", (row.at / 60, row.new_skill),
-                      textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+                      textcoords="offset points", xytext=(0, -22), ha="center", fontsize=8)
     axis.set_xlabel("minutes since the users started")
-    axis.set_ylabel("exact match")
-    axis.set_ylim(-0.02, 1.1)
-    axis.set_title("lifelong demo: the embedded model learns a new skill from its users")
+    axis.set_ylabel("exact match (sums) / similarity to the base model (general)")
+    axis.set_ylim(-0.02, 1.12)
+    axis.set_title("lifelong demo: the model learns bare-number sums from its users")
     axis.grid(alpha=0.3)
-    axis.legend(loc="lower right", fontsize=8)
+    axis.legend(loc="center left", fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, bbox_inches="tight")
     plt.close(figure)
@@ -432,5 +578,5 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     return f"{int(seconds // 60):02d}:{int(seconds % 60):02d}"
