@@ -18,13 +18,32 @@ hot-swapped in while the users keep asking. The demo only watches (`GET /admin/s
 set, its general-suite similarity and that suite's outcome, the gate's decision, what the users
 saw, and a PNG learning curve.
 
-Pacing: on 2 cores a training step took about 4.7 s alone and 13 s with vLLM answering users at
-the same time, so while a cycle runs the users think longer (`Plan.learning_think_s`): they
-still ask, a few questions a minute, but leave the cores to the trainer and the judge.
+Pacing: on 2 cores a training step (batch 16 of sums) took about 4.7 s alone and 13 s with vLLM
+answering users at the same time, so while a cycle runs the users think longer
+(`Plan.learning_think_s`, a minute on average): they still ask, a few questions a minute, but
+leave the cores to the trainer and the judge, and come back as soon as the cycle ends.
 
 Why this behaviour: measured with transformers + peft on this model, 36 SFT steps on 180
 corrected sums took held-out sums from ~0% to 80%, and without the anchors they also turned
 "What is the capital of France?" into "14766666": the general suite is what shows that.
+
+Measured here (2 cores; times from `lifelong demo` starting, the one-time import not counted):
+
+    run  trigger  first cycle   training         judge    promoted  test set sums  general  failed
+    1    200      at 2:11       34 steps, 6:00*  5:29**   15:07     0% -> 42.5%    0.549    1
+    2    200      at 4:00       34 steps, 4:44   3:45     12:38     0% -> 35.0%    0.529    0
+    3    240      at 4:05       38 steps, 7:51   5:44     17:53     0% -> 47.5%    0.540    4
+    (* anchors answered by the trainer itself, 72 s more; ** the general suite frozen first,
+    1:40 of it: since then the daemon asks both at start-up, while the users' first questions
+    wait. Run 3 shared the 2 cores with another training job, pip and pytest for most of its
+    cycle; its failed requests are 504s: users' questions behind the judge's 64 eval requests
+    on vLLM's one core for more than vllm.request_timeout_s. Run 1 had evals.max_tokens 48 and
+    users pausing 20 s during the cycle; run 2 users that did not come back until their pause
+    ended; run 3 is the overlay as it is.)
+
+Every candidate so far was promoted at the first cycle; the general suite (similarity of the
+answers to everyday prompts to the base model's, floor `evals.general_floor` 0.3) held at
+0.53-0.55. The users' own success on sums went from 0% to 40-50% within a minute of the swap.
 
 Everything goes through the public HTTP API, as it would for any client of the daemon.
 """
@@ -529,10 +548,12 @@ def plot(rows: list[VersionRow], observations: list[Observation], path: Path) ->
     steps = [(at, row) for at, row in served(rows, until) if row.new_skill is not None]
     if steps:
         minutes = [at / 60 for at, _ in steps]
-        axis.step(minutes, [row.new_skill for _, row in steps], where="post",
-                  color="tab:green", label=f"judge: served version, {SKILL} test set")
-        axis.step(minutes, [row.general for _, row in steps], where="post", linestyle="--",
-                  color="tab:orange", label="judge: served version, general suite")
+        nan = float("nan")  # no score: a gap in the line
+        axis.step(minutes, [nan if r.new_skill is None else r.new_skill for _, r in steps],
+                  where="post", color="tab:green", label=f"judge: served version, {SKILL} test set")
+        axis.step(minutes, [nan if r.general is None else r.general for _, r in steps],
+                  where="post", linestyle="--", color="tab:orange",
+                  label="judge: served version, general suite")
     marks = {"promoted": ("o", "tab:green"), "rejected": ("x", "tab:red")}
     for row in rows:
         if row.decision == "base" or row.new_skill is None or row.at is None:
