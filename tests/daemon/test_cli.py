@@ -53,6 +53,7 @@ def test_serve_refuses_an_unmigrated_database_then_upgrade_fixes_it(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
+    (model / "chat_template.jinja").write_text("{{ messages }}")  # a chat model's folder
     args = ["--data-dir", str(tmp_path / "d")]
     config = tmp_path / "c.yaml"
     config.write_text(f"base_model:\n  path: {model}\n")
@@ -67,6 +68,7 @@ def test_serve_refuses_eval_suites_with_mistakes_naming_each_file_and_line(tmp_p
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
+    (model / "chat_template.jinja").write_text("{{ messages }}")  # a chat model's folder
     suites = tmp_path / "d" / "evals" / "regression"
     suites.mkdir(parents=True)
     good = '{"prompt": "2 + 2 =", "reference": "4", "verifier": "exact_match"}'
