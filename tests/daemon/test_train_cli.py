@@ -33,7 +33,10 @@ def setup(tmp_path, tiny_base_model, migrated_store):
     config = tmp_path / "lifelong.yaml"
     config.write_text(yaml.safe_dump({
         "data_dir": str(tmp_path / "data"), "base_model": {"path": str(tiny_base_model)},
-        "training": {"max_steps": 30, "batch_size": 8, "min_new_examples": 20, "device": "cpu"},
+        # The tiny model speaks digits: no anchors or general suite (made for chat models).
+        "training": {"max_steps": 30, "batch_size": 8, "min_new_examples": 20, "device": "cpu",
+                     "anchor_fraction": 0.0},
+        "evals": {"general_suite": False},
     }))
     assert lifelong("db", "upgrade", config=config).returncode == 0
     with migrated_store(f"sqlite:///{tmp_path / 'data' / 'lifelong.db'}") as store:
