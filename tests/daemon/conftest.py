@@ -46,6 +46,18 @@ class Daemon:
     def headers(self, principal: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key(principal)}"}
 
+    def cycle_ended(self, *, trigger: str | None = None, timeout: float = 900.0) -> dict:
+        """`/admin/status` once the last learning cycle (of `trigger`, if given) has ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = httpx.get(f"{self.url}/admin/status", headers=self.headers("ops"),
+                               timeout=60).json()
+            last = status["cycle"]["last"]
+            if last and last["outcome"] != "running" and trigger in (None, last["trigger"]):
+                return status
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 90.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)

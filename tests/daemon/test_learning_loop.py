@@ -11,7 +11,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -76,14 +75,8 @@ def test_feedback_through_the_api_becomes_a_promoted_adapter_and_poison_is_rejec
             assert given.status_code == 201, given.text
 
         admin = httpx.Client(base_url=daemon.url, headers=daemon.headers("ops"), timeout=60)
-        deadline = time.monotonic() + 900
-        while True:
-            status = admin.get("/admin/status").json()
-            last = status["cycle"]["last"]
-            if last and last["outcome"] != "running":
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(2)
+        status = daemon.cycle_ended()
+        last = status["cycle"]["last"]
         assert last["trigger"] == "data"
         assert (last["outcome"], last["decision"], last["candidate"]) == (
             "promoted", "approved", "v0001"), last
@@ -116,14 +109,8 @@ def test_feedback_through_the_api_becomes_a_promoted_adapter_and_poison_is_rejec
         assert given.status_code == 201, given.text
         started = admin.post("/admin/train", json={})
         assert started.status_code == 202, started.text
-        deadline = time.monotonic() + 900
-        while True:
-            status = admin.get("/admin/status").json()
-            last = status["cycle"]["last"]
-            if last and last["trigger"] == "ops" and last["outcome"] != "running":
-                break
-            assert time.monotonic() < deadline, status
-            time.sleep(2)
+        status = daemon.cycle_ended(trigger="ops")
+        last = status["cycle"]["last"]
         assert (last["outcome"], last["decision"], last["candidate"]) == (
             "rejected", "rejected", "v0002"), last
         decision = admin.get("/admin/adapters/v0002").json()["gate_decision"]

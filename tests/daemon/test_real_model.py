@@ -160,14 +160,7 @@ def test_corrections_teach_bare_sums_and_the_general_suite_holds(smol, migrated_
     admin = httpx.Client(base_url=smol.url, headers=smol.headers("ops"), timeout=60)
     started = admin.post("/admin/train", json={})
     assert started.status_code == 202, started.text
-    deadline = time.monotonic() + 1500
-    while True:
-        status = admin.get("/admin/status").json()
-        last = status["cycle"]["last"]
-        if last and last["outcome"] != "running":
-            break
-        assert time.monotonic() < deadline, status
-        time.sleep(3)
+    last = smol.cycle_ended(timeout=1500)["cycle"]["last"]
     decision = admin.get("/admin/adapters/v0001").json()["gate_decision"]
     assert (last["outcome"], last["decision"]) == ("promoted", "approved"), decision["reasons"]
     # The general suite: answers to everyday prompts stay alike to the base model's (a floor,
