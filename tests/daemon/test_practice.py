@@ -65,8 +65,10 @@ def test_the_daemon_practises_when_users_are_quiet_and_makes_way_when_they_come(
             assert "users were active" in status["practice"]["last_check"], status["practice"]
 
             # Quiet: a practice cycle starts by itself.
+            # (A cycle is running a moment before its trainer has a run: wait for both.)
             deadline = time.monotonic() + 60
-            while not (status := admin.get("/admin/status").json())["cycle"]["running"]:
+            while not ((status := admin.get("/admin/status").json())["cycle"]["running"]
+                       and status["cycle"]["training_run"] is not None):
                 assert time.monotonic() < deadline, status
                 time.sleep(0.5)
             assert status["cycle"]["last"]["trigger"] == "practice"

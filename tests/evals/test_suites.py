@@ -82,7 +82,7 @@ def test_every_bad_line_is_reported_with_file_and_line(tmp_path):
     bad = str(tmp_path / "bad.jsonl")
     expected = [
         f"{bad}:2: not JSON",
-        f"{bad}:3: unknown verifier 'exact_mach'; known verifiers: contains, exact_match",
+        f"{bad}:3: unknown verifier 'exact_mach'; known verifiers: agreement, contains, exact_match",
         f"{bad}:4: verifier 'regex': reference pattern does not compile",
         f"{bad}:5: give exactly one of 'prompt' and 'messages'",
         f"{bad}:6: 'reference' must be a string (quote numbers: \"46\")",
