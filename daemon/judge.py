@@ -206,13 +206,8 @@ class Judge:
         identity = await asyncio.to_thread(base_model_identity, self.base_model_dir)
         if cached_answers(path, base_sha256=identity["sha256"]) is not None:
             return
-        prompts = general_prompts("anchor")
-        asked = Suite(name="anchors", kind="retention", items=tuple(
-            general_items({prompt: "?" for prompt in prompts})))
-        (run,) = await evaluate(self.upstream.base_url, BASE_MODEL_NAME, [asked],
-                                sampling=replace(self.sampling, max_tokens=ANCHOR_MAX_TOKENS),
-                                concurrency=self.concurrency)
-        answers = {prompt: result.answer for prompt, result in zip(prompts, run.results, strict=True)}
+        answers = await self._base_answers(general_prompts("anchor"),
+                                           replace(self.sampling, max_tokens=ANCHOR_MAX_TOKENS))
         await asyncio.to_thread(write_answers, path, answers, base_sha256=identity["sha256"])
         logger.info("anchor answers written", extra={"path": str(path), "prompts": len(answers)})
 
@@ -223,12 +218,7 @@ class Judge:
         if path.exists():
             return await asyncio.to_thread(load_suite_file, path, kind="retention")
         prompts = general_prompts("eval")
-        asked = Suite(name=GENERAL_SUITE, kind="retention", items=tuple(
-            general_items({prompt: "?" for prompt in prompts})))
-        (first,) = await evaluate(self.upstream.base_url, BASE_MODEL_NAME, [asked],
-                                  sampling=self.sampling, concurrency=self.concurrency)
-        answers = {item.messages[0]["content"]: result.answer  # type: ignore[index]
-                   for item, result in zip(asked.items, first.results, strict=True)}
+        answers = await self._base_answers(prompts, self.sampling)
         items = general_items(answers, min_ratio=self.suites.general_min_ratio)
         probe = Suite(name=GENERAL_SUITE, kind="retention", items=tuple(items))
         (second,) = await evaluate(self.upstream.base_url, BASE_MODEL_NAME, [probe],
@@ -238,6 +228,15 @@ class Judge:
             "path": str(path), "items": sum(stable.values()), "of": len(prompts)})
         return await asyncio.to_thread(freeze_retention_suite, path, items=items,
                                        base_passed=stable)
+
+    async def _base_answers(self, prompts: list[str], sampling: Sampling) -> dict[str, str]:
+        """prompt -> the base model's answer through vLLM (the runner's batching, no verdict
+        needed: each item is graded against a placeholder that is thrown away)."""
+        asked = Suite(name="base-answers", kind="retention", items=tuple(
+            general_items({prompt: "?" for prompt in prompts})))
+        (run,) = await evaluate(self.upstream.base_url, BASE_MODEL_NAME, [asked],
+                                sampling=sampling, concurrency=self.concurrency)
+        return {prompt: result.answer for prompt, result in zip(prompts, run.results, strict=True)}
 
     def _open_run(self, candidate: str, champion: str, suites: list[Suite]) -> int:
         config = {
