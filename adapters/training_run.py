@@ -378,7 +378,7 @@ def _with_anchors(
     anchors = anchor_examples(answers, count=count, seed=seed)
     logger.info("sft stage: %d feedback examples and %d anchors", len(training_set.sft),
                 len(anchors))
-    return replace(training_set, sft=training_set.sft + tuple(anchors), anchors=len(anchors))
+    return replace(training_set, sft=training_set.sft + tuple(anchors))
 
 
 def _data_summary(training_set: TrainingSet, recipe: tuple[str, ...]) -> dict[str, Any]:

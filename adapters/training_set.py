@@ -60,7 +60,11 @@ class TrainingSet:
     since: int  # feedback ids above this are new (the parent's data watermark; 0 when fresh)
     watermark: int  # the highest feedback id read: the new adapter's data watermark
     portions: dict[str, Portion]  # "sft", "pairs", "binary" -> new/replayed counts
-    anchors: int = 0  # of `sft`, the base model's own answers to everyday prompts (anchors.py)
+
+    @property
+    def anchors(self) -> int:
+        """Of `sft`, the base model's own answers to everyday prompts (anchors.py)."""
+        return sum(example.source == "anchor" for example in self.sft)
 
     def new_examples(self) -> int:
         return sum(portion.new for portion in self.portions.values())
