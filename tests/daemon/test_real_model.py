@@ -20,15 +20,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from lifelong.adapters.batches import encode
+from lifelong.daemon.demo import sum_question
 from lifelong.feedback_store.training_data import Prompt
 
 pytestmark = pytest.mark.integration
 
 SYSTEM = "You are a terse assistant for a bookshop."
-
-
-def sum_question(a: int, b: int) -> tuple[str, str]:
-    return f"What is {a} + {b}? Answer with the number only.", str(a + b)
 
 
 def sums(seed: int, n: int, exclude: set[tuple[int, int]] = frozenset()) -> list[tuple[int, int]]:
