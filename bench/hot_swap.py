@@ -148,7 +148,7 @@ def run(gateway: str, daemon: psutil.Process, versions: list[str], args: argpars
     for thread in threads:
         thread.join()
     rss_after = vllm_rss_mib(daemon)
-    (upstream,) = httpx.get(f"{gateway}/readyz", timeout=10).json()["upstreams"]
+    (upstream,) = httpx.get(f"{gateway}/admin/health", timeout=10).json()["upstreams"]
 
     failed = sum(status != 200 for _, _, status, _ in answers)
     wrong, latencies, calls = 0, [], []
@@ -179,7 +179,7 @@ def run(gateway: str, daemon: psutil.Process, versions: list[str], args: argpars
 def _replacing(gateway: str, threshold: int) -> bool:
     """Whether the daemon's vLLM has reached its replacement threshold (a replacement is due or
     under way; a fresh server holds fewer)."""
-    (upstream,) = httpx.get(f"{gateway}/readyz", timeout=10).json()["upstreams"]
+    (upstream,) = httpx.get(f"{gateway}/admin/health", timeout=10).json()["upstreams"]
     return upstream["adapters_registered"] >= threshold
 
 

@@ -95,6 +95,16 @@ class DatabaseSettings(Section):
     )
     rating_min: float = Field(default=-1.0, description="Lowest rating score accepted.")
     rating_max: float = Field(default=1.0, description="Highest rating score accepted.")
+    connect_timeout_s: float = Field(
+        default=5.0, ge=1, le=300,
+        description="Longest wait for a database connection (psycopg's own default is ~130 s "
+        "on a server that accepts and never answers); then feedback and reads get 503.",
+    )
+    statement_timeout_s: float = Field(
+        default=30.0, ge=1, le=3600,
+        description="Longest one statement of the gateway may run or wait for a lock "
+        "(PostgreSQL statement_timeout, SQLite busy timeout); migrations are not limited.",
+    )
 
     @model_validator(mode="after")
     def _rating_range(self) -> DatabaseSettings:

@@ -6,6 +6,11 @@ inside the installed package and hands it an open connection.
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,31 +22,51 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 
 from lifelong.feedback_store.errors import DatabaseNotMigrated
 
+logger = logging.getLogger(__name__)
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-SQLITE_BUSY_TIMEOUT_MS = 5000
 # Any constant will do; it only has to be the same for every process migrating this database.
 _MIGRATION_LOCK = 0x6C69_6665_6C6F_6E67  # "lifelong"
 
 
-def make_engine(url: str, *, sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL") -> Engine:
-    """An engine for `url`. For SQLite: WAL, the given synchronous level, a busy timeout and
-    foreign keys on every connection, and the file's folder created. Raises ValueError for an
-    unknown synchronous level."""
+def make_engine(
+    url: str,
+    *,
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL",
+    connect_timeout_s: float = 10.0,
+    statement_timeout_s: float | None = None,
+) -> Engine:
+    """An engine for `url` whose waits are bounded: a connection attempt gives up after
+    `connect_timeout_s` (psycopg's own default waits ~130 s on a server that accepts and never
+    answers), and so does waiting for a pooled connection; a statement after
+    `statement_timeout_s` (PostgreSQL's statement_timeout; SQLite's busy timeout, the wait for
+    the write lock: 5 s when None). None: statements are not limited on PostgreSQL.
+
+    For SQLite: WAL, the given synchronous level and foreign keys on every connection; the
+    file's folder created owner-only and the file itself readable by its owner only (it holds
+    what users asked and said; SQLite gives its -wal and -shm files the same mode). Raises
+    ValueError for an unknown synchronous level."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
+        connect_args: dict[str, Any] = {"connect_timeout": max(1, round(connect_timeout_s))}
+        if statement_timeout_s is not None and parsed.get_backend_name() == "postgresql":
+            connect_args["options"] = f"-c statement_timeout={round(statement_timeout_s * 1000)}"
         # pre_ping: a restarted server leaves dead connections in the pool.
-        return create_engine(parsed, pool_pre_ping=True)
+        return create_engine(
+            parsed, pool_pre_ping=True, pool_timeout=connect_timeout_s, connect_args=connect_args
+        )
     if sqlite_synchronous not in ("FULL", "NORMAL"):
         raise ValueError(f"sqlite_synchronous must be FULL or NORMAL, got {sqlite_synchronous!r}")
     if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed)
+        _private_file(Path(parsed.database))
+    busy_timeout_ms = round((statement_timeout_s or 5.0) * 1000)
+    engine = create_engine(parsed, pool_timeout=connect_timeout_s)
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute(f"PRAGMA synchronous = {sqlite_synchronous}")
             cursor.execute("PRAGMA foreign_keys = ON")
@@ -52,6 +77,19 @@ def make_engine(url: str, *, sqlite_synchronous: Literal["FULL", "NORMAL"] = "FU
     # first write, so reads before it (our validation of append-only rows) never hold a stale
     # WAL snapshot that would make the write fail with SQLITE_BUSY instead of waiting.
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """Create `path` (and its folder) readable by its owner only; tighten an existing one."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if name.stat().st_mode & 0o077 and name.stat().st_uid == os.getuid():
+                name.chmod(0o600)
+        except FileNotFoundError:
+            pass
 
 
 def alembic_config() -> Config:
@@ -84,6 +122,9 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             # the whole upgrade is atomic and a second migrating process waits for it.
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         else:
+            # A migration rewrites whole tables and waits for another migrating process: the
+            # engine's per-statement limit is for serving, not for this transaction.
+            connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
@@ -111,3 +152,63 @@ def ensure_migrated(engine: Engine) -> None:
         f"the database at {where} is at revision {current}, behind {head}; "
         "run `lifelong db upgrade`"
     )
+
+
+@dataclass(frozen=True)
+class DatabaseState:
+    up: bool
+    checked_at: float | None  # time.time() of the last finished check; None before the first
+    error: str | None  # why the last check failed, for operators (it may name hosts)
+
+
+class DatabaseWatch:
+    """Whether the database answers: `SELECT 1` every `every_s` on a thread of its own, so a
+    readiness probe reads the answer at once instead of waiting on a dead server. A check still
+    running after `stuck_after_s` counts as down (a server that accepts and never answers
+    holds a connection attempt for the whole connect timeout). Call `close` at shutdown."""
+
+    def __init__(self, engine: Engine, *, every_s: float = 2.0, stuck_after_s: float = 10.0):
+        self._engine = engine
+        self._every_s = every_s
+        self._stuck_after_s = stuck_after_s
+        self._lock = threading.Lock()
+        self._state = DatabaseState(up=True, checked_at=None, error=None)
+        self._checking_since: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="database-watch", daemon=True)
+        self._thread.start()
+
+    def state(self) -> DatabaseState:
+        with self._lock:
+            state, since = self._state, self._checking_since
+        if since is not None and time.monotonic() - since > self._stuck_after_s:
+            return DatabaseState(
+                up=False, checked_at=state.checked_at,
+                error=f"no answer for {time.monotonic() - since:.0f} s",
+            )
+        return state
+
+    def close(self) -> None:
+        self._stop.set()
+        # A check stuck in a connection attempt ends with its timeout; the thread is a daemon.
+        self._thread.join(1.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                self._checking_since = time.monotonic()
+            try:
+                with self._engine.connect() as connection:
+                    connection.exec_driver_sql("SELECT 1")
+            except Exception as exc:  # any failure means: not answering as it should
+                state = DatabaseState(up=False, checked_at=time.time(),
+                                      error=f"{type(exc).__name__}: {exc}".splitlines()[0])
+                if self._state.up:
+                    logger.warning("database: not answering: %s", state.error)
+            else:
+                state = DatabaseState(up=True, checked_at=time.time(), error=None)
+                if not self._state.up:
+                    logger.info("database: answering again")
+            with self._lock:
+                self._state, self._checking_since = state, None
+            self._stop.wait(self._every_s)

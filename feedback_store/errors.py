@@ -65,3 +65,11 @@ class DuplicateAdapter(StoreError):
 
 class UnknownRun(StoreError):
     """A referenced training or eval run id is not in the store."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database did not answer in time; the request may be retried."""
+
+
+class IdempotencyKeyReused(StoreError):
+    """An idempotency key came back with a different request than the one it first named."""

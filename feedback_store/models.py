@@ -26,6 +26,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -156,6 +157,23 @@ class Feedback(Base):
             name="outcome_has_result",
         ),
     )
+
+
+class FeedbackRequest(Base):
+    """A feedback request sent with an idempotency key: a retry with the same key (and the same
+    items) gets these rows back instead of writing them again. Keys are per principal; the
+    anonymous principal (no API keys configured) is stored as "" so its keys collide too."""
+
+    __tablename__ = "feedback_requests"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    principal: Mapped[str] = mapped_column(String)
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))  # of the items, to spot a reused key
+    feedback_ids: Mapped[list[int]] = mapped_column(Json)  # in the order they were sent
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("principal", "idempotency_key"),)
 
 
 class Task(Base):

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -366,3 +367,37 @@ def digits_only_items():
                  verifier="regex", options={"pattern": r"\d{1,4}"})
         for n, (question, _) in enumerate(heldout_items(SKILLS["add2"], n=200, seed=1))
     ]
+
+
+@pytest.fixture
+def silent_postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL whose server accepts connections and never answers (a hung server or a
+    black-holed network): a thread accepts and holds every connection, reading nothing. Not a
+    fake of PostgreSQL's answers: it is the absence of any, which a real server cannot be made
+    to show on demand."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = False
+
+    def hold() -> None:
+        while not stop:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    yield f"postgresql+psycopg://postgres@127.0.0.1:{listener.getsockname()[1]}/test"
+    stop = True
+    listener.close()
+    for connection in held:
+        connection.close()
+
+
+@pytest.fixture
+def refusing_postgres_url() -> str:
+    """A PostgreSQL URL where nothing listens: every connection is refused at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"postgresql+psycopg://postgres@127.0.0.1:{sock.getsockname()[1]}/test"

@@ -43,7 +43,7 @@ from lifelong.daemon.trainer import Trainer, TrainRequest
 from lifelong.daemon.upstream import BASE_MODEL_NAME, HttpUpstream, Upstream, UpstreamPool
 from lifelong.daemon.user_traffic import UserTraffic
 from lifelong.feedback_store import registry
-from lifelong.feedback_store.database import ensure_migrated, make_engine
+from lifelong.feedback_store.database import DatabaseWatch, ensure_migrated, make_engine
 from lifelong.feedback_store.feedback_committer import FeedbackCommitter
 from lifelong.feedback_store.interaction_log import InteractionLog
 from lifelong.feedback_store.runs import interrupt_running_eval_runs
@@ -134,10 +134,13 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = settings.database
         engine = make_engine(
-            settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous
+            settings.database_url, sqlite_synchronous=db.sqlite_synchronous,
+            connect_timeout_s=db.connect_timeout_s, statement_timeout_s=db.statement_timeout_s,
         )
         ensure_migrated(engine)
+        database_watch = DatabaseWatch(engine, stuck_after_s=db.connect_timeout_s)
         sessions: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
         interaction_log = InteractionLog(
             engine,
@@ -260,6 +263,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         app.state.pool = pool
         app.state.watchers = watchers
         app.state.interaction_log = interaction_log
+        app.state.database_watch = database_watch
         # One registry per app, not prometheus_client's global one: a process may build several.
         app.state.metrics_registry = metrics_registry = CollectorRegistry()
         versions = VersionLabels(catalog)
@@ -284,6 +288,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             heldout_fraction=settings.database.heldout_fraction,
             max_text_chars=settings.database.max_text_chars,
             metrics=metrics,
+            database_timeout_s=db.connect_timeout_s + db.statement_timeout_s,
         )
         try:
             for watcher in watchers:
@@ -320,6 +325,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             for watcher in watchers:
                 await watcher.stop()
             await pool.aclose()
+            database_watch.close()
             engine.dispose()
 
     app = FastAPI(

@@ -13,6 +13,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lifelong.daemon.gateway.catalog import UnknownModel
@@ -65,7 +67,12 @@ _STORE_STATUS: dict[type[Exception], tuple[int, str, str]] = {
     store_errors.UnknownInteraction: (404, "not_found_error", "unknown_interaction"),
     store_errors.ForeignInteraction: (403, "permission_error", "foreign_interaction"),
     store_errors.UnknownAdapter: (404, "not_found_error", "unknown_adapter"),
+    store_errors.IdempotencyKeyReused: (409, "invalid_request_error", "idempotency_key_reused"),
 }
+# What the database raises when it cannot be reached or does not answer in time (refused,
+# timed out, connection lost, pool exhausted, SQLite locked past its busy timeout).
+DATABASE_DOWN = (store_errors.DatabaseUnavailable, OperationalError, InterfaceError, PoolTimeout)
+DATABASE_RETRY_AFTER_S = 5
 
 
 def _snake(name: str) -> str:
@@ -112,6 +119,18 @@ def install(app: FastAPI) -> None:
         return error_response(
             status, str(exc), type=kind, param=getattr(exc, "field", None), code=code
         )
+
+    async def _database_down(request: Request, exc: Exception) -> Response:
+        # The driver's message names hosts, ports and users: it goes to the log, not the client.
+        logger.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else
+                       type(exc).__name__, extra={"path": request.url.path})
+        return error_response(
+            503, "the database is not answering; retry shortly", type="service_unavailable",
+            code="database_unavailable", headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+        )
+
+    for down in DATABASE_DOWN:
+        app.add_exception_handler(down, _database_down)
 
     @app.exception_handler(UpstreamUnavailable)
     async def _unavailable(_: Request, exc: UpstreamUnavailable) -> Response:

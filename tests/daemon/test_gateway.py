@@ -103,8 +103,11 @@ def test_upstream_validation_errors_pass_through_as_400(client):
 
 def test_health_and_readiness(daemon):
     assert httpx.get(f"{daemon.url}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{daemon.url}/readyz").json()
-    assert ready["status"] == "ready" and ready["upstreams"][0]["ready"] is True
+    assert httpx.get(f"{daemon.url}/readyz").json() == {"status": "ready"}  # nothing internal
+    health = httpx.get(f"{daemon.url}/admin/health", headers=daemon.headers("ops")).json()
+    assert health["upstreams"][0]["ready"] is True and health["database"]["up"] is True
+    assert httpx.get(f"{daemon.url}/admin/health", headers=daemon.headers("alice")).status_code \
+        == 403
 
 
 def test_a_gateway_can_drive_vllm_servers_it_does_not_manage(daemon, start_daemon, tmp_path):
@@ -118,7 +121,7 @@ def test_a_gateway_can_drive_vllm_servers_it_does_not_manage(daemon, start_daemo
         client = openai.OpenAI(base_url=f"{other.url}/v1", api_key=other.key("alice"))
         answer = client.chat.completions.create(model="lifelong", messages=QUESTION, max_tokens=4)
         assert answer.model == "lifelong" and answer.id.startswith("chatcmpl-")
-        ready = httpx.get(f"{other.url}/readyz").json()
-        assert [u["url"] for u in ready["upstreams"]] == [f"http://127.0.0.1:{vllm_port}"]
+        health = httpx.get(f"{other.url}/admin/health", headers=other.headers("ops")).json()
+        assert [u["url"] for u in health["upstreams"]] == [f"http://127.0.0.1:{vllm_port}"]
     finally:
         other.stop()

@@ -189,7 +189,7 @@ def test_a_vllm_that_registered_many_adapters_is_replaced_with_no_failed_request
         for version in versions:
             register(daemon, tiny_base_model, version, approve=True)
         admin = httpx.Client(base_url=daemon.url, headers=daemon.headers("ops"), timeout=300)
-        (before,) = httpx.get(f"{daemon.url}/readyz").json()["upstreams"]
+        (before,) = admin.get("/admin/health").json()["upstreams"]
         assert (before["url"], before["replacements"]) == (f"http://127.0.0.1:{port}", 0)
         # Steady traffic: quicker than saturation (the replacement came up in 30 s rather than
         # 107 s beside 2 clients sending without pause, on its own half of the cores).
@@ -197,7 +197,7 @@ def test_a_vllm_that_registered_many_adapters_is_replaced_with_no_failed_request
             for version in versions:  # the fourth registration makes it due
                 assert admin.post("/admin/promote", json={"version": version}).status_code == 200
             deadline = time.monotonic() + 660
-            while (now := httpx.get(f"{daemon.url}/readyz").json()["upstreams"][0])[
+            while (now := admin.get("/admin/health").json()["upstreams"][0])[
                     "replacements"] < 1:
                 assert time.monotonic() < deadline, now
                 time.sleep(1)

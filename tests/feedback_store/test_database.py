@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -9,8 +12,10 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import OperationalError
 
 from lifelong.feedback_store.database import (
+    DatabaseWatch,
     alembic_config,
     current_revision,
     ensure_migrated,
@@ -92,3 +97,93 @@ def test_sqlite_synchronous_normal_is_applied(tmp_path: Path):
 def test_unknown_sqlite_synchronous_level_is_refused(tmp_path: Path):
     with pytest.raises(ValueError, match="FULL or NORMAL"):
         make_engine(f"sqlite:///{tmp_path / 'x.db'}", sqlite_synchronous="OFF")  # type: ignore[arg-type]
+
+
+def connect_in_thread(engine: Engine, bound_s: float = 60.0) -> BaseException | None:
+    """Connect and run SELECT 1 on a thread; what it raised, or None. A connection attempt still
+    running after `bound_s` (psycopg's own default waits ~130 s) fails the test."""
+    raised: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            with engine.connect() as connection:
+                connection.exec_driver_sql("SELECT 1")
+            raised.append(None)
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(bound_s)
+    assert raised, f"still waiting for the database after {bound_s} s"
+    return raised[0]
+
+
+def test_a_server_that_accepts_and_never_answers_fails_the_connection(silent_postgres_url):
+    engine = make_engine(silent_postgres_url, connect_timeout_s=1)
+    assert isinstance(connect_in_thread(engine), OperationalError)
+    engine.dispose()
+
+
+def test_a_refusing_server_fails_the_connection(refusing_postgres_url):
+    engine = make_engine(refusing_postgres_url, connect_timeout_s=1)
+    assert isinstance(connect_in_thread(engine), OperationalError)
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_statement_past_the_statement_timeout_is_cancelled(postgres_url):
+    engine = make_engine(postgres_url, statement_timeout_s=1)
+    with pytest.raises(OperationalError, match="statement timeout"), engine.connect() as connection:
+        connection.exec_driver_sql("SELECT pg_sleep(30)")
+    engine.dispose()
+
+
+def test_sqlite_waits_for_the_lock_as_long_as_the_statement_timeout(tmp_path: Path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}", statement_timeout_s=2)
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 2000
+    engine.dispose()
+
+
+def test_the_sqlite_file_and_its_folder_are_the_owners_alone(tmp_path: Path):
+    path = tmp_path / "data" / "lifelong.db"
+    engine = make_engine(f"sqlite:///{path}")
+    upgrade(engine)
+    engine.dispose()
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    for name in (path, path.with_name("lifelong.db-wal"), path.with_name("lifelong.db-shm")):
+        if name.exists():
+            assert stat.S_IMODE(name.stat().st_mode) == 0o600, name
+
+
+def test_an_existing_world_readable_sqlite_file_is_tightened(tmp_path: Path):
+    path = tmp_path / "lifelong.db"
+    path.touch(mode=0o644)
+    path.chmod(0o644)
+    make_engine(f"sqlite:///{path}").dispose()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def until(condition, bound_s: float = 60.0) -> None:
+    deadline = time.monotonic() + bound_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_the_watch_sees_the_database_answer(engine: Engine):
+    watch = DatabaseWatch(engine, every_s=0.1)
+    until(lambda: watch.state().checked_at is not None)
+    assert watch.state().up and watch.state().error is None
+    watch.close()
+
+
+@pytest.mark.parametrize("server", ["refusing_postgres_url", "silent_postgres_url"])
+def test_the_watch_reports_a_refusing_or_silent_database_down(server, request):
+    engine = make_engine(request.getfixturevalue(server), connect_timeout_s=1)
+    watch = DatabaseWatch(engine, every_s=0.1, stuck_after_s=1)
+    until(lambda: not watch.state().up)
+    assert watch.state().error
+    watch.close()
+    engine.dispose()

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from lifelong.feedback_store.errors import (
     ForeignInteraction,
+    IdempotencyKeyReused,
     RatingOutOfRange,
     TextTooLong,
     UnknownInteraction,
@@ -168,3 +169,67 @@ def test_a_batch_cancelled_while_queued_is_never_written(sessions, engine, commi
     assert len(first.result(10)) == 1 and len(kept.result(10)) == 1
     with sessions() as session:
         assert sorted(session.scalars(select(Feedback.score))) == [0.0, 1.0]
+
+
+def test_a_retry_with_the_same_key_returns_the_first_rows_and_writes_nothing(
+    sessions, committer, stored_interaction
+):
+    interaction_id = stored_interaction()
+    items = [Rating(interaction_id=interaction_id, score=1),
+             Correction(interaction_id=interaction_id, text="46")]
+    first = committer.add(items, principal="alice", admin=False, idempotency_key="call-1")
+    again = committer.add(items, principal="alice", admin=False, idempotency_key="call-1")
+    assert [row.id for row in again] == [row.id for row in first]
+    assert [row.kind for row in again] == ["rating", "correction"]
+    assert count_feedback(sessions) == 2
+
+
+def test_concurrent_retries_with_one_key_write_once(sessions, committer, stored_interaction):
+    # The client timed out while its call was queued and sent it again: both reach the
+    # committer, possibly in one group.
+    interaction_id = stored_interaction()
+    items = [Rating(interaction_id=interaction_id, score=1)]
+    futures = [committer.submit(items, principal="alice", admin=False, idempotency_key="k")
+               for _ in range(8)]
+    ids = {tuple(row.id for row in future.result(30)) for future in futures}
+    assert len(ids) == 1
+    assert count_feedback(sessions) == 1
+
+
+def test_keys_are_per_principal(sessions, committer, stored_interaction):
+    interaction_id = stored_interaction(principal="alice")
+    items = [Rating(interaction_id=interaction_id, score=1)]
+    mine = committer.add(items, principal="alice", admin=False, idempotency_key="k")
+    admins = committer.add(items, principal="ops", admin=True, idempotency_key="k")
+    assert mine[0].id != admins[0].id
+    assert count_feedback(sessions) == 2
+
+
+def test_a_key_reused_for_other_items_is_refused(sessions, committer, stored_interaction):
+    interaction_id = stored_interaction()
+    committer.add([Rating(interaction_id=interaction_id, score=1)], principal="alice",
+                  admin=False, idempotency_key="k")
+    with pytest.raises(IdempotencyKeyReused, match="new key"):
+        committer.add([Rating(interaction_id=interaction_id, score=-1)], principal="alice",
+                      admin=False, idempotency_key="k")
+    assert count_feedback(sessions) == 1
+
+
+def test_a_refused_call_does_not_use_up_its_key(sessions, committer, stored_interaction):
+    interaction_id = stored_interaction()
+    with pytest.raises(UnknownInteraction):
+        committer.add([Rating(interaction_id="chatcmpl-unknown", score=1)], principal="alice",
+                      admin=False, idempotency_key="k")
+    committer.add([Rating(interaction_id=interaction_id, score=1)], principal="alice",
+                  admin=False, idempotency_key="k")
+    assert count_feedback(sessions) == 1
+
+
+def test_the_anonymous_principal_keys_collide_too(sessions, committer, stored_interaction):
+    # No API keys configured: principal None. SQL NULLs never collide in a unique constraint,
+    # so the store keeps "" for it.
+    interaction_id = stored_interaction(principal=None)
+    items = [Rating(interaction_id=interaction_id, score=1)]
+    committer.add(items, principal=None, admin=True, idempotency_key="k")
+    committer.add(items, principal=None, admin=True, idempotency_key="k")
+    assert count_feedback(sessions) == 1

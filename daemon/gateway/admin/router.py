@@ -22,6 +22,7 @@ from lifelong.daemon.gateway.admin.protocol import (
 )
 from lifelong.daemon.gateway.auth import AdminPrincipal
 from lifelong.daemon.gateway.errors import ApiError
+from lifelong.daemon.gateway.health import details
 from lifelong.daemon.judge import Judge, NothingToJudge
 from lifelong.daemon.learning_cycle import LearningCycle, Schedule
 from lifelong.daemon.promotion import Promoted, Promoter, PromotionRefused
@@ -87,6 +88,14 @@ async def status(_: AdminPrincipal, request: Request) -> dict[str, Any]:
                      "new_feedback": (await asyncio.to_thread(cycle.new_feedback))[0]},
         "practice": state.practice.status(),
     }
+
+
+@router.get("/health", responses=ERRORS)
+async def health(_: AdminPrincipal, request: Request) -> dict[str, Any]:
+    """What `/readyz` rests on: every upstream (URL, state, last error, pid, restarts), the
+    interaction log's counters and the database's last check. Reads no table, so it answers
+    while the database is down."""
+    return details(request.app.state)
 
 
 @router.get("/training-runs/{run_id}", responses={**ERRORS, 404: {"description": "No such run."}})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+from fastapi import Header
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lifelong.evals.verifiers import (
@@ -15,6 +16,16 @@ from lifelong.evals.verifiers import (
 )
 
 Text = Annotated[str, Field(min_length=1)]
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
+        description="Any unique string (a UUID) per feedback call: a retry of the call with the "
+        "same key returns what the first one stored and stores nothing again, so a call whose "
+        "answer was lost can be sent again. Keys are per API key's principal and kept for good.",
+    ),
+]
 
 
 class _Item(BaseModel):

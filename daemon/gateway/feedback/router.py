@@ -13,6 +13,7 @@ from lifelong.daemon.gateway.feedback.protocol import (
     FeedbackBatchIn,
     FeedbackBatchOut,
     FeedbackOut,
+    IdempotencyKey,
     InteractionOut,
     OutcomeIn,
     PreferenceIn,
@@ -28,8 +29,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "Missing or invalid API key."},
     403: {"description": "Key lacks the `feedback` scope, or the interaction is another's."},
     404: {"description": "Unknown interaction."},
+    409: {"description": "The Idempotency-Key was first used for other feedback."},
     413: {"description": "Body larger than gateway.max_request_bytes."},
     422: {"description": "Malformed or out-of-range field (named in `error.param`)."},
+    503: {"description": "The database is not answering; retry (after Retry-After seconds)."},
 }
 
 
@@ -48,18 +51,22 @@ async def give_feedback(
     ],
     principal: FeedbackPrincipal,
     service: ServiceDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> FeedbackOut:
     """Record one piece of feedback on an interaction; 201 once it is committed."""
-    (stored,) = await service.add([item], principal)
+    (stored,) = await service.add([item], principal, idempotency_key=idempotency_key)
     return stored
 
 
 @router.post("/v1/feedback:batch", status_code=201, responses=ERRORS)
 async def give_feedback_batch(
-    batch: FeedbackBatchIn, principal: FeedbackPrincipal, service: ServiceDep
+    batch: FeedbackBatchIn, principal: FeedbackPrincipal, service: ServiceDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> FeedbackBatchOut:
     """Record many pieces of feedback at once: all are committed, or none is."""
-    return FeedbackBatchOut(items=await service.add(batch.items, principal))
+    return FeedbackBatchOut(
+        items=await service.add(batch.items, principal, idempotency_key=idempotency_key)
+    )
 
 
 @router.post("/v1/tasks", status_code=201, responses=ERRORS)

@@ -3,12 +3,15 @@
 Feedback goes through the store's group committer (many requests share one transaction and one
 fsync), so a 201 always means committed. Feedback on an interaction that is still in the
 interaction log's queue waits for it (bounded by gateway.feedback_wait_s) instead of a 404.
+Every wait on the database is bounded by `database_timeout_s`; past it the caller gets
+DatabaseUnavailable (a 503) and may retry, with its idempotency key, without duplicating.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -26,10 +29,13 @@ from lifelong.daemon.gateway.feedback.protocol import (
 )
 from lifelong.daemon.metrics import ServingMetrics
 from lifelong.feedback_store import records, tasks
+from lifelong.feedback_store.errors import DatabaseUnavailable
 from lifelong.feedback_store.feedback_committer import FeedbackCommitter
 from lifelong.feedback_store.interaction_log import InteractionLog
 from lifelong.feedback_store.interactions import get_interaction
 from lifelong.feedback_store.models import Feedback
+
+T = TypeVar("T")
 
 
 def to_record(item: FeedbackIn) -> records.FeedbackItem:
@@ -67,7 +73,9 @@ class FeedbackService:
         heldout_fraction: float,
         max_text_chars: int,
         metrics: ServingMetrics,
+        database_timeout_s: float = 60.0,
     ) -> None:
+        self.database_timeout_s = database_timeout_s
         self.metrics = metrics
         self.sessions = sessions
         self.committer = committer
@@ -84,17 +92,40 @@ class FeedbackService:
                     self.interaction_log.wait_for, interaction_id, self.feedback_wait_s
                 )
 
-    async def add(self, items: Sequence[FeedbackIn], principal: Principal) -> list[FeedbackOut]:
-        """Commit all `items` or none. Raises the store's typed errors (UnknownInteraction,
-        ForeignInteraction, RatingOutOfRange, SelfPreference, TextTooLong, InvalidFeedback)."""
+    async def _bounded(self, waiting: Awaitable[T]) -> T:
+        try:
+            return await asyncio.wait_for(waiting, self.database_timeout_s)
+        except TimeoutError:
+            raise DatabaseUnavailable(
+                f"the database did not answer within {self.database_timeout_s:.0f} s"
+            ) from None
+
+    async def _in_thread(self, work: Callable[[], T]) -> T:
+        # The thread goes on until the driver's own timeouts end it; the caller does not wait.
+        return await self._bounded(asyncio.to_thread(work))
+
+    async def add(
+        self,
+        items: Sequence[FeedbackIn],
+        principal: Principal,
+        *,
+        idempotency_key: str | None = None,
+    ) -> list[FeedbackOut]:
+        """Commit all `items` or none; with `idempotency_key`, a retry of a committed call gets
+        its rows back. Raises the store's typed errors (UnknownInteraction, ForeignInteraction,
+        RatingOutOfRange, SelfPreference, TextTooLong, InvalidFeedback, IdempotencyKeyReused),
+        DatabaseUnavailable past `database_timeout_s`."""
         batch = [to_record(item) for item in items]
         referenced = {item.interaction_id for item in batch}
         referenced |= {i.preferred_over for i in batch if isinstance(i, records.Preference)} - {None}
         await self._wait_until_logged(referenced)  # type: ignore[arg-type]
         kinds = [item.kind for item in items]
         try:
-            future = self.committer.submit(batch, principal=principal.name, admin=principal.admin)
-            rows = await asyncio.wrap_future(future)
+            future = self.committer.submit(batch, principal=principal.name, admin=principal.admin,
+                                           idempotency_key=idempotency_key)
+            # A timeout cancels the batch if it is still queued; if it is being committed, the
+            # client's retry with the same key gets its rows.
+            rows = await self._bounded(asyncio.wrap_future(future))
         except Exception:
             self.metrics.feedback_received(kinds, committed=False)
             raise
@@ -117,7 +148,7 @@ class FeedbackService:
                 )
                 return TaskOut.model_validate(row, from_attributes=True)
 
-        return await asyncio.to_thread(write)
+        return await self._in_thread(write)
 
     async def interaction(self, interaction_id: str, principal: Principal) -> InteractionOut:
         """One interaction with its feedback. Raises UnknownInteraction, ForeignInteraction."""
@@ -131,4 +162,4 @@ class FeedbackService:
                 )
                 return InteractionOut.model_validate(row, from_attributes=True)
 
-        return await asyncio.to_thread(read)
+        return await self._in_thread(read)
