@@ -223,6 +223,45 @@ class GatewaySettings(Section):
         return self
 
 
+class LimitsSettings(Section):
+    """What one inference request may ask for, and how much each API key may ask per minute.
+
+    A request over a cap gets 400 naming the field and the cap; a key over its rate gets 429
+    with Retry-After. The rates are off by default: a fair number depends on the host (the tiny
+    model on a CPU answers tens of tokens a second, a GPU thousands) and on how many keys share
+    it, while the caps already bound what any one request costs.
+    """
+
+    max_tokens: int = Field(
+        default=4096, ge=1,
+        description="Largest max_tokens / max_completion_tokens a request may ask (vLLM also "
+        "refuses more than vllm.max_model_len minus the prompt).",
+    )
+    max_choices: int = Field(
+        default=16, ge=1,
+        description="Most answers one request may ask for: n, times the prompts of a batched "
+        "text completion.",
+    )
+    max_logprobs: int = Field(
+        default=20, ge=0,
+        description="Largest top_logprobs (chat) or logprobs (text completions); OpenAI's is 20.",
+    )
+    max_stop: int = Field(default=4, ge=0, description="Most stop sequences; OpenAI's is 4.")
+    max_stop_chars: int = Field(default=256, ge=1, description="Longest stop sequence.")
+    max_logit_bias: int = Field(default=300, ge=0, description="Most logit_bias entries.")
+    requests_per_minute: int | None = Field(
+        default=None, ge=1,
+        description="Inference requests each API key may send per minute (a burst of this many, "
+        "then one every 60/N s), per gateway process. Null: no limit.",
+    )
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1,
+        description="Prompt plus completion tokens each API key may use per minute, per gateway "
+        "process, counted once vLLM has answered: a key past it waits until it is back under. "
+        "Null: no limit.",
+    )
+
+
 class GrpoSettings(Section):
     """GRPO: practice on the store's train-split tasks through vLLM, learning from verifier
     rewards (a recipe's last method, or alone: ["grpo"]). The LoRA shape, learning_rate, max_seq_len, seed,
@@ -498,6 +537,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evals: EvalSettings = Field(default_factory=EvalSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)

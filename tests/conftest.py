@@ -401,3 +401,10 @@ def refusing_postgres_url() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return f"postgresql+psycopg://postgres@127.0.0.1:{sock.getsockname()[1]}/test"
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_server_url: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for this test alone (dropped after it)."""
+    with fresh_postgres_database(postgres_server_url) as url:
+        yield url

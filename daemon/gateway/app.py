@@ -278,6 +278,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         metrics_registry.register(state)
         app.state.inference = InferenceService(
             catalog=catalog, pool=pool, interaction_log=interaction_log, metrics=metrics,
+            limits=settings.limits, max_request_chars=settings.database.max_text_chars,
             traffic=traffic,
         )
         app.state.feedback = FeedbackService(

@@ -18,6 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lifelong.daemon.gateway.catalog import UnknownModel
+from lifelong.daemon.gateway.rate_limit import RateLimited
 from lifelong.daemon.upstream import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from lifelong.feedback_store import errors as store_errors
 
@@ -75,6 +76,11 @@ DATABASE_DOWN = (store_errors.DatabaseUnavailable, OperationalError, InterfaceEr
 DATABASE_RETRY_AFTER_S = 5
 
 
+# The OpenAI routes answer a bad request with 400, as OpenAI and vLLM do (the official clients
+# raise BadRequestError); the gateway's own routes keep FastAPI's 422.
+OPENAI_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
@@ -90,13 +96,14 @@ def install(app: FastAPI) -> None:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0]
         field = _field_of(tuple(first.get("loc", ())))
         message = "; ".join(
             f"{_field_of(tuple(error.get('loc', ())))}: {error['msg']}" for error in exc.errors()
         )
-        return error_response(422, message, type="invalid_request_error", param=field)
+        status = 400 if request.url.path in OPENAI_ROUTES else 422
+        return error_response(status, message, type="invalid_request_error", param=field)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> Response:
@@ -133,15 +140,26 @@ def install(app: FastAPI) -> None:
         app.add_exception_handler(down, _database_down)
 
     @app.exception_handler(UpstreamUnavailable)
-    async def _unavailable(_: Request, exc: UpstreamUnavailable) -> Response:
+    async def _unavailable(request: Request, exc: UpstreamUnavailable) -> Response:
+        # The message may name the internal vLLM URL: it goes to the log, not the client.
+        logger.warning("model server unavailable: %s", exc, extra={"path": request.url.path})
         return error_response(
-            503, f"{exc}; retry shortly", type="service_unavailable", code="upstream_unavailable",
-            headers={"Retry-After": str(exc.retry_after_s)},
+            503, "the model server is unavailable; retry shortly", type="service_unavailable",
+            code="upstream_unavailable", headers={"Retry-After": str(exc.retry_after_s)},
         )
 
     @app.exception_handler(UpstreamTimeout)
-    async def _timeout(_: Request, exc: UpstreamTimeout) -> Response:
-        return error_response(504, str(exc), type="timeout_error", code="upstream_timeout")
+    async def _timeout(request: Request, exc: UpstreamTimeout) -> Response:
+        logger.warning("model server timed out: %s", exc, extra={"path": request.url.path})
+        return error_response(504, "the model server did not answer in time", type="timeout_error",
+                              code="upstream_timeout")
+
+    @app.exception_handler(RateLimited)
+    async def _rate_limited(_: Request, exc: RateLimited) -> Response:
+        return error_response(
+            429, str(exc), type="rate_limit_error", param=None, code="rate_limit_exceeded",
+            headers={"Retry-After": str(exc.retry_after_s)},
+        )
 
     @app.exception_handler(UpstreamRejected)
     async def _rejected(_: Request, exc: UpstreamRejected) -> Response:

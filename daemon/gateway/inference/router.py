@@ -13,6 +13,7 @@ from lifelong.daemon.gateway.inference.protocol import (
     CompletionRequest,
     ModelCard,
     ModelList,
+    check_caps,
 )
 from lifelong.daemon.gateway.inference.service import CHAT, COMPLETIONS, InferenceService
 
@@ -31,6 +32,7 @@ async def chat_completions(
     body: ChatCompletionRequest, principal: InferPrincipal, service: ServiceDep
 ) -> JSONResponse | StreamingResponse:
     """OpenAI chat completion, answered by vLLM; `id` is the interaction id for feedback."""
+    check_caps(body, service.limits)
     return await service.answer(CHAT, body.model_dump(exclude_unset=True), principal)
 
 
@@ -39,6 +41,7 @@ async def completions(
     body: CompletionRequest, principal: InferPrincipal, service: ServiceDep
 ) -> JSONResponse | StreamingResponse:
     """OpenAI text completion, answered by vLLM; `id` is the interaction id for feedback."""
+    check_caps(body, service.limits)
     return await service.answer(COMPLETIONS, body.model_dump(exclude_unset=True), principal)
 
 

@@ -2,7 +2,8 @@
 
 The response is vLLM's own, with `id` replaced by the interaction id (what feedback refers to)
 and `model` by the name the client asked for. Logging is a non-blocking hand-off to the
-interaction log's background writer, after the answer is complete.
+interaction log's background writer, after the answer is complete. A request the key's rate
+limit or the store's text limit refuses never reaches vLLM.
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from lifelong.daemon.gateway.auth import Principal
 from lifelong.daemon.gateway.catalog import ModelCatalog, Route, UnknownModel
+from lifelong.daemon.gateway.errors import ApiError
+from lifelong.daemon.gateway.rate_limit import RateLimiter
 from lifelong.daemon.metrics import ServingMetrics
+from lifelong.daemon.settings import LimitsSettings
 from lifelong.daemon.upstream import (
     BASE_MODEL_NAME,
     UpstreamPool,
@@ -83,12 +87,18 @@ class InferenceService:
         pool: UpstreamPool,
         interaction_log: InteractionLog,
         metrics: ServingMetrics,
+        limits: LimitsSettings,
+        max_request_chars: int,
         traffic: UserTraffic | None = None,
     ) -> None:
         self.catalog = catalog
         self.pool = pool
         self.interaction_log = interaction_log
         self.metrics = metrics
+        self.limits = limits  # what one request may ask (checked by the routes)
+        self.max_request_chars = max_request_chars
+        self.rate = RateLimiter(requests_per_minute=limits.requests_per_minute,
+                                tokens_per_minute=limits.tokens_per_minute)
         self.traffic = traffic or UserTraffic()
 
     def _model_label(self, name: str) -> str:
@@ -114,6 +124,8 @@ class InferenceService:
         usage: dict[str, Any] | None,
     ) -> None:
         usage = usage or {}
+        self.rate.charge(principal.name, usage.get("total_tokens") or
+                         (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0))
         accepted = self.interaction_log.submit(
             NewInteraction(
                 id=interaction_id,
@@ -136,7 +148,19 @@ class InferenceService:
     async def answer(
         self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
     ) -> JSONResponse | StreamingResponse:
-        """Stream or not, as the body asks. Counts the requests that fail before answering."""
+        """Stream or not, as the body asks. Counts the requests that fail before answering.
+        Raises RateLimited, or ApiError(400) for a request longer than the store keeps."""
+        self.rate.admit(principal.name)
+        # The request is stored with its interaction: held to the store's text limit, as
+        # feedback texts are (refused rather than cut: a cut prompt is not what was answered).
+        chars = len(json.dumps(body, ensure_ascii=False, separators=(",", ":")))
+        if chars > self.max_request_chars:
+            field = "messages" if endpoint is CHAT else "prompt"
+            raise ApiError(
+                400, f"The request holds {chars} characters, more than the {self.max_request_chars} "
+                "an interaction may store (database.max_text_chars).",
+                param=field, code="request_too_long",
+            )
         visit = self.traffic.arrive()
         streaming = False
         try:
