@@ -33,7 +33,8 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "LIFELONG_"
-Scope = Literal["infer", "feedback", "admin"]
+# `evals`: may register what the gate judges on (held-out tasks, `family:` tags); admin may too.
+Scope = Literal["infer", "feedback", "evals", "admin"]
 
 _yaml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_file", default=None)
 
@@ -412,6 +413,22 @@ class GateSettings(Section):
     seed: int = 0
 
 
+class VerifierSettings(Section):
+    """Where answers are judged (lifelong.evals.verifiers) and what callers may register."""
+
+    workers: int = Field(
+        default=2, ge=1, le=64,
+        description="Worker processes the verifiers run in, apart from the gateway's event loop "
+        "and its threads: more judgements at once wait in this pool. Workers run at a lower "
+        "CPU priority (nice 10), so the gateway answers first.",
+    )
+    max_pattern_chars: int = Field(
+        default=1000, ge=1, le=100_000,
+        description="Longest regular expression a task or outcome may register (the regex "
+        "verifier's pattern or reference, JSON Schema patterns); longer is a 422.",
+    )
+
+
 class EvalSettings(Section):
     """The suites candidates are judged on, and how they are answered."""
 
@@ -466,6 +483,7 @@ class EvalSettings(Section):
     )
     concurrency: int = Field(default=64, ge=1, description="Eval requests in flight at once.")
     gate: GateSettings = Field(default_factory=GateSettings)
+    verifiers: VerifierSettings = Field(default_factory=VerifierSettings)
 
     @model_validator(mode="after")
     def _samples_need_sampling(self) -> EvalSettings:

@@ -289,6 +289,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             heldout_fraction=settings.database.heldout_fraction,
             max_text_chars=settings.database.max_text_chars,
             metrics=metrics,
+            max_pattern_chars=settings.evals.verifiers.max_pattern_chars,
             database_timeout_s=db.connect_timeout_s + db.statement_timeout_s,
         )
         try:

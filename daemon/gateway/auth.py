@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from lifelong.daemon.gateway.errors import ApiError
 from lifelong.daemon.settings import ApiKey, Scope
 
-ALL_SCOPES: frozenset[str] = frozenset({"infer", "feedback", "admin"})
+ALL_SCOPES: frozenset[str] = frozenset({"infer", "feedback", "evals", "admin"})
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,10 @@ class Principal:
     @property
     def admin(self) -> bool:
         return "admin" in self.scopes
+
+    def may(self, scope: Scope) -> bool:
+        """Whether this principal holds `scope` (admin holds every scope)."""
+        return scope in self.scopes or self.admin
 
 
 class KeyRing:
@@ -64,14 +68,17 @@ def require(scope: Scope):  # noqa: ANN201 - a FastAPI dependency factory
     def dependency(request: Request) -> Principal:
         keyring: KeyRing = request.app.state.keyring
         principal = keyring.authenticate(request.headers.get("authorization"))
-        if scope not in principal.scopes and not principal.admin:
-            raise ApiError(
-                403, f"This API key lacks the `{scope}` scope.",
-                type="permission_error", code="insufficient_scope",
-            )
+        if not principal.may(scope):
+            raise insufficient_scope(scope)
         return principal
 
     return dependency
+
+
+def insufficient_scope(scope: Scope, doing: str | None = None) -> ApiError:
+    """The 403 for a key without `scope` (for `doing`, when only part of a request needs it)."""
+    message = f"This API key lacks the `{scope}` scope" + (f" needed {doing}." if doing else ".")
+    return ApiError(403, message, type="permission_error", code="insufficient_scope")
 
 
 InferPrincipal = Annotated[Principal, Depends(require("infer"))]

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lifelong.daemon.gateway.catalog import UnknownModel
 from lifelong.daemon.gateway.rate_limit import RateLimited
 from lifelong.daemon.upstream import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from lifelong.evals.verifiers import InvalidVerifierOptions
 from lifelong.feedback_store import errors as store_errors
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,11 @@ def install(app: FastAPI) -> None:
 
     for down in DATABASE_DOWN:
         app.add_exception_handler(down, _database_down)
+
+    @app.exception_handler(InvalidVerifierOptions)
+    async def _verifier_options(_: Request, exc: InvalidVerifierOptions) -> Response:
+        return error_response(422, str(exc), type="invalid_request_error", param="options",
+                              code=_snake(type(exc).__name__))
 
     @app.exception_handler(UpstreamUnavailable)
     async def _unavailable(request: Request, exc: UpstreamUnavailable) -> Response:

@@ -31,7 +31,7 @@ def parts(tmp_path):
     metrics = CollectorRegistry()
     service = FeedbackService(
         sessions=sessionmaker(engine), committer=committer, interaction_log=log,
-        feedback_wait_s=30, heldout_fraction=0.1, max_text_chars=1000,
+        feedback_wait_s=30, heldout_fraction=0.1, max_text_chars=1000, max_pattern_chars=1000,
         metrics=ServingMetrics(metrics, versions=VersionLabels(), watchers=[],
                                interaction_log=log),
     )

@@ -3,14 +3,17 @@ packages add verifiers through the `lifelong.verifiers` entry point group."""
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
 
 from lifelong.evals.verifiers import (
     InvalidVerifierOptions,
+    PatternTooLong,
     UnknownVerifier,
     VerifierResult,
+    check_pattern_lengths,
     check_verifier,
     final_number,
     get_verifier,
@@ -97,7 +100,7 @@ SCHEMA = {"type": "object", "required": ["name", "age"],
     ("{a: 1}", "", {}, False, "not JSON: Expecting property name enclosed in double quotes"),
     ('{"name": "Ada", "age": 36}', "", {"schema": SCHEMA}, True, "valid JSON under the schema"),
     ('{"name": "Ada", "age": -1}', "", {"schema": SCHEMA}, False, "schema violation at age"),
-    ('{"name": "Ada"}', "", {"schema": SCHEMA}, False, "'age' is a required property"),
+    ('{"name": "Ada"}', "", {"schema": SCHEMA}, False, '"age" is a required property'),
     ('{"b": 2, "a": 1}', '{"a": 1, "b": 2}', {}, True, "valid JSON"),
     ('{"a": 2}', '{"a": 1}', {}, False, "not equal to the reference"),
 ])
@@ -162,6 +165,67 @@ def test_good_options_pass_the_check():
     check_verifier("json", {"schema": SCHEMA}, reference="")
     check_verifier("numeric", {"abs_tol": 0.5}, reference="46")
     check_verifier("regex", {"pattern": r"\d+", "search": True})
+
+
+# Python's backtracking `re` needed 0.95 s for this pattern on 36 characters, 1.3x more per
+# character: on 10,000 it would not end in the lifetime of the machine. These tests end (the
+# suite's pytest-timeout stops them otherwise) because the engines are linear-time; no clock is read.
+CATASTROPHIC = r"(?:.|..)*X"
+LONG_ANSWER = "a" * 10_000
+
+
+@pytest.mark.timeout(60)  # a regression then fails in a minute, not at the suite's 900 s
+def test_a_backtracking_pattern_is_judged_in_linear_time_by_the_regex_verifier():
+    for options in ({}, {"search": True}, {"ignore_case": True}):
+        result = verify("regex", LONG_ANSWER, CATASTROPHIC, options)
+        assert not result.passed and "does not match" in result.reason
+    assert verify("regex", LONG_ANSWER + "X", CATASTROPHIC, {}).passed
+
+
+@pytest.mark.parametrize(("schema", "passed"), [
+    ({"type": "string", "pattern": f"^{CATASTROPHIC}$"}, False),
+    ({"type": "object", "patternProperties": {f"^{CATASTROPHIC}$": {"type": "integer"}}}, True),
+    ({"type": "object", "patternProperties": {f"^{CATASTROPHIC}$": True},
+      "additionalProperties": False}, False),
+])
+@pytest.mark.timeout(60)
+def test_json_schema_patterns_are_judged_in_linear_time(schema, passed):
+    check_verifier("json", {"schema": schema})
+    value = LONG_ANSWER if schema["type"] == "string" else {LONG_ANSWER: "x"}
+    result = verify("json", json.dumps(value), "", {"schema": schema})
+    assert result.passed is passed
+    assert len(result.reason) < 300  # the offending 10,000 characters are not all quoted back
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"pattern": r"(?=\d)\d+"}, "option 'pattern' does not compile"),  # lookahead: backtracking only
+    ({"pattern": r"(a)\1"}, "option 'pattern' does not compile"),  # a backreference
+    ({"pattern": r"(?:\w{999}|\d{999})" * 3}, "RE2 instructions"),  # slow per answer character
+    ({"schema": {"pattern": r"(?<=x)y"}}, "option 'schema' is not a valid JSON Schema"),
+    ({"schema": {"$ref": "file:///etc/hostname"}}, "Retrieval is disabled"),  # nothing is fetched
+    ({"schema": {"$ref": "http://127.0.0.1:9/schema.json"}}, "Retrieval is disabled"),
+])
+def test_patterns_that_only_a_backtracking_engine_runs_and_remote_refs_are_refused(options, message):
+    name = "json" if "schema" in options else "regex"
+    with pytest.raises(InvalidVerifierOptions, match=message.replace("(", r"\(").replace("?", r"\?")):
+        check_verifier(name, options)
+
+
+def test_a_schema_that_needs_fetching_fails_the_answer_rather_than_fetching():
+    result = verify("json", "{}", "", {"schema": {"$ref": "file:///etc/hostname"}})
+    assert not result.passed and "not usable" in result.reason
+
+
+@pytest.mark.parametrize(("name", "options", "reference"), [
+    ("regex", {"pattern": "a" * 101}, ""),
+    ("regex", {}, "a" * 101),
+    ("json", {"schema": {"properties": {"x": {"pattern": "a" * 101}}}}, ""),
+    ("json", {"schema": {"patternProperties": {"a" * 101: {}}}}, ""),
+])
+def test_a_pattern_over_the_length_cap_is_refused_naming_the_cap(name, options, reference):
+    check_pattern_lengths(name, options, reference, max_chars=101)
+    with pytest.raises(PatternTooLong, match="101 characters is longer than the 100 allowed"):
+        check_pattern_lengths(name, options, reference, max_chars=100)
 
 
 @pytest.fixture

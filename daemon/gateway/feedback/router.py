@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
 
-from lifelong.daemon.gateway.auth import FeedbackPrincipal
+from lifelong.daemon.gateway.auth import FeedbackPrincipal, insufficient_scope
 from lifelong.daemon.gateway.feedback.protocol import (
     FEEDBACK_EXAMPLES,
     CorrectionIn,
@@ -22,6 +22,7 @@ from lifelong.daemon.gateway.feedback.protocol import (
     TaskOut,
 )
 from lifelong.daemon.gateway.feedback.service import FeedbackService
+from lifelong.evals.suites import FAMILY_TAG
 
 router = APIRouter(tags=["feedback"])
 
@@ -69,9 +70,17 @@ async def give_feedback_batch(
     )
 
 
-@router.post("/v1/tasks", status_code=201, responses=ERRORS)
+@router.post("/v1/tasks", status_code=201, responses={
+    **ERRORS, 403: {"description": "Key lacks the `feedback` scope, or the `evals` scope for "
+                    "`heldout: true` or a `family:` tag."}})
 async def register_task(task: TaskIn, principal: FeedbackPrincipal, service: ServiceDep) -> TaskOut:
-    """Register a verifiable prompt (reference answer + verifier) for evaluation and training."""
+    """Register a verifiable prompt (reference answer + verifier) for evaluation and training.
+    `heldout: true` and `family:` tags need the `evals` scope (or `admin`)."""
+    # They choose what the gate judges candidates on (its target suites, one per family, named
+    # in /metrics): a `feedback` key may add tasks, not steer the gate.
+    if (task.heldout or any(tag.startswith(FAMILY_TAG) for tag in task.tags)) \
+            and not principal.may("evals"):
+        raise insufficient_scope("evals", "for `heldout: true` or a `family:` tag")
     return await service.add_task(task, principal)
 
 

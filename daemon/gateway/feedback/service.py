@@ -28,6 +28,7 @@ from lifelong.daemon.gateway.feedback.protocol import (
     TaskOut,
 )
 from lifelong.daemon.metrics import ServingMetrics
+from lifelong.evals.verifiers import check_pattern_lengths
 from lifelong.feedback_store import records, tasks
 from lifelong.feedback_store.errors import DatabaseUnavailable
 from lifelong.feedback_store.feedback_committer import FeedbackCommitter
@@ -73,6 +74,7 @@ class FeedbackService:
         heldout_fraction: float,
         max_text_chars: int,
         metrics: ServingMetrics,
+        max_pattern_chars: int,
         database_timeout_s: float = 60.0,
     ) -> None:
         self.database_timeout_s = database_timeout_s
@@ -83,6 +85,7 @@ class FeedbackService:
         self.feedback_wait_s = feedback_wait_s
         self.heldout_fraction = heldout_fraction
         self.max_text_chars = max_text_chars
+        self.max_pattern_chars = max_pattern_chars
 
     async def _wait_until_logged(self, interaction_ids: set[str]) -> None:
         for interaction_id in interaction_ids:
@@ -114,7 +117,12 @@ class FeedbackService:
         """Commit all `items` or none; with `idempotency_key`, a retry of a committed call gets
         its rows back. Raises the store's typed errors (UnknownInteraction, ForeignInteraction,
         RatingOutOfRange, SelfPreference, TextTooLong, InvalidFeedback, IdempotencyKeyReused),
-        DatabaseUnavailable past `database_timeout_s`."""
+        DatabaseUnavailable past `database_timeout_s`; PatternTooLong."""
+        for item in items:
+            if isinstance(item, OutcomeIn) and item.verifier and item.details \
+                    and isinstance(item.details.get("reference"), str):
+                check_pattern_lengths(item.verifier, item.details.get("options") or {},
+                                      item.details["reference"], max_chars=self.max_pattern_chars)
         batch = [to_record(item) for item in items]
         referenced = {item.interaction_id for item in batch}
         referenced |= {i.preferred_over for i in batch if isinstance(i, records.Preference)} - {None}
@@ -133,7 +141,9 @@ class FeedbackService:
         return [to_wire(row) for row in rows]
 
     async def add_task(self, task: TaskIn, principal: Principal) -> TaskOut:
-        """Register a verifiable prompt. Raises InvalidTask, TextTooLong."""
+        """Register a verifiable prompt. Raises PatternTooLong, InvalidTask, TextTooLong."""
+        check_pattern_lengths(task.verifier, task.options, task.reference,
+                              max_chars=self.max_pattern_chars)
         record = records.NewTask(
             reference=task.reference, verifier=task.verifier, prompt=task.prompt,
             messages=task.messages, options=task.options, tags=tuple(task.tags),
