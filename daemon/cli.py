@@ -19,6 +19,7 @@ import yaml
 
 from lifelong.daemon import log
 from lifelong.daemon.settings import Settings, SettingsError, load_settings, masked
+from lifelong.evals import sandbox
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -71,6 +72,7 @@ def settings_from(config: Path | None, **overrides: object) -> Settings:
     except SettingsError as exc:
         fail(str(exc))
     log.configure(settings.log_level)
+    sandbox.configure(settings.evals.sandbox.policy())  # python_tests, here and in `train`
     return settings
 
 
@@ -262,6 +264,11 @@ def _serve(settings: Settings) -> None:
     finally:
         engine.dispose()
     _check_suites(settings)
+    found = sandbox.describe()
+    logging.getLogger(__name__).info(
+        "sandbox: isolation %s, layers %s; python_tests %s%s", found["isolation"],
+        ", ".join(found["layers"]), found["python_tests"],
+        f" ({found['reason']})" if found["reason"] else "")
     if not settings.gateway.api_keys:
         logging.getLogger(__name__).warning(
             "no API keys configured: serving without authentication, bound to %s only",

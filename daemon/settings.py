@@ -32,6 +32,10 @@ from pydantic_settings import (
     SettingsError as PydanticSettingsError,
 )
 
+from lifelong.evals.sandbox import SandboxPolicy
+
+_SANDBOX = SandboxPolicy()  # the defaults live with the sandbox
+
 ENV_PREFIX = "LIFELONG_"
 # `evals`: may register what the gate judges on (held-out tasks, `family:` tags); admin may too.
 Scope = Literal["infer", "feedback", "evals", "admin"]
@@ -429,6 +433,39 @@ class VerifierSettings(Section):
     )
 
 
+class SandboxSettings(Section):
+    """python_tests' sandbox (lifelong.evals.sandbox; README, "Threat model"): the weakest
+    isolation it may run under, and caps on what a task may ask for (more is refused at
+    registration)."""
+
+    isolation: Literal["full", "landlock", "unconfined"] = Field(
+        default=_SANDBOX.isolation,
+        description="full: user, mount, PID and network namespaces over an empty root, and "
+        "seccomp (+ Landlock where present). landlock: seccomp and Landlock ABI >= 4 without "
+        "namespaces, for hosts that forbid them (systemd RestrictNamespaces=, container seccomp "
+        "profiles): the host's files are only Landlock-hidden. unconfined: whatever this host "
+        "has, even nothing; only for trusted task authors. Below the level python_tests runs "
+        "nothing and registering one is refused.",
+    )
+    max_timeout_s: float = Field(
+        default=_SANDBOX.max_timeout_s, gt=0, le=600,
+        description="Largest timeout_s a python_tests task may ask for (wall clock per answer).",
+    )
+    max_memory_mb: int = Field(
+        default=_SANDBOX.max_memory_mb, ge=64,
+        description="Largest memory_mb a python_tests task may ask for (address space of each "
+        "of its two processes).",
+    )
+    scratch_mb: int = Field(
+        default=_SANDBOX.scratch_mb, ge=1, le=4096,
+        description="What the sandboxed code may write in all (its tmpfs root; with namespaces).",
+    )
+
+    def policy(self) -> SandboxPolicy:
+        return SandboxPolicy(isolation=self.isolation, max_timeout_s=self.max_timeout_s,
+                             max_memory_mb=self.max_memory_mb, scratch_mb=self.scratch_mb)
+
+
 class EvalSettings(Section):
     """The suites candidates are judged on, and how they are answered."""
 
@@ -483,6 +520,7 @@ class EvalSettings(Section):
     )
     concurrency: int = Field(default=64, ge=1, description="Eval requests in flight at once.")
     gate: GateSettings = Field(default_factory=GateSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     verifiers: VerifierSettings = Field(default_factory=VerifierSettings)
 
     @model_validator(mode="after")

@@ -17,8 +17,10 @@ a score in [0, 1], passed, and a short reason a person can read. Built in:
 - agreement: how alike the answer is to the reference, for references that are a model's own
   earlier answer rather than the one right answer: the score is difflib's similarity ratio of
   the two normalised texts (0..1), passed at `min_ratio` (default 0.6).
-- python_tests: the answer's code (a ```python fence is allowed), then the reference's test code,
-  run to the end in the sandbox (`sandbox.py`). Options `timeout_s` (<= 60), `memory_mb` (>= 64).
+- python_tests: the answer's code (a ```python fence is allowed) and the reference's test code
+  (at least one `assert` or unittest TestCase), each in its own sandboxed process (`sandbox.py`).
+  Options `timeout_s` and `memory_mb`, capped by the sandbox policy (settings `evals.sandbox`);
+  refused where the sandbox's isolation level is not available.
 
 Custom verifiers come from other installed packages through the entry point group
 `lifelong.verifiers`; the entry point's name is the verifier's name and its object a verifier
@@ -246,9 +248,13 @@ def json_verifier(answer: str, reference: str, options: Mapping[str, Any]) -> Ve
 
 
 def python_tests(answer: str, reference: str, options: Mapping[str, Any]) -> VerifierResult:
+    if (problem := sandbox.check_tests(reference)) is not None:
+        return _result(False, problem)
+    caps = sandbox.policy()  # a task registered under looser caps still runs within today's
     limits = sandbox.SandboxLimits(
-        wall_s=float(options.get("timeout_s", 10.0)),
-        memory_bytes=int(options.get("memory_mb", 512)) * 2**20,
+        wall_s=min(float(options.get("timeout_s", 10.0)), caps.max_timeout_s),
+        memory_bytes=min(int(options.get("memory_mb", 512)), caps.max_memory_mb) * 2**20,
+        scratch_bytes=caps.scratch_mb * 2**20,
     )
     outcome = sandbox.run_python_tests(_unfence(answer), reference, limits=limits)
     return _result(outcome.passed, outcome.reason)
@@ -287,7 +293,9 @@ def _schema(value: Any) -> str | None:
 
 def _timeout(value: Any) -> str | None:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    return None if ok and 0 < value <= 60 else "must be a number of seconds in (0, 60]"
+    cap = sandbox.policy().max_timeout_s
+    return None if ok and 0 < value <= cap else \
+        f"must be a number of seconds in (0, {cap:g}] ({sandbox.SETTING}.max_timeout_s)"
 
 
 def _share(value: Any) -> str | None:
@@ -297,7 +305,9 @@ def _share(value: Any) -> str | None:
 
 def _memory(value: Any) -> str | None:
     ok = isinstance(value, int) and not isinstance(value, bool)
-    return None if ok and 64 <= value <= 16384 else "must be a whole number of MiB in [64, 16384]"
+    cap = sandbox.policy().max_memory_mb
+    return None if ok and 64 <= value <= cap else \
+        f"must be a whole number of MiB in [64, {cap}] ({sandbox.SETTING}.max_memory_mb)"
 
 
 OptionCheck = Callable[[Any], str | None]
@@ -366,6 +376,11 @@ def check_verifier(name: str, options: Mapping[str, Any], *, reference: str | No
             problems.append(f"unknown option {key!r} (known: {known})")
         elif (problem := checks[key](value)) is not None:
             problems.append(f"option {key!r} {problem}")
+    if name == "python_tests" and (problem := sandbox.missing()) is not None:
+        problems.append(problem)
+    if name == "python_tests" and reference is not None \
+            and (problem := sandbox.check_tests(reference)) is not None:
+        problems.append(f"reference: {problem}")
     if reference is not None:
         if name == "numeric" and final_number(reference) is None:
             problems.append(f"reference {_short(reference)} holds no number")

@@ -118,7 +118,7 @@ def test_python_tests_runs_fenced_code_against_the_reference_tests():
 
 
 def test_python_tests_timeout_option_bounds_the_run():
-    result = verify("python_tests", "while True:\n    pass\n", "", {"timeout_s": 1})
+    result = verify("python_tests", "while True:\n    pass\n", "assert True\n", {"timeout_s": 1})
     assert not result.passed and result.reason == "timed out after 1 s"
 
 
