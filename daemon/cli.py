@@ -227,12 +227,41 @@ def base_ask(
     typer.echo(answer(settings.base_model_path, question))
 
 
+KEY_ON_ARGV = ("puts the key on the command line, where other users see it (ps, /proc) and "
+               "shell history keeps it")
+
+
+def read_key(key_file: Path | None) -> str:
+    """A key from `key_file` ('-': stdin), or typed at a hidden prompt, or piped on stdin;
+    surrounding whitespace dropped, as the gateway drops it."""
+    if key_file is not None and str(key_file) != "-":
+        try:
+            key = key_file.read_text()
+        except OSError as exc:
+            fail(f"cannot read the key file {key_file}: {exc.strerror}; give a readable file")
+    elif key_file is None and sys.stdin.isatty():
+        key = typer.prompt("API key", hide_input=True, err=True)
+    else:
+        key = sys.stdin.read()
+    if not key.strip():
+        fail("no key given; pipe it (`lifelong keys hash < key.txt`) or use --key-file FILE")
+    return key.strip()
+
+
 @keys_app.command("hash")
 def keys_hash(
-    key: Annotated[str, typer.Argument(help="The secret key a client will send as Bearer token.")],
+    key: Annotated[str | None, typer.Argument(
+        help="Refused: a key here is visible to other users; give '-' for stdin, or leave it "
+        "out.", show_default=False)] = None,
+    key_file: Annotated[Path | None, typer.Option(
+        "--key-file", help="Read the key from this file ('-': stdin).")] = None,
 ) -> None:
-    """Print the sha256 to put in gateway.api_keys (the daemon never stores the key itself)."""
-    typer.echo(hashlib.sha256(key.encode()).hexdigest())
+    """Print the sha256 to put in gateway.api_keys (the daemon never stores the key itself).
+    The key is read from stdin, a hidden prompt, or --key-file; never from the command line."""
+    if key not in (None, "-"):
+        fail(f"`keys hash KEY` {KEY_ON_ARGV}; type it at the prompt of `lifelong keys hash`, "
+             "pipe it (`lifelong keys hash < key.txt`) or use --key-file FILE")
+    typer.echo(hashlib.sha256(read_key(key_file).encode()).hexdigest())
 
 
 @app.command("serve")
@@ -247,6 +276,21 @@ def serve(
     _serve(settings_from(config, data_dir=data_dir, gateway=gateway or None))
 
 
+def private_data_dir(data_dir: Path) -> None:
+    """Make the daemon's files its user's alone, outside systemd too: the umask for everything
+    it and its children create from now on (database, logs, adapters, the trainer's settings
+    with the database URL), the data dir 0700, and existing logs and run files 0600."""
+    os.umask(0o077)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    for folder in (data_dir / "logs", data_dir / "run"):
+        if folder.is_dir():
+            folder.chmod(0o700)
+            for path in folder.iterdir():
+                if path.is_file() and not path.is_symlink():
+                    path.chmod(0o600)
+
+
 def _serve(settings: Settings) -> None:
     import uvicorn
 
@@ -254,6 +298,7 @@ def _serve(settings: Settings) -> None:
     from lifelong.feedback_store.database import ensure_migrated, make_engine
     from lifelong.feedback_store.errors import DatabaseNotMigrated
 
+    private_data_dir(settings.data_dir)
     if not settings.vllm.upstreams:
         _ensure_base_model(settings)
     engine = make_engine(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
@@ -587,8 +632,19 @@ def eval_(
 
 UrlOption = Annotated[str | None, typer.Option(
     "--url", help="The running daemon; default http://<gateway.host>:<gateway.port>.")]
-KeyOption = Annotated[str | None, typer.Option(
-    "--key", envvar="LIFELONG_API_KEY", help="An API key with the admin scope (LIFELONG_API_KEY).")]
+KeyOption = Annotated[str | None, typer.Option("--key", hidden=True, help="Refused (argv).")]
+KeyFileOption = Annotated[Path | None, typer.Option(
+    "--key-file", help="A file holding an API key with the admin scope ('-': stdin); "
+    "default: $LIFELONG_API_KEY.")]
+
+
+def admin_key(key: str | None, key_file: Path | None) -> str | None:
+    """The admin key from --key-file or LIFELONG_API_KEY; `--key KEY` is refused."""
+    if key is not None:
+        fail(f"--key {KEY_ON_ARGV}; set LIFELONG_API_KEY or use --key-file FILE")
+    if key_file is not None:
+        return read_key(key_file)
+    return os.environ.get("LIFELONG_API_KEY") or None
 
 
 @app.command("promote")
@@ -599,12 +655,13 @@ def promote(
     reason: Annotated[str | None, typer.Option(help="Why, for the promotion log.")] = None,
     url: UrlOption = None,
     key: KeyOption = None,
+    key_file: KeyFileOption = None,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Serve VERSION under the public alias, through the running daemon (hot-swap, no downtime)."""
     settings = settings_from(config, data_dir=data_dir)
-    moved = _admin(settings, url, key, "/admin/promote",
+    moved = _admin(settings, url, admin_key(key, key_file), "/admin/promote",
                    {"version": version, "force": force, "reason": reason})
     typer.echo(f"champion: {moved['champion']} (was {moved['previous']})"
                + (" [forced]" if moved["forced"] else ""))
@@ -617,12 +674,13 @@ def rollback(
     reason: Annotated[str | None, typer.Option(help="Why, for the promotion log.")] = None,
     url: UrlOption = None,
     key: KeyOption = None,
+    key_file: KeyFileOption = None,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Return the public alias to the previous champion, through the running daemon."""
     settings = settings_from(config, data_dir=data_dir)
-    moved = _admin(settings, url, key, "/admin/rollback", {"to": to, "reason": reason})
+    moved = _admin(settings, url, admin_key(key, key_file), "/admin/rollback", {"to": to, "reason": reason})
     typer.echo(f"champion: {moved['champion']} (was {moved['previous']})")
 
 
@@ -630,6 +688,7 @@ def rollback(
 def status(
     url: UrlOption = None,
     key: KeyOption = None,
+    key_file: KeyFileOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="The whole status as JSON.")] = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
@@ -637,7 +696,7 @@ def status(
     """What the running daemon serves and learns: champion, waiting candidates, the learning
     cycle, the next scheduled run, recent training runs, decisions and promotions."""
     settings = settings_from(config, data_dir=data_dir)
-    found = _admin(settings, url, key, "/admin/status", None)
+    found = _admin(settings, url, admin_key(key, key_file), "/admin/status", None)
     if as_json:
         typer.echo(json.dumps(found, indent=2))
         return
@@ -694,7 +753,8 @@ def _admin(settings: Settings, url: str | None, key: str | None, path: str,
             message = json.loads(exc.read())["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = exc.reason
-        hint = "; give an admin key with --key or LIFELONG_API_KEY" if exc.code in (401, 403) else ""
+        hint = ("; give an admin key with LIFELONG_API_KEY or --key-file"
+                if exc.code in (401, 403) else "")
         fail(f"{message}{hint}")
     except OSError as exc:
         fail(f"cannot reach the daemon at {base} ({exc}); is `lifelong serve` running? (--url)")

@@ -750,22 +750,41 @@ def write_settings_file(settings: Settings, path: Path) -> Path:
         key["sha256"] = value.sha256.get_secret_value()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above only applies to a new file, not one left from before
     with os.fdopen(fd, "w") as file:
         yaml.safe_dump(data, file, sort_keys=False)
     return path
 
 
-_URL_PASSWORD = re.compile(r"(?<=://)([^:/@]+):([^@]+)@")
-
-
 def masked(settings: Settings) -> dict[str, Any]:
-    """The effective settings as plain data, secrets masked, for display."""
+    """The effective settings as plain data, secrets masked, for display: passwords and secret
+    parameters in every URL (database, upstreams), key digests, and the value of any
+    `--...key/token/password/secret` option in vllm.extra_args."""
+    from lifelong.feedback_store.database import mask_secrets
+
+    def mask(value: Any) -> Any:
+        if isinstance(value, str):
+            return mask_secrets(value)
+        if isinstance(value, dict):
+            return {key: mask(item) for key, item in value.items()}
+        if isinstance(value, list):
+            shown = [mask(item) for item in value]
+            for index, item in enumerate(value):  # `--api-key X` and `--api-key=X`
+                if isinstance(item, str) and _SECRET_OPTION.match(item):
+                    if "=" in item:
+                        shown[index] = item.split("=", 1)[0] + "=***"
+                    elif index + 1 < len(shown):
+                        shown[index + 1] = "***"
+            return shown
+        return value
+
     data = settings.model_dump(mode="json")
     if settings.database.url is not None:
-        data["database"]["url"] = _URL_PASSWORD.sub(
-            r"\1:***@", settings.database.url.get_secret_value()
-        )
-    data["database"]["effective_url"] = _URL_PASSWORD.sub(r"\1:***@", settings.database_url)
+        data["database"]["url"] = settings.database.url.get_secret_value()
+    data["database"]["effective_url"] = settings.database_url
     for key in data["gateway"]["api_keys"]:
         key["sha256"] = "***"
-    return data
+    return mask(data)
+
+
+_SECRET_OPTION = re.compile(r"(?i)--[\w-]*(?:key|token|password|secret)[\w-]*(?:=|$)")

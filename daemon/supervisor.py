@@ -24,7 +24,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -36,6 +36,30 @@ OnReady = Callable[[Upstream], Awaitable[None]]
 Exclusive = Callable[[], AbstractAsyncContextManager[None]]
 HEALTH_INTERVAL_S = 2.0
 UNHEALTHY_KILL_AFTER = 15  # consecutive failed /health probes (~30 s) before a hung server is killed
+
+
+# What a vLLM server may take from the daemon's environment: locale, paths, and the knobs of
+# vLLM, OpenMP, CUDA/ROCm, torch and the Hugging Face libraries (offline flags, caches). Nothing
+# else: the daemon's environment holds the database URL (LIFELONG_DATABASE__URL) and may hold
+# cloud or Hugging Face credentials, which a server answering model requests has no use for.
+CHILD_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+    "PYTHONPATH", "PYTHONHASHSEED", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH", "LD_PRELOAD", "CC", "CXX",
+    "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR",
+    "HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+    "HF_HUB_DISABLE_TELEMETRY", "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE",
+})
+CHILD_ENV_PREFIXES = (
+    "LC_", "VLLM_", "OMP_", "KMP_", "MKL_", "CUDA_", "NVIDIA_", "NCCL_", "HIP_", "ROCR_", "HSA_",
+    "TORCH_", "TORCHINDUCTOR_", "PYTORCH_", "TRITON_",
+)
+
+
+def child_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The part of `environ` a vLLM child gets (CHILD_ENV_NAMES and CHILD_ENV_PREFIXES)."""
+    return {name: value for name, value in environ.items()
+            if name in CHILD_ENV_NAMES or name.startswith(CHILD_ENV_PREFIXES)}
 
 
 class StartupFailed(Exception):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -92,6 +93,20 @@ def _private_file(path: Path) -> None:
             pass
 
 
+# user:password@ in a URL, and a parameter whose name says secret (password=, sslpassword=,
+# api_key=, token=...) in a query string or a libpq key=value list.
+_USERINFO = re.compile(r"(?<=://)([^:/@\s]*):([^@/\s]+)@")
+_SECRET_PARAMETER = re.compile(
+    r"(?i)((?:^|[?&;\s])[\w.-]*(?:pass|secret|token|key|credential)[\w.-]*=)([^&;\s]*)"
+)
+
+
+def mask_secrets(text: str) -> str:
+    """`text` (a database URL, a connection string, a log line) with every password or other
+    secret a database URL can carry replaced by ***."""
+    return _SECRET_PARAMETER.sub(r"\1***", _USERINFO.sub(r"\1:***@", text))
+
+
 def alembic_config() -> Config:
     """Alembic's configuration, built in code, pointing at the packaged migrations."""
     config = Config()
@@ -133,7 +148,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 def ensure_migrated(engine: Engine) -> None:
     """Return if the database is at the head revision. Raises DatabaseNotMigrated otherwise."""
-    where = engine.url.render_as_string(hide_password=True)
+    where = mask_secrets(engine.url.render_as_string(hide_password=False))
     current = current_revision(engine)
     head = head_revision()
     if current == head:

@@ -38,7 +38,7 @@ from lifelong.daemon.metrics import ServingMetrics, StateCollector, VersionLabel
 from lifelong.daemon.practice import Practice
 from lifelong.daemon.promotion import Promoter
 from lifelong.daemon.settings import ENV_PREFIX, Settings, write_settings_file
-from lifelong.daemon.supervisor import HealthWatch, Supervisor
+from lifelong.daemon.supervisor import HealthWatch, Supervisor, child_environment
 from lifelong.daemon.trainer import Trainer, TrainRequest
 from lifelong.daemon.upstream import BASE_MODEL_NAME, HttpUpstream, Upstream, UpstreamPool
 from lifelong.daemon.user_traffic import UserTraffic
@@ -70,9 +70,10 @@ def vllm_command(settings: Settings, port: int | None = None) -> list[str]:
 
 
 def vllm_env(settings: Settings, port: int | None = None) -> dict[str, str]:
-    """The environment of the local vLLM on `port` (None: any vLLM of these settings)."""
+    """The environment of the local vLLM on `port` (None: any vLLM of these settings): only
+    what it needs from ours (`child_environment`), never the database URL or keys."""
     env = {
-        **os.environ,
+        **child_environment(),
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
         "VLLM_CPU_KVCACHE_SPACE": str(settings.vllm.cpu_kvcache_space_gib),
     }

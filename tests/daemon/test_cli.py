@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 LIFELONG = str(Path(sys.executable).parent / "lifelong")
@@ -109,9 +111,78 @@ def test_public_bind_without_keys_is_refused(tmp_path):
     assert done.returncode == 2 and "api_keys" in done.stderr
 
 
-def test_keys_hash_prints_the_sha256():
-    done = run("keys", "hash", "sk-test")
+def keys_hash(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LIFELONG, "keys", "hash", *args], input=stdin, capture_output=True,
+                          text=True)
+
+
+@pytest.mark.parametrize("args", [(), ("-",), ("--key-file", "-")])
+def test_keys_hash_prints_the_sha256_of_the_key_on_stdin(args):
+    done = keys_hash(*args, stdin="sk-test\n")
+    assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == hashlib.sha256(b"sk-test").hexdigest()
+
+
+def test_keys_hash_reads_a_key_file(tmp_path):
+    (tmp_path / "key").write_text("sk-test\n")
+    done = keys_hash("--key-file", str(tmp_path / "key"))
+    assert done.stdout.strip() == hashlib.sha256(b"sk-test").hexdigest()
+
+
+def test_a_key_on_the_command_line_is_refused_naming_the_fix():
+    # argv is readable by every user (ps, /proc/<pid>/cmdline) and kept in shell history.
+    done = keys_hash("sk-test")
+    assert done.returncode == 2 and done.stdout == ""
+    assert "--key-file" in done.stderr and "lifelong keys hash < key.txt" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = run("status", "--key", "sk-test")
+    assert done.returncode == 2 and "LIFELONG_API_KEY or use --key-file" in done.stderr
+
+
+def test_keys_hash_without_a_key_says_how_to_give_one():
+    done = keys_hash(stdin="")
+    assert done.returncode == 2 and "no key given" in done.stderr
+
+
+def test_config_show_masks_every_form_of_secret(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "database": {"url": "postgresql+psycopg://u:pw-secret@h/db"
+                            "?sslpassword=ssl-secret&sslmode=require&password=query-secret"},
+        "vllm": {"upstreams": ["http://vllm:upstream-secret@h:8100"],
+                 "extra_args": ["--api-key", "args-secret", "--hf-token=token-secret"]},
+    }))
+    done = run("config", "show", "--config", str(config), "--data-dir", str(tmp_path / "d"))
+    assert done.returncode == 0, done.stderr
+    assert "secret" not in done.stdout
+    shown = yaml.safe_load(done.stdout)
+    assert shown["database"]["url"] == (
+        "postgresql+psycopg://u:***@h/db?sslpassword=***&sslmode=require&password=***")
+    assert shown["vllm"]["extra_args"] == ["--api-key", "***", "--hf-token=***"]
+
+
+def test_the_data_dir_and_what_it_holds_are_the_owners_alone(tmp_path):
+    from lifelong.daemon.cli import private_data_dir
+
+    data_dir = tmp_path / "data"
+    (data_dir / "logs").mkdir(parents=True, mode=0o755)
+    (data_dir / "run").mkdir(mode=0o755)
+    data_dir.chmod(0o755)
+    for path in (data_dir / "logs" / "vllm.log", data_dir / "run" / "trainer-settings.yaml"):
+        path.write_text("x")
+        path.chmod(0o644)
+    umask = os.umask(0o022)
+    try:
+        private_data_dir(data_dir)
+        (data_dir / "adapters").mkdir()  # what the daemon makes later
+        (data_dir / "logs" / "trainer-1.log").write_text("x")
+    finally:
+        os.umask(umask)
+    modes = {path.relative_to(data_dir).as_posix(): stat.S_IMODE(path.stat().st_mode)
+             for path in [data_dir, *data_dir.rglob("*")]}
+    assert modes == {".": 0o700, "logs": 0o700, "run": 0o700, "adapters": 0o700,
+                     "logs/vllm.log": 0o600, "run/trainer-settings.yaml": 0o600,
+                     "logs/trainer-1.log": 0o600}
 
 
 def test_base_ask_answers_with_the_model(tiny_base_model, tmp_path):

@@ -8,6 +8,7 @@ keeps serving."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -93,9 +94,9 @@ def test_feedback_through_the_api_becomes_a_promoted_adapter_and_poison_is_rejec
 
         assert right(now) >= right(before) + 0.5, (right(before), right(now))
 
-        shown = subprocess.run([LIFELONG, "status", "--config", str(daemon.config),
-                                "--key", daemon.key("ops")], capture_output=True, text=True,
-                               timeout=60)
+        shown = subprocess.run([LIFELONG, "status", "--config", str(daemon.config)],
+                               capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "LIFELONG_API_KEY": daemon.key("ops")})
         assert shown.returncode == 0, shown.stderr
         assert "serving:    v0001" in shown.stdout and "promote  base -> v0001 by gate" in shown.stdout
 

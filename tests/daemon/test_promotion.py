@@ -149,14 +149,15 @@ def test_a_version_vllm_refuses_changes_nothing(daemon):
 
 def test_the_cli_promotes_through_the_daemon_and_names_the_key_it_needs(daemon):
     args = [LIFELONG, "promote", "v0001", "--config", str(daemon.config)]
-    keyless = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    assert keyless.returncode == 2 and "--key or LIFELONG_API_KEY" in keyless.stderr
-    done = subprocess.run([*args, "--key", daemon.key("ops")], capture_output=True, text=True,
-                          timeout=300)
+    keyless_env = {k: v for k, v in os.environ.items() if k != "LIFELONG_API_KEY"}
+    keyless = subprocess.run(args, capture_output=True, text=True, timeout=120, env=keyless_env)
+    assert keyless.returncode == 2 and "LIFELONG_API_KEY or --key-file" in keyless.stderr
+    keyed = {**os.environ, "LIFELONG_API_KEY": daemon.key("ops")}
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=keyed)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("champion: v0001 (was ")
-    back = subprocess.run([LIFELONG, "rollback", "--to", "base", "--config", str(daemon.config),
-                           "--key", daemon.key("ops")], capture_output=True, text=True, timeout=300)
+    back = subprocess.run([LIFELONG, "rollback", "--to", "base", "--config", str(daemon.config)],
+                          capture_output=True, text=True, timeout=300, env=keyed)
     assert back.returncode == 0 and back.stdout.startswith("champion: base (was v0001)"), back.stderr
 
 

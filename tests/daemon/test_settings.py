@@ -1,6 +1,7 @@
 """The settings tree: YAML + environment, validated at start-up with messages naming key and fix."""
 
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,33 @@ def test_the_two_local_vllm_servers_are_bound_to_different_halves_of_the_cores(
     assert vllm_env(halves, 8101)[CPU_BIND] == "0-7"
     with pytest.raises(SettingsError, match="cpu_cores"):
         load_settings(data_dir=tmp_path, vllm={"cpu_cores": "all"})
+
+
+def test_the_settings_file_for_the_trainer_is_the_owners_alone_even_if_it_existed(tmp_path):
+    path = tmp_path / "run" / "trainer-settings.yaml"
+    path.parent.mkdir()
+    path.write_text("left from before")
+    path.chmod(0o644)
+    settings = load_settings(data_dir=tmp_path,
+                             database={"url": "postgresql+psycopg://bob:s3cret@db/lifelong"})
+    write_settings_file(settings, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "s3cret" in path.read_text()  # whole: the trainer needs it
+
+
+def test_the_vllm_child_gets_only_the_environment_it_needs(tmp_path, monkeypatch):
+    from lifelong.daemon.gateway.app import vllm_env
+
+    secrets = {"LIFELONG_DATABASE__URL": "postgresql://u:pw@h/db", "DATABASE_URL": "x",
+               "LIFELONG_API_KEY": "sk-admin", "AWS_SECRET_ACCESS_KEY": "x", "HF_TOKEN": "hf_x",
+               "OPENAI_API_KEY": "sk-x", "PGPASSWORD": "x"}
+    needed = {"PATH": "/usr/bin", "HOME": "/root", "LANG": "C.UTF-8", "VLLM_LOGGING_LEVEL": "INFO",
+              "OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": "0", "HF_HUB_OFFLINE": "1",
+              "LD_PRELOAD": "libtcmalloc.so"}
+    for name, value in {**secrets, **needed}.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(data_dir=tmp_path, vllm={"cpu_cores": "auto"})
+    env = vllm_env(settings, 8100)
+    assert not set(secrets) & set(env)
+    assert {name: env[name] for name in needed} == needed
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "1"
