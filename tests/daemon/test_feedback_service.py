@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
 from lifelong.daemon.gateway.auth import ALL_SCOPES, Principal
@@ -15,7 +16,7 @@ from lifelong.daemon.gateway.feedback.protocol import RatingIn
 from lifelong.daemon.gateway.feedback.service import FeedbackService
 from lifelong.daemon.metrics import ServingMetrics, VersionLabels
 from lifelong.feedback_store.database import make_engine, upgrade
-from lifelong.feedback_store.errors import UnknownInteraction
+from lifelong.feedback_store.errors import DatabaseUnavailable, UnknownInteraction
 from lifelong.feedback_store.feedback_committer import FeedbackCommitter
 from lifelong.feedback_store.interaction_log import InteractionLog
 from lifelong.feedback_store.records import NewInteraction
@@ -82,3 +83,33 @@ def test_feedback_on_a_never_seen_interaction_is_unknown_at_once(parts):
         ), 5))
     assert metrics.get_sample_value("lifelong_feedback_received_total",
                                     {"kind": "rating", "result": "refused"}) == 1
+
+
+@pytest.mark.parametrize("connect_timeout_s, database_timeout_s, raised", [
+    (1, 30, OperationalError),  # the driver gives up first: its error, a 503
+    (30, 1, DatabaseUnavailable),  # the service's own bound comes first: a 503 too
+])
+def test_feedback_on_a_database_that_never_answers_fails_within_a_bound(
+    silent_postgres_url, connect_timeout_s, database_timeout_s, raised
+):
+    engine = make_engine(silent_postgres_url, connect_timeout_s=connect_timeout_s)
+    log = InteractionLog(engine, heldout_fraction=0.1)
+    committer = FeedbackCommitter(engine)
+    service = FeedbackService(
+        sessions=sessionmaker(engine), committer=committer, interaction_log=log,
+        feedback_wait_s=30, heldout_fraction=0.1, max_text_chars=1000, max_pattern_chars=1000,
+        metrics=ServingMetrics(CollectorRegistry(), versions=VersionLabels(), watchers=[],
+                               interaction_log=log),
+        database_timeout_s=database_timeout_s,
+    )
+    try:
+        with pytest.raises(raised):
+            # The outer bound only keeps a failure from hanging the run (psycopg: ~130 s).
+            asyncio.run(asyncio.wait_for(service.add(
+                [RatingIn(interaction_id="chatcmpl-x", kind="rating", score=1)],
+                Principal("alice", ALL_SCOPES),
+            ), 60))
+    finally:
+        log.close(0.1)
+        committer.close(0.1)
+        engine.dispose()
