@@ -15,12 +15,18 @@ Adapter versions are label values, so they are bounded (`VersionLabels`): `base`
 the 3 previous champions and the 3 newest adapters keep their names; every other version is
 `other`. When a version leaves that set, the serving series labelled with it are removed and its
 later traffic counts as `other`.
+
+Suite names are label values too, and target suites are named by callers' `family:` tags
+(`SuiteLabels`): every suite name keeps only `[A-Za-z0-9_.:+-]` (others become `_`) and at most
+64 characters; the 20 target suites with the most items keep their names, the rest are
+`target:other`, whose figures are the mean of theirs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from collections import defaultdict
@@ -61,6 +67,10 @@ OTHER = "other"
 PREVIOUS_CHAMPIONS_KEPT = 3
 NEWEST_ADAPTERS_KEPT = 3
 RECENT_DECISIONS_READ = 50  # enough to give every kept version its latest eval scores
+TARGET_SUITES_KEPT = 20
+OTHER_TARGET = "target:other"
+MAX_LABEL_CHARS = 64
+_NOT_IN_LABELS = re.compile(r"[^A-Za-z0-9_.:+-]")
 
 # Latency of a small model on a CPU up to a large one on a GPU under load.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -81,6 +91,35 @@ class VersionLabels:
         if version in self.kept or (self._catalog and version == self._catalog.champion):
             return version
         return OTHER
+
+
+def label_value(text: str) -> str:
+    """`text` as a bounded label value: allowed characters only, at most MAX_LABEL_CHARS."""
+    clean = _NOT_IN_LABELS.sub("_", text)
+    return clean if len(clean) <= MAX_LABEL_CHARS else clean[:MAX_LABEL_CHARS - 1] + "~"
+
+
+class SuiteLabels:
+    """Suite name -> a bounded label value. Target suites are named by `family:` tags that API
+    callers chose: only the TARGET_SUITES_KEPT largest of `suites` keep their names."""
+
+    def __init__(self, suites: Iterable[dict[str, Any]]) -> None:
+        sizes: dict[str, int] = {}
+        for suite in suites:
+            if suite["kind"] == "target":
+                sizes[suite["suite"]] = max(sizes.get(suite["suite"], 0), int(suite.get("n") or 0))
+        largest = sorted(sizes, key=lambda name: (-sizes[name], name))
+        self.kept = frozenset(largest[:TARGET_SUITES_KEPT])
+
+    def __call__(self, name: str, kind: str) -> str:
+        if kind == "target" and name not in self.kept:
+            return OTHER_TARGET
+        return label_value(name)
+
+
+def _means(values: dict[tuple[str, ...], list[float]]) -> dict[tuple[str, ...], float]:
+    # Suites merged into one label (`target:other`, or names equal once cleaned) report their mean.
+    return {labels: sum(seen) / len(seen) for labels, seen in sorted(values.items())}
 
 
 def kept_versions(session: Session) -> frozenset[str]:
@@ -465,21 +504,25 @@ class StateCollector(Collector):
 
         recent = list(session.scalars(
             select(GateDecision).order_by(GateDecision.id.desc()).limit(RECENT_DECISIONS_READ)))
+        suite_label = SuiteLabels(s for decision in recent for s in _suites(decision.details))
         scores: dict[tuple[str, str, str], float] = {}
         for decision in reversed(recent):  # oldest first: the latest score of each wins
             for suite in _suites(decision.details):
                 for version, mean in ((decision.candidate_version, suite["candidate_mean"]),
                                       (decision.champion_version, suite["champion_mean"])):
                     scores[(self.versions(version), suite["suite"], suite["kind"])] = mean
+        merged: dict[tuple[str, ...], list[float]] = defaultdict(list)
+        for (version, name, kind), mean in scores.items():
+            merged[(version, suite_label(name, kind), kind)].append(mean)
         eval_score = GaugeMetricFamily(
             "lifelong_eval_score", "Mean score (pass rate for pass/fail suites) of a version on "
             "an eval suite, from the latest gate decision that measured it.",
             labels=["version", "suite", "kind"])
-        for labels, mean in sorted(scores.items()):
+        for labels, mean in _means(merged).items():
             eval_score.add_metric(list(labels), mean)
         yield eval_score
         if recent:
-            yield from _last_decision(recent[0])
+            yield from _last_decision(recent[0], suite_label)
 
     def _promotions(self, session: Session) -> Iterator[Metric]:
         rows = session.execute(
@@ -548,7 +591,7 @@ def _final_loss(metrics: dict[str, Any]) -> float | None:
     return float(losses[-1]) if losses else None
 
 
-def _last_decision(decision: GateDecision) -> Iterator[Metric]:
+def _last_decision(decision: GateDecision, suite_label: SuiteLabels) -> Iterator[Metric]:
     """The latest decision's figures, per suite: why it went the way it did."""
     decided = GaugeMetricFamily(
         "lifelong_last_gate_decision_timestamp_seconds", "When the latest gate decision was "
@@ -571,15 +614,20 @@ def _last_decision(decision: GateDecision) -> Iterator[Metric]:
                                 labels=["suite", "kind", "outcome"])
         for name, doc in figures.items()
     }
+    merged: dict[str, dict[tuple[str, ...], list[float]]] = {name: defaultdict(list)
+                                                              for name in figures}
     for suite in _suites(decision.details):
-        labels = [suite["suite"], suite["kind"], suite["outcome"]]
+        labels = (suite_label(suite["suite"], suite["kind"]), suite["kind"], suite["outcome"])
         values = {
             "difference": suite["difference"], "tolerance": suite["tolerance"],
             "candidate_score": suite["candidate_mean"], "champion_score": suite["champion_mean"],
             "passed": 1.0 if suite["outcome"] in ("improved", "held") else 0.0,
         }
         for name, value in values.items():
-            families[name].add_metric(labels, value)
+            merged[name][labels].append(value)
+    for name, family in families.items():
+        for labels, value in _means(merged[name]).items():
+            family.add_metric(list(labels), value)
     yield from families.values()
     checks = GaugeMetricFamily(
         "lifelong_last_gate_hard_check_passed",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -244,3 +245,38 @@ def test_the_exposition_passes_promtool(engine: Engine, tmp_path):
                              capture_output=True, timeout=30)
     assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
     assert checked.stdout + checked.stderr == b""
+
+
+def test_suite_names_from_family_tags_are_cleaned_and_bounded_in_labels(engine: Engine, tmp_path):
+    # Target suites are named by callers' `family:` tags: 25 families, one with characters a label
+    # should not carry, one 200 characters long.
+    odd, long = 'target:a b"{x}\n', "target:" + "y" * 200
+    suites = [suite(f"target:f{i:02d}", "target", "held", 0.5, 0.5) for i in range(23)]
+    suites = [replace(s, n=100 - i) for i, s in enumerate(suites)]  # f00 the largest
+    suites += [replace(suite(odd, "target", "improved", 0.9, 0.1), n=200),
+               replace(suite(long, "target", "held", 0.7, 0.7), n=150),
+               suite("retention", "retention", "held", 0.8, 0.8)]
+    suites[21] = replace(suites[21], candidate_mean=0.2)  # f18..f22 fall into `other`
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    with sessions.begin() as session:
+        register_adapters(session, "v0001")
+        decide(session, "v0001", None, "approved", tuple(suites))
+    _, metrics = collector_on(engine)
+    exposition = generate_latest(metrics)
+
+    labels = {sample.labels["suite"] for family in metrics.collect()
+              if family.name == "lifelong_eval_score" for sample in family.samples}
+    targets = {name for name in labels if name.startswith("target:")}
+    assert len(targets) == 20 + 1 and "target:other" in targets
+    assert "target:a_b__x__" in targets and "target:f17" in targets and "target:f18" not in targets
+    assert all(len(name) <= 64 for name in labels) and "retention" in labels
+    assert "target:" + "y" * 56 + "~" in targets
+    value = metrics.get_sample_value
+    # `other`: the mean of the suites it holds (f18..f22: 0.5 but f21's 0.2)
+    assert value("lifelong_eval_score", {"version": "v0001", "suite": "target:other",
+                                         "kind": "target"}) == pytest.approx(0.44)
+    assert value("lifelong_last_gate_suite_candidate_score",
+                 {"suite": "target:other", "kind": "target", "outcome": "held"}) == pytest.approx(0.44)
+    checked = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"],
+                             input=exposition, capture_output=True, timeout=30)
+    assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
