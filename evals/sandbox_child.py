@@ -53,6 +53,7 @@ libc.syscall.restype = ctypes.c_long
 # Namespaces and mounts (linux/sched.h, linux/mount.h).
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
+UNSHARED = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = (
     1024, 2048, 4096, 16384, 1 << 18, 1 << 21)
@@ -135,8 +136,7 @@ def enter_namespaces() -> None:
     """Unshare, map ourselves to root inside, fork; only the child (the new PID 1) returns. The
     parent half waits and exits as it did, so the sandbox's parent sees the code's exit."""
     uid, gid = os.getuid(), os.getgid()
-    check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET
-                       | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
+    check(libc.unshare(UNSHARED), "unshare")
     for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
         with open(f"/proc/self/{name}", "w") as file:
             file.write(text)

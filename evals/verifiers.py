@@ -360,7 +360,9 @@ def check_verifier(name: str, options: Mapping[str, Any], *, reference: str | No
     """Refuse, before any eval, a verifier name or options that cannot work.
 
     With `reference`, also refuses one the verifier cannot use (a numeric reference with no
-    number, a regex reference that does not compile, a json reference that is not JSON).
+    number, a regex reference that does not compile, a json reference that is not JSON, test
+    code that tests nothing). python_tests is refused outright where the sandbox's isolation
+    level is not available here (`sandbox.missing`).
     Raises UnknownVerifier or InvalidVerifierOptions (every bad option named in one message).
     """
     get_verifier(name)

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from lifelong.daemon.gateway.app import create_app
 from lifelong.daemon.settings import Settings
+from lifelong.evals import sandbox
 from lifelong.feedback_store.database import make_engine, upgrade
 
 KEYS = {"app": ["infer", "feedback"], "curator": ["feedback", "evals"], "ops": ["admin"]}
@@ -91,3 +92,19 @@ def test_an_outcome_whose_reference_pattern_is_over_the_cap_is_a_422(gateway):
                "verifier": "regex", "details": {"reference": "a" * 51}}
     response = post(gateway, "/v1/feedback", outcome, "app")
     assert response.status_code == 422 and response.json()["error"]["code"] == "pattern_too_long"
+
+
+def test_a_python_tests_task_is_refused_where_the_sandbox_cannot_isolate_it(gateway, monkeypatch):
+    task = {"prompt": "Write add(a, b).", "reference": "assert add(2, 3) == 5\n",
+            "verifier": "python_tests"}
+    assert post(gateway, "/v1/tasks", task, "app").status_code == 201  # every layer here
+    # The probe reports no user namespaces (as under systemd's RestrictNamespaces=yes).
+    found = sandbox.isolation()
+    monkeypatch.setattr(sandbox, "isolation", lambda: sandbox.Isolation(
+        namespaces=False, landlock_abi=found.landlock_abi, seccomp=found.seccomp))
+    refused = post(gateway, "/v1/tasks", task, "app")
+    assert refused.status_code == 422, refused.text
+    message = refused.json()["error"]["message"]
+    assert "user and mount namespaces" in message and "evals.sandbox.isolation" in message
+    tests_nothing = post(gateway, "/v1/tasks", {**task, "reference": "print(add(2, 3))\n"}, "app")
+    assert tests_nothing.status_code == 422 and "tests nothing" in tests_nothing.text

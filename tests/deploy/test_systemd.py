@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from lifelong.daemon.settings import Settings
+from lifelong.evals import sandbox_child
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNIT = DEPLOY / "systemd" / "lifelong.service"
@@ -106,6 +107,15 @@ def test_unit_leaves_out_the_hardening_that_breaks_cuda(unit: Unit) -> None:
     for key in ("PrivateDevices", "MemoryDenyWriteExecute", "ProcSubset", "SystemCallFilter",
                 "DevicePolicy"):
         assert key not in service, f"{key} breaks vLLM on a GPU (see the unit's comment)"
+
+
+def test_unit_lets_the_sandbox_build_its_namespaces_and_no_others(unit: Unit) -> None:
+    # RestrictNamespaces=yes turned python_tests off on every systemd host (issue 18).
+    flags = {"user": sandbox_child.CLONE_NEWUSER, "mnt": sandbox_child.CLONE_NEWNS,
+             "pid": sandbox_child.CLONE_NEWPID, "net": sandbox_child.CLONE_NEWNET,
+             "ipc": sandbox_child.CLONE_NEWIPC, "uts": sandbox_child.CLONE_NEWUTS}
+    allowed = unit["Service"]["RestrictNamespaces"][0].split()
+    assert sum(flags[name] for name in set(allowed)) == sandbox_child.UNSHARED
 
 
 def test_lifelong_config_show_accepts_the_example(tmp_path: Path) -> None:
