@@ -23,8 +23,9 @@ than running the code less confined.
    exception. Mutable arguments (lists, dicts, sets) are copied back, so in-place functions work.
 
 Why the verdict cannot be forged by the graded code: only T holds the status descriptor it
-writes "ok" to, and T writes it after its own checks (tests.py finished, every TestCase it
-defined ran, at least one test ran, no call went wrong). G runs in another process whose
+writes "ok" to, and T writes it after its own checks (tests.py finished; its TestCases, with or
+without unittest.main(), and its pytest-style test functions ran and passed; at least one test
+or assert statement ran, counted by T itself; no call went wrong). G runs in another process whose
 descriptors are its stdout/stderr and its two pipe ends; it cannot signal, ptrace or read T's
 memory (seccomp; also no /proc), and T's unittest and builtins live in T's own interpreter, so
 patching them in G changes nothing T sees. What G answers to a call is only data the tests judge.
@@ -445,6 +446,19 @@ class Harness:
         return call
 
 
+ASSERT_COUNTER = "__lifelong_assert_ran__"
+
+
+def count_asserts(source: str) -> ast.Module:
+    """tests.py with a call to ASSERT_COUNTER before each assert statement."""
+    class Counter(ast.NodeTransformer):
+        def visit_Assert(self, node: ast.Assert) -> list[ast.stmt]:
+            call = ast.Expr(ast.Call(ast.Name(ASSERT_COUNTER, ast.Load()), [], []))
+            return [ast.copy_location(call, node), node]
+
+    return ast.fix_missing_locations(Counter().visit(ast.parse(source, "tests.py")))
+
+
 def tests_process(source: str, harness: Harness, status_fd: int) -> None:
     """T: tests.py as a real __main__ module; "ok" only when its tests really ran and passed."""
     import importlib
@@ -478,8 +492,10 @@ def tests_process(source: str, harness: Harness, status_fd: int) -> None:
                 results.append(self.result)
 
         unittest.main = Main  # type: ignore[misc]
+    asserts = [0]  # assert statements run, counted by a call put before each one
+    module.__dict__[ASSERT_COUNTER] = lambda: asserts.__setitem__(0, asserts[0] + 1)
     try:
-        exec(compile(source, "tests.py", "exec"), module.__dict__)
+        exec(compile(count_asserts(source), "tests.py", "exec"), module.__dict__)
     except SystemExit as exit_:
         if exit_.code not in (None, 0):
             harness.stop(f"the tests exited with code {exit_.code}")
@@ -493,15 +509,24 @@ def tests_process(source: str, harness: Harness, status_fd: int) -> None:
     if cases and not results:  # TestCases without unittest.main(): run them anyway
         suite = unittest.defaultTestLoader.loadTestsFromModule(module)
         results.append(unittest.TextTestRunner(stream=sys.stderr).run(suite))
+    # pytest-style functions (defined in tests.py, named test*, no parameters) are called too.
+    functions = [value for name, value in module.__dict__.items() if name.startswith("test")
+                 and isinstance(value, types.FunctionType)
+                 and value.__code__.co_filename == "tests.py" and value.__code__.co_argcount == 0]
+    for function in functions:
+        try:
+            function()
+        except BaseException as error:
+            traceback.print_exc(limit=-3)
+            harness.stop(f"{function.__name__}: {last_line(error)}")
     if harness.problems:
         harness.stop(harness.problems[0])
-    if results:
-        ran = sum(result.testsRun for result in results)
-        bad = sum(len(r.failures) + len(r.errors) + len(r.unexpectedSuccesses) for r in results)
-        if ran == 0:
-            harness.stop("the tests ran zero tests")
-        if bad:
-            harness.stop(f"{bad} of {ran} tests failed")
+    ran = sum(result.testsRun for result in results)
+    bad = sum(len(r.failures) + len(r.errors) + len(r.unexpectedSuccesses) for r in results)
+    if bad:
+        harness.stop(f"{bad} of {ran} tests failed")
+    if ran + len(functions) + asserts[0] == 0:
+        harness.stop("the tests ran zero tests (no TestCase test, test function or assert ran)")
     sys.stdout.flush()
     sys.stderr.flush()
     os.write(status_fd, b"ok")

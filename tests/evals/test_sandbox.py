@@ -282,7 +282,25 @@ def test_unittest_test_cases_run_with_or_without_unittest_main(main):
 
 def test_test_cases_that_run_zero_tests_fail():
     outcome = run_python_tests(ADD, unittest_file("    def helper(self):\n        pass\n"))
-    assert not outcome.passed and outcome.reason.endswith("the tests ran zero tests")
+    assert not outcome.passed and "the tests ran zero tests" in outcome.reason
+
+
+CHECK = "def check(candidate):\n    assert candidate(2, 3) == 5\n"  # HumanEval's shape
+
+
+@pytest.mark.parametrize("tests", [
+    "def test_add():\n    assert add(2, 3) == 5\n",  # pytest's shape: called by the sandbox
+    CHECK + "check(add)\n",
+])
+def test_test_functions_and_helpers_run(tests):
+    assert run_python_tests(ADD, tests).passed
+    outcome = run_python_tests("def add(a, b):\n    return a - b\n", tests)
+    assert not outcome.passed and "AssertionError" in outcome.reason
+
+
+def test_asserts_that_never_run_are_zero_tests():
+    outcome = run_python_tests("def add(a, b):\n    return a - b\n", CHECK)  # check() uncalled
+    assert not outcome.passed and "ran zero tests" in outcome.reason
 
 
 def test_test_code_that_tests_nothing_is_refused_at_registration_and_fails():
