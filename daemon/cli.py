@@ -715,6 +715,9 @@ def status(
         lines.append(f"practice:   {'paused for users' if practice['paused'] else 'on'}, "
                      f"{practice['pauses']} pauses; "
                      f"{practice['last_check'] or 'due at the next idle check'}")
+    if box := found.get("sandbox"):
+        lines.append(f"sandbox:    {box['isolation']}, python_tests {box['python_tests']} "
+                     f"({', '.join(box['layers'])})" + (f": {box['reason']}" if box["reason"] else ""))
     if cycle["last"]:
         last = cycle["last"]
         lines.append(f"last cycle: {last['outcome']} ({last['trigger']}, {last['started_at'][:19]})"

@@ -98,6 +98,13 @@ def test_masked_hides_database_password_and_key_digests(tmp_path):
     assert shown["database"]["url"] == "postgresql+psycopg://bob:***@db:5432/lifelong"
 
 
+def test_sandbox_defaults_are_the_sandboxs_and_full_isolation():
+    from lifelong.evals.sandbox import SandboxPolicy
+
+    assert load_settings().evals.sandbox.policy() == SandboxPolicy()
+    assert SandboxPolicy().isolation == "full"
+
+
 def test_default_build_steps_are_the_builders():
     from lifelong.base_model.builder import DEFAULT_STEPS
 
@@ -115,6 +122,8 @@ def test_default_build_steps_are_the_builders():
         ("training:\n  grpo:\n    temperature: 0\n", "training.grpo.temperature"),
         ("evals:\n  samples: 4\n", "samples=4 needs a temperature above 0"),
         ("evals:\n  gate:\n    alpha: 1.5\n", "evals.gate.alpha"),
+        ("evals:\n  sandbox:\n    isolation: none\n", "evals.sandbox.isolation"),
+        ("evals:\n  sandbox:\n    max_memory_mb: 16\n", "evals.sandbox.max_memory_mb"),
     ],
 )
 def test_training_and_eval_settings_are_checked_at_start_up(tmp_path, yaml_text, message):

@@ -108,3 +108,10 @@ def test_a_python_tests_task_is_refused_where_the_sandbox_cannot_isolate_it(gate
     assert "user and mount namespaces" in message and "evals.sandbox.isolation" in message
     tests_nothing = post(gateway, "/v1/tasks", {**task, "reference": "print(add(2, 3))\n"}, "app")
     assert tests_nothing.status_code == 422 and "tests nothing" in tests_nothing.text
+
+
+def test_admin_status_shows_the_sandbox_level_and_layers(gateway):
+    status = gateway.get("/admin/status", headers={"Authorization": "Bearer sk-ops"})
+    assert status.status_code == 200, status.text
+    assert status.json()["sandbox"] == sandbox.describe()
+    assert status.json()["sandbox"]["isolation"] == "full"

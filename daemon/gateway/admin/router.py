@@ -28,6 +28,7 @@ from lifelong.daemon.learning_cycle import LearningCycle, Schedule
 from lifelong.daemon.promotion import Promoted, Promoter, PromotionRefused
 from lifelong.daemon.trainer import NotTheRunningRun, Trainer, TrainerBusy, TrainRequest, describe_run
 from lifelong.daemon.upstream import AdapterLoadFailed
+from lifelong.evals import sandbox
 from lifelong.evals.suites import SuiteError
 from lifelong.feedback_store.eval_results import gate_decision_for_run
 from lifelong.feedback_store.models import EvalRun, TrainingRun
@@ -87,6 +88,8 @@ async def status(_: AdminPrincipal, request: Request) -> dict[str, Any]:
                      "min_new_feedback": schedule.min_new_feedback if schedule else None,
                      "new_feedback": (await asyncio.to_thread(cycle.new_feedback))[0]},
         "practice": state.practice.status(),
+        # Which isolation python_tests runs under here, or why it is off (probed once).
+        "sandbox": await asyncio.to_thread(sandbox.describe),
     }
 
 
