@@ -595,6 +595,7 @@ def eval_(
     from lifelong.daemon.upstream import AdapterLoadFailed, HttpUpstream, UpstreamUnavailable
     from lifelong.evals.runner import EvalRequestFailed
     from lifelong.evals.suites import SuiteError
+    from lifelong.evals.verifier_pool import VerifierPool
     from lifelong.feedback_store.database import ensure_migrated, make_engine
     from lifelong.feedback_store.errors import DatabaseNotMigrated, UnknownAdapter
 
@@ -610,9 +611,10 @@ def eval_(
                 fail(f"no vLLM answers at {url}; start `lifelong serve` first (evals answer "
                      "through its vLLM server)")
             ensure_migrated(engine)
-            judge = build_judge(settings, sessions=sessionmaker(engine, expire_on_commit=False),
-                                upstream=upstream)
-            return await judge.judge(version, against=against)
+            with VerifierPool(settings.evals.verifiers.workers) as verifiers:
+                judge = build_judge(settings, upstream=upstream, verifiers=verifiers,
+                                    sessions=sessionmaker(engine, expire_on_commit=False))
+                return await judge.judge(version, against=against)
         finally:
             await upstream.aclose()
             engine.dispose()

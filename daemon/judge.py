@@ -48,6 +48,7 @@ from lifelong.evals.suites import (
     load_suite_file,
     target_suites,
 )
+from lifelong.evals.verifier_pool import VerifierPool
 from lifelong.feedback_store import registry
 from lifelong.feedback_store.runs import finish_eval_run, start_eval_run
 
@@ -95,8 +96,10 @@ class Judge:
         suites: Suites,
         policy: GatePolicy,
         sampling: Sampling,
+        verifiers: VerifierPool,
         concurrency: int = 64,
     ) -> None:
+        self.verifiers = verifiers  # answers are judged there, off the gateway's loop and threads
         self.sessions = sessions
         self.upstream = upstream
         self.base_model_dir = base_model_dir
@@ -184,7 +187,8 @@ class Judge:
             return None
         probe = Suite(name=path.stem, kind="retention", items=tuple(source))
         (run,) = await evaluate(self.upstream.base_url, BASE_MODEL_NAME, [probe],
-                                sampling=self.sampling, concurrency=self.concurrency)
+                                sampling=self.sampling, concurrency=self.concurrency,
+                                verifiers=self.verifiers)
         passed = {result.item_id: result.passed for result in run.results}
         logger.info("retention suite frozen", extra={
             "path": str(path), "items": sum(passed.values()), "of": len(passed)})
@@ -222,7 +226,8 @@ class Judge:
         items = general_items(answers, min_ratio=self.suites.general_min_ratio)
         probe = Suite(name=GENERAL_SUITE, kind="retention", items=tuple(items))
         (second,) = await evaluate(self.upstream.base_url, BASE_MODEL_NAME, [probe],
-                                   sampling=self.sampling, concurrency=self.concurrency)
+                                   sampling=self.sampling, concurrency=self.concurrency,
+                                   verifiers=self.verifiers)
         stable = {result.item_id: result.score == 1.0 for result in second.results}
         logger.info("general suite frozen", extra={
             "path": str(path), "items": sum(stable.values()), "of": len(prompts)})
@@ -235,7 +240,8 @@ class Judge:
         asked = Suite(name="base-answers", kind="retention", items=tuple(
             general_items({prompt: "?" for prompt in prompts})))
         (run,) = await evaluate(self.upstream.base_url, BASE_MODEL_NAME, [asked],
-                                sampling=sampling, concurrency=self.concurrency)
+                                sampling=sampling, concurrency=self.concurrency,
+                                verifiers=self.verifiers)
         return {prompt: result.answer for prompt, result in zip(prompts, run.results, strict=True)}
 
     def _open_run(self, candidate: str, champion: str, suites: list[Suite]) -> int:
@@ -271,7 +277,7 @@ class Judge:
         comparisons = await compare(
             self.upstream.base_url, candidate=names[candidate],
             champion=names.get(champion, BASE_MODEL_NAME), suites=suites,
-            sampling=self.sampling, concurrency=self.concurrency,
+            sampling=self.sampling, concurrency=self.concurrency, verifiers=self.verifiers,
         )
         decision = decide(comparisons, self.policy)
         status = await asyncio.to_thread(
@@ -312,8 +318,8 @@ class Judge:
 
 
 def build_judge(settings: Settings, *, sessions: sessionmaker[Session],
-                upstream: Upstream) -> Judge:
-    """The judge the settings describe, answering through `upstream`."""
+                upstream: Upstream, verifiers: VerifierPool) -> Judge:
+    """The judge the settings describe, answering through `upstream`, judging in `verifiers`."""
     g = settings.evals.gate
     tolerances = {GENERAL_SUITE: settings.evals.general_tolerance} | dict(g.tolerances)
     policy = GatePolicy(
@@ -334,7 +340,7 @@ def build_judge(settings: Settings, *, sessions: sessionmaker[Session],
         policy=policy,
         sampling=Sampling(max_tokens=settings.evals.max_tokens, n=settings.evals.samples,
                           temperature=settings.evals.temperature),
-        concurrency=settings.evals.concurrency,
+        concurrency=settings.evals.concurrency, verifiers=verifiers,
     )
 
 

@@ -626,8 +626,8 @@ def _last_decision(decision: GateDecision, suite_label: SuiteLabels) -> Iterator
         for name, value in values.items():
             merged[name][labels].append(value)
     for name, family in families.items():
-        for labels, value in _means(merged[name]).items():
-            family.add_metric(list(labels), value)
+        for merged_labels, value in _means(merged[name]).items():
+            family.add_metric(list(merged_labels), value)
     yield from families.values()
     checks = GaugeMetricFamily(
         "lifelong_last_gate_hard_check_passed",

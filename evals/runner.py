@@ -11,14 +11,19 @@ pass (with one sample: when that one passes). An HTTP failure is not a wrong ans
 retries it stops the run (EvalRequestFailed), since a gate must not judge a model by its server.
 
 `compare` answers the same suites with the candidate and the champion at once, for the gate.
+
+Answers are judged in a `VerifierPool` (worker processes), never on the caller's event loop or
+its default executor: the daemon's judge shares its loop with the gateway's requests.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +31,8 @@ import aiohttp
 
 from lifelong.evals.statistics import mean_interval
 from lifelong.evals.suites import EvalItem, Suite, SuiteKind
-from lifelong.evals.verifiers import Verifier, VerifierResult, get_verifier
+from lifelong.evals.verifier_pool import VerifierPool
+from lifelong.evals.verifiers import UnknownVerifier, VerifierResult, verifier_names
 
 logger = logging.getLogger(__name__)
 
@@ -184,15 +190,8 @@ async def _completions(http: aiohttp.ClientSession, base_url: str, model: str,
         raise EvalRequestFailed(f"{url}: unexpected response shape ({error!r})") from error
 
 
-def _judge(item: EvalItem, verifier: Verifier, answers: list[str]) -> tuple[float, bool, str]:
-    verdicts = []
-    for answer in answers:
-        try:
-            verdicts.append(verifier(answer, item.reference, item.options))
-        except Exception as error:  # a plugin's bug fails the item, not the eval
-            logger.exception("verifier %s raised on item %s", item.verifier, item.id)
-            reason = f"verifier {item.verifier!r} raised {type(error).__name__}: {error}"
-            verdicts.append(VerifierResult(score=0.0, passed=False, reason=reason))
+def _verdict(answers: list[str], verdicts: list[VerifierResult]) -> tuple[float, bool, str]:
+    # A verifier that raised has failed its sample already (verifiers.verify), not the eval.
     passes = sum(1 for v in verdicts if v.passed)
     reason = verdicts[0].reason
     if len(answers) > 1:
@@ -202,21 +201,26 @@ def _judge(item: EvalItem, verifier: Verifier, answers: list[str]) -> tuple[floa
 
 async def run_suite(
     http: aiohttp.ClientSession, base_url: str, model: str, suite: Suite, *,
-    sampling: Sampling = Sampling(), prompt_batch: int = 32,
+    verifiers: VerifierPool, sampling: Sampling = Sampling(), prompt_batch: int = 32,
 ) -> SuiteRun:
-    """`model` answers every item of `suite` (through `http`, from `client_session`); results in
-    item order, with a summary. Prompt items go `prompt_batch` to a request (their latency is
-    that request's); chat items one to a request.
+    """`model` answers every item of `suite` (through `http`, from `client_session`), judged in
+    `verifiers`; results in item order, with a summary. Prompt items go `prompt_batch` to a
+    request (their latency is that request's); chat items one to a request.
 
     Raises EvalRequestFailed, or UnknownVerifier for an item whose verifier is gone.
     """
-    verifiers = {name: get_verifier(name) for name in {item.verifier for item in suite.items}}
+    known = verifier_names()  # an unknown name stops the run before any request
+    for name in {item.verifier for item in suite.items} - set(known):
+        raise UnknownVerifier(name, known)
     results: dict[str, ItemResult] = {}
 
-    def judge(items: Sequence[EvalItem], answered: Answers) -> None:
+    async def judge(items: Sequence[EvalItem], answered: Answers) -> None:
         texts, finishes, latency = answered
-        for item, answers, finish in zip(items, texts, finishes, strict=True):
-            score, passed, reason = _judge(item, verifiers[item.verifier], answers)
+        verdicts = await asyncio.gather(*(
+            verifiers.verify(item.verifier, answers, item.reference, item.options)
+            for item, answers in zip(items, texts, strict=True)))
+        for item, answers, finish, judged in zip(items, texts, finishes, verdicts, strict=True):
+            score, passed, reason = _verdict(answers, judged)
             results[item.id] = ItemResult(
                 item_id=item.id, answers=tuple(answers), score=score, passed=passed,
                 reason=reason, latency_s=latency, finish_reasons=tuple(finish))
@@ -226,8 +230,7 @@ async def run_suite(
             answered = await _chat(http, base_url, model, items[0], sampling)
         else:
             answered = await _completions(http, base_url, model, items, sampling)
-        # Verifiers may take seconds (python_tests): off the event loop.
-        await asyncio.to_thread(judge, items, answered)
+        await judge(items, answered)
 
     prompts = [item for item in suite.items if item.prompt is not None]
     requests = [prompts[k:k + prompt_batch] for k in range(0, len(prompts), prompt_batch)]
@@ -246,26 +249,42 @@ def client_session(concurrency: int = 64, timeout_s: float = 600.0) -> aiohttp.C
     )
 
 
+@contextlib.contextmanager
+def _pool(given: VerifierPool | None) -> Iterator[VerifierPool]:
+    if given is not None:
+        yield given
+    else:  # a caller without a pool of its own (a script, a test): one for this call
+        with VerifierPool(os.cpu_count() or 1) as pool:
+            yield pool
+
+
 async def evaluate(
     base_url: str, model: str, suites: Sequence[Suite], *, sampling: Sampling = Sampling(),
-    concurrency: int = 64, prompt_batch: int = 32,
+    concurrency: int = 64, prompt_batch: int = 32, verifiers: VerifierPool | None = None,
 ) -> list[SuiteRun]:
-    """`model` answers every suite, all items in flight together (bounded by `concurrency`)."""
-    async with client_session(concurrency) as http:
-        return list(await asyncio.gather(*(
-            run_suite(http, base_url, model, suite, sampling=sampling, prompt_batch=prompt_batch)
-            for suite in suites)))
+    """`model` answers every suite, all items in flight together (bounded by `concurrency`),
+    judged in `verifiers` (None: a pool for this call)."""
+    with _pool(verifiers) as pool:
+        async with client_session(concurrency) as http:
+            return list(await asyncio.gather(*(
+                run_suite(http, base_url, model, suite, verifiers=pool, sampling=sampling,
+                          prompt_batch=prompt_batch)
+                for suite in suites)))
 
 
 async def compare(
     base_url: str, *, candidate: str, champion: str, suites: Sequence[Suite],
     sampling: Sampling = Sampling(), concurrency: int = 64, prompt_batch: int = 32,
+    verifiers: VerifierPool | None = None,
 ) -> list[Comparison]:
-    """Candidate and champion answer the same items (together, to keep vLLM's batches full)."""
-    async with client_session(concurrency) as http:
-        runs = await asyncio.gather(*(
-            run_suite(http, base_url, model, suite, sampling=sampling, prompt_batch=prompt_batch)
-            for model in (candidate, champion) for suite in suites))
+    """Candidate and champion answer the same items (together, to keep vLLM's batches full),
+    judged in `verifiers` (None: a pool for this call)."""
+    with _pool(verifiers) as pool:
+        async with client_session(concurrency) as http:
+            runs = await asyncio.gather(*(
+                run_suite(http, base_url, model, suite, verifiers=pool, sampling=sampling,
+                          prompt_batch=prompt_batch)
+                for model in (candidate, champion) for suite in suites))
     k = len(suites)
     return [Comparison(suite=suite, candidate=runs[i], champion=runs[k + i])
             for i, suite in enumerate(suites)]

@@ -233,10 +233,10 @@ def json_verifier(answer: str, reference: str, options: Mapping[str, Any]) -> Ve
             validator = _schema_validator(options["schema"])
         except jsonschema_rs.ValidationError as error:
             return _result(False, f"the schema is not usable: {_clip(error.message, 200)}")
-        for error in validator.iter_errors(value):  # the first violation is the reason
-            where = "/".join(str(part) for part in error.instance_path) or "(root)"
+        for violation in validator.iter_errors(value):  # the first one is the reason
+            where = "/".join(str(part) for part in violation.instance_path) or "(root)"
             # The message quotes the whole offending value: clipped, as answers may be long.
-            return _result(False, f"schema violation at {where}: {_clip(error.message, 200)}")
+            return _result(False, f"schema violation at {where}: {_clip(violation.message, 200)}")
     if reference.strip():
         try:
             wanted = json.loads(reference)

@@ -317,18 +317,21 @@ def judge_on_vllm(vllm_url: str, tiny_base_model: Path, tmp_path: Path):
     from lifelong.daemon.upstream import HttpUpstream
     from lifelong.evals.gate import GatePolicy
     from lifelong.evals.runner import Sampling
+    from lifelong.evals.verifier_pool import VerifierPool
 
     def judge(store: Store, candidate: str, *, retention_source=None) -> Judgement:
         async def judged() -> Judgement:
             upstream = HttpUpstream(vllm_url, timeout_s=120)
             try:
-                return await Judge(
-                    sessions=store.sessions, upstream=upstream,
-                    base_model_dir=tiny_base_model,
-                    suites=Suites(tmp_path / "regression", tmp_path / "retention.jsonl",
-                                  lambda: retention_source),
-                    policy=GatePolicy(min_items=100), sampling=Sampling(max_tokens=8),
-                ).judge(candidate)
+                with VerifierPool(2) as verifiers:
+                    return await Judge(
+                        sessions=store.sessions, upstream=upstream,
+                        base_model_dir=tiny_base_model,
+                        suites=Suites(tmp_path / "regression", tmp_path / "retention.jsonl",
+                                      lambda: retention_source),
+                        policy=GatePolicy(min_items=100), sampling=Sampling(max_tokens=8),
+                        verifiers=verifiers,
+                    ).judge(candidate)
             finally:
                 await upstream.aclose()
 

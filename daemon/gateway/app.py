@@ -42,6 +42,7 @@ from lifelong.daemon.supervisor import HealthWatch, Supervisor, child_environmen
 from lifelong.daemon.trainer import Trainer, TrainRequest
 from lifelong.daemon.upstream import BASE_MODEL_NAME, HttpUpstream, Upstream, UpstreamPool
 from lifelong.daemon.user_traffic import UserTraffic
+from lifelong.evals.verifier_pool import VerifierPool
 from lifelong.feedback_store import registry
 from lifelong.feedback_store.database import DatabaseWatch, ensure_migrated, make_engine
 from lifelong.feedback_store.feedback_committer import FeedbackCommitter
@@ -239,7 +240,11 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         app.state.sessions = sessions
         app.state.trainer = trainer
         # Evals answer through the first server: every server holds the same model.
-        app.state.judge = build_judge(settings, sessions=sessions, upstream=upstreams[0])
+        # Verifiers run in worker processes of their own (started on first use), never on this
+        # loop or its default executor, which the database reads use.
+        verifiers = VerifierPool(settings.evals.verifiers.workers)
+        app.state.judge = build_judge(settings, sessions=sessions, upstream=upstreams[0],
+                                      verifiers=verifiers)
         app.state.promoter = Promoter(sessions=sessions, catalog=catalog, upstreams=list(upstreams),
                                       base_model_dir=settings.base_model_path)
         app.state.background = set()  # tasks the API started (evals), kept until they end
@@ -321,6 +326,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             for task in list(app.state.background):  # evals the API started: their runs are
                 task.cancel()                        # marked failed, not left running
             await asyncio.gather(*app.state.background, return_exceptions=True)
+            await asyncio.to_thread(verifiers.close)
             await trainer.stop()
             stats = await asyncio.to_thread(interaction_log.close, 30.0)
             await asyncio.to_thread(committer.close, 30.0)
