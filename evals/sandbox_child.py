@@ -92,7 +92,15 @@ DENIED = ("fork", "vfork", "execve", "execveat", "socket", "socketpair", "io_uri
           "pidfd_getfd", "mount", "umount2", "pivot_root", "chroot", "unshare", "setns",
           "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "bpf",
           "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
-          "open_by_handle_at", "name_to_handle_at")
+          "open_by_handle_at", "name_to_handle_at",
+          # SysV IPC (without an IPC namespace, the host's segments), other processes' priority
+          "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop",
+          "msgget", "msgsnd", "msgrcv", "msgctl", "setpriority", "ioprio_set", "kcmp",
+          "get_robust_list")
+# Allowed on the calling process only (first argument 0): without a PID namespace the daemon
+# shares our uid, and prlimit() on its PID would cap it.
+OWN_ONLY = ("prlimit64", "sched_setaffinity", "sched_setscheduler", "sched_setparam",
+            "sched_setattr", "move_pages", "migrate_pages")
 _GENERIC = {"io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
             "pidfd_send_signal": 424, "open_tree": 428, "move_mount": 429, "fsopen": 430,
             "fsconfig": 431, "fsmount": 432, "fspick": 433, "pidfd_open": 434, "clone3": 435,
@@ -104,14 +112,24 @@ SYSCALLS = {
         "process_vm_writev": 311, "kill": 62, "tkill": 200, "tgkill": 234, "mount": 165,
         "umount2": 166, "pivot_root": 155, "chroot": 161, "unshare": 272, "setns": 308,
         "bpf": 321, "perf_event_open": 298, "userfaultfd": 323, "keyctl": 250, "add_key": 248,
-        "request_key": 249, "open_by_handle_at": 304, "name_to_handle_at": 303}),
+        "request_key": 249, "open_by_handle_at": 304, "name_to_handle_at": 303,
+        "shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67, "semget": 64, "semop": 65,
+        "semctl": 66, "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71,
+        "setpriority": 141, "ioprio_set": 251, "kcmp": 312, "get_robust_list": 274,
+        "prlimit64": 302, "sched_setaffinity": 203, "sched_setscheduler": 144,
+        "sched_setparam": 142, "sched_setattr": 314, "move_pages": 279, "migrate_pages": 256}),
     "aarch64": (0xC00000B7, {
         **_GENERIC, "clone": 220, "execve": 221, "execveat": 281, "socket": 198,
         "socketpair": 199, "ptrace": 117, "process_vm_readv": 270, "process_vm_writev": 271,
         "kill": 129, "tkill": 130, "tgkill": 131, "mount": 40, "umount2": 39, "pivot_root": 41,
         "chroot": 51, "unshare": 97, "setns": 268, "bpf": 280, "perf_event_open": 241,
         "userfaultfd": 282, "keyctl": 219, "add_key": 217, "request_key": 218,
-        "open_by_handle_at": 265, "name_to_handle_at": 264}),
+        "open_by_handle_at": 265, "name_to_handle_at": 264,
+        "shmget": 194, "shmat": 196, "shmctl": 195, "shmdt": 197, "semget": 190, "semop": 193,
+        "semctl": 191, "semtimedop": 192, "msgget": 186, "msgsnd": 189, "msgrcv": 188,
+        "msgctl": 187, "setpriority": 140, "ioprio_set": 30, "kcmp": 272, "get_robust_list": 100,
+        "prlimit64": 261, "sched_setaffinity": 122, "sched_setscheduler": 119,
+        "sched_setparam": 118, "sched_setattr": 274, "move_pages": 239, "migrate_pages": 238}),
 }
 
 
@@ -269,9 +287,12 @@ def seccomp_program() -> bytes:
         program.append((JGE, 0x40000000, "kill", None))  # x32 numbers would dodge the table
     program.append((JEQ, numbers["clone3"], "enosys", None))  # libc falls back to clone
     program += [(JEQ, numbers[name], "eperm", None) for name in DENIED if name in numbers]
+    program += [(JEQ, numbers[name], "own", None) for name in OWN_ONLY]
     program += [(JEQ, numbers["clone"], "clone", None), (RET, RET_ALLOW, None, None)]
     labels = {"clone": len(program)}
     program += [(LD_W_ABS, 16, None, None), (JSET, CLONE_THREAD, "allow", "eperm")]  # args[0]
+    labels["own"] = len(program)
+    program += [(LD_W_ABS, 16, None, None), (JEQ, 0, "allow", "eperm")]  # a pid_t: low word
     for label, value in (("allow", RET_ALLOW), ("eperm", RET_ERRNO | EPERM),
                          ("enosys", RET_ERRNO | ENOSYS), ("kill", RET_KILL_PROCESS)):
         labels[label] = len(program)

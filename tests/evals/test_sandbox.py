@@ -134,6 +134,11 @@ def test_io_uring_cannot_be_set_up(level):
     "import subprocess\nsubprocess.run(['true'])\n",
     "import os\nos.kill(os.getppid(), 9)\n",  # the tests' process
     "import ctypes\nassert ctypes.CDLL(None, use_errno=True).ptrace(16, os.getppid(), 0, 0) == 0\n",
+    # Without a PID namespace the daemon shares our uid: none of these may reach it.
+    "import resource\nresource.prlimit(os.getppid(), resource.RLIMIT_NOFILE, (3, 3))\n",
+    "os.sched_setaffinity(os.getppid(), {0})\n",
+    "os.setpriority(os.PRIO_USER, 0, 19)\n",
+    "import ctypes\nassert ctypes.CDLL(None).shmget(0, 4096, 0o1600) >= 0\n",  # SysV IPC
 ])
 def test_no_new_programs_no_ptrace_no_signals_out(level, code):
     outcome = run_python_tests("import os\n" + code, "assert True\n", limits=QUICK)
@@ -208,6 +213,17 @@ def test_working_directory_is_writable_and_thrown_away(level):
     outcome = run_python_tests(code, "assert scratch() == 'hi'\n", limits=QUICK)
     assert outcome.passed, outcome.reason
     assert {name for name in set(os.listdir("/tmp")) - before if "sandbox" in name} == set()
+
+
+def test_threads_and_the_standard_library_still_work(level):
+    code = ("import threading, json, decimal, resource, os, tempfile\n"
+            "box = []\nt = threading.Thread(target=lambda: box.append(1))\nt.start()\nt.join()\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))\n"  # its own limits, lowered
+            "os.sched_setaffinity(0, os.sched_getaffinity(0))\n"
+            "tempfile.NamedTemporaryFile().write(b'x')\n"
+            "def got():\n    return box\n")
+    outcome = run_python_tests(code, "assert got() == [1]\n", limits=QUICK)
+    assert outcome.passed, outcome.output
 
 
 # --- limits -------------------------------------------------------------------------------------
