@@ -18,7 +18,10 @@ a score in [0, 1], passed, and a short reason a person can read. Built in:
   earlier answer rather than the one right answer: the score is difflib's similarity ratio of
   the two normalised texts (0..1), passed at `min_ratio` (default 0.6).
 - python_tests: the answer's code (a ```python fence is allowed) and the reference's test code
-  (at least one `assert` or unittest TestCase), each in its own sandboxed process (`sandbox.py`).
+  (at least one `assert` or unittest TestCase), each in its own sandboxed process (`sandbox.py`):
+  the tests call the answer's top-level functions with arguments and results that are Python
+  literals (numbers, strings, bytes, lists, tuples, dicts, sets, None); an answer returning
+  another object (an instance of its own class) fails with that reason.
   Options `timeout_s` and `memory_mb`, capped by the sandbox policy (settings `evals.sandbox`);
   refused where the sandbox's isolation level is not available.
 
