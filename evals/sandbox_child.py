@@ -374,7 +374,7 @@ def graded_process(source: str, requests: int, answers: int) -> None:
         sys.stderr.flush()
         send(answers, ("exited", f"the solution failed before its tests ran: {last_line(error)}"))
         os._exit(0)
-    names = []
+    names: list[tuple[str, str, object]] = []
     for name, value in list(module.__dict__.items()):
         if name.startswith("__"):
             continue
@@ -394,6 +394,9 @@ def graded_process(source: str, requests: int, answers: int) -> None:
             continue
         if request is None:
             os._exit(0)
+        if not (isinstance(request, tuple) and len(request) == 3):
+            send(answers, ("refused", "the call is not (name, args, kwargs)"))
+            continue
         name, args, kwargs = request
         try:
             result = module.__dict__[name](*args, **kwargs)
@@ -412,6 +415,26 @@ def graded_process(source: str, requests: int, answers: int) -> None:
         send(answers, ("return", result, args, kwargs))
 
 
+# What G may send, by kind: the types of the parts after the kind. Anything else ends the run,
+# so no message of G's makes T do more than return a literal or raise a builtin Exception.
+SHAPES: dict[str, tuple[type, ...]] = {"ready": (list,), "exited": (str,), "refused": (str,),
+                                       "raise": (str, str), "return": (object, tuple, dict)}
+
+
+def well_formed(message: object) -> bool:
+    if not (isinstance(message, tuple) and message and message[0] in SHAPES):
+        return False
+    shape = SHAPES[message[0]]
+    return len(message) == 1 + len(shape) and all(
+        isinstance(part, cls) for part, cls in zip(message[1:], shape, strict=True))
+
+
+def importable(name: object) -> bool:
+    """A module G names that T may import too: the standard library's, no `__main__`."""
+    return isinstance(name, str) and name.split(".")[0] in sys.stdlib_module_names \
+        and "__main__" not in name
+
+
 class Harness:
     """T's side of the pipes, and what went wrong in a way the tests might have swallowed."""
 
@@ -427,6 +450,8 @@ class Harness:
             message = ("exited", "the solution sent something that is not a Python literal")
         if message is None:
             self.graded_ended()
+        if not well_formed(message):
+            self.stop("the solution's process sent a malformed answer")
         return message  # type: ignore[return-value]
 
     def graded_ended(self) -> None:
@@ -455,8 +480,12 @@ class Harness:
                 self.problems.append(message[1])
                 raise TypeError(message[1])
             if kind == "raise":
-                cls = getattr(builtins, message[1])
+                cls = getattr(builtins, message[1], None)  # a builtin Exception, nothing else
+                if not (isinstance(cls, type) and issubclass(cls, Exception)):
+                    cls = Exception
                 raise cls(message[2])
+            if kind != "return" or len(message[2]) != len(args):
+                self.stop("the solution's process sent a malformed answer")
             _, result, new_args, _ = message
             for old, new in zip(args, new_args, strict=True):  # in-place changes come back
                 if isinstance(old, list | dict | set) and type(old) is type(new) and old != new:
@@ -489,13 +518,21 @@ def tests_process(source: str, harness: Harness, status_fd: int) -> None:
         harness.stop(hello[1])
     module = types.ModuleType("__main__")
     module.__file__ = "tests.py"
-    for name, kind, value in hello[1]:
-        if kind == "module":
+    if hello[0] != "ready":
+        harness.stop("the solution's process sent a malformed answer")
+    for entry in hello[1]:
+        if not (isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[0], str)):
+            harness.stop("the solution's process sent a malformed answer")
+        name, kind, value = entry
+        # A solution's `all` or `len` must not stand in for the builtin the tests call.
+        if name.startswith("__") or hasattr(builtins, name):
+            continue
+        if kind == "module" and importable(value):
             try:
                 module.__dict__[name] = importlib.import_module(value)
             except ImportError:
                 continue
-        else:
+        elif kind in ("callable", "value"):
             module.__dict__[name] = harness.proxy(name) if kind == "callable" else value
     solution = types.ModuleType("solution")  # `from solution import f` gets the same proxies
     solution.__dict__.update({k: v for k, v in module.__dict__.items() if k != "__file__"})
@@ -523,13 +560,13 @@ def tests_process(source: str, harness: Harness, status_fd: int) -> None:
     except BaseException as error:
         traceback.print_exc(limit=-3)
         harness.stop(last_line(error))
-    unittest = sys.modules.get("unittest")  # not imported: no TestCase can exist
-    cases = [] if unittest is None else [
+    loaded = sys.modules.get("unittest")  # not imported: no TestCase can exist
+    cases = [] if loaded is None else [
         value for value in module.__dict__.values() if isinstance(value, type)
-        and issubclass(value, unittest.TestCase) and value.__module__ == "__main__"]
-    if cases and not results:  # TestCases without unittest.main(): run them anyway
-        suite = unittest.defaultTestLoader.loadTestsFromModule(module)
-        results.append(unittest.TextTestRunner(stream=sys.stderr).run(suite))
+        and issubclass(value, loaded.TestCase) and value.__module__ == "__main__"]
+    if loaded is not None and cases and not results:  # TestCases without unittest.main()
+        suite = loaded.defaultTestLoader.loadTestsFromModule(module)
+        results.append(loaded.TextTestRunner(stream=sys.stderr).run(suite))
     # pytest-style functions (defined in tests.py, named test*, no parameters) are called too.
     functions = [value for name, value in module.__dict__.items() if name.startswith("test")
                  and isinstance(value, types.FunctionType)

@@ -344,6 +344,21 @@ FORGERIES = {
                         "def add(a, b):\n    return a - b\n",
     "always equal": "class Anything:\n    def __eq__(self, other):\n        return True\n"
                     "def add(a, b):\n    return Anything()\n",
+    "shadowed builtin": "def all(*args):\n    return True\ndef add(a, b):\n    return a - b\n",
+    # Writes the tests' side of the pipe itself: an answer that would make the tests' process
+    # call exec() with code writing "ok" everywhere, if it took any builtin name as an exception.
+    "forged answers": r"""
+import os, time
+payload = "import os\nfor fd in range(3, 256):\n    try:\n        os.write(fd, b'ok')\n" \
+          "    except OSError:\n        pass\nos._exit(0)\n"
+lines = ascii(("ready", [("add", "callable", None)])) + "\n" + ascii(("raise", "exec", payload))
+for fd in range(3, 64):
+    try:
+        os.write(fd, (lines + "\n").encode())
+    except OSError:
+        pass
+time.sleep(30)
+""",
 }
 FORGED_TESTS = unittest_file("    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n"
                              "        assert all([add(2, 3) == 5])\n")
