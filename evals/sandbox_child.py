@@ -6,10 +6,11 @@ than running the code less confined.
 
 1. Namespaces (when asked): unshare a user, mount, PID, network, IPC and UTS namespace, then
    fork: the child is the PID namespace's init (when it dies the kernel kills all it left). It
-   mounts a size-capped tmpfs as the new root (the scratch-disk cap), binds into it read-only
-   only the Python installation and system library folders, /dev/null, /dev/zero and
-   /dev/urandom, makes /sandbox the writable working folder, and pivot_roots into it: no /proc,
-   /run, /tmp, /etc (bar ld.so.cache), home folders, data directory or repository exist there.
+   mounts a tmpfs as the new root, binds into it read-only only the Python installation and
+   system library folders, /dev/null, /dev/zero and /dev/urandom, mounts /sandbox, the only
+   writable folder, as a tmpfs of the scratch size, pivot_roots into it and makes the root
+   read-only: no /proc, /run, /tmp, /etc (bar ld.so.cache), home folders, data directory or
+   repository exist there.
 2. It reads solution.py and tests.py, then forks the graded code's process G; it stays the tests'
    process T. Both then lock themselves down: rlimits, no_new_privs, every capability dropped
    (bounding set cleared, securebits locked), Landlock (reads only beneath the same folders,
@@ -191,11 +192,12 @@ def bind_read_only(source: str, target: str) -> None:
 
 
 def build_root(workdir: str, read_roots: list[str], scratch_bytes: int) -> None:
-    """Mount the new root (capped tmpfs) over `workdir`/root, fill it and pivot into it."""
+    """Mount the new root (a tmpfs, read-only once filled) over `workdir`/root, with the
+    working folder a tmpfs of `scratch_bytes` in it, and pivot into it."""
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount propagates to the host
     root = os.path.join(workdir, "root")
     os.mkdir(root)
-    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, f"size={scratch_bytes},mode=0755")
+    mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
     bound: list[str] = []
     for path in sorted({os.path.realpath(p) for p in read_roots if os.path.exists(p)}, key=len):
         if not any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound):
@@ -210,6 +212,8 @@ def build_root(workdir: str, read_roots: list[str], scratch_bytes: int) -> None:
         open(root + device, "a").close()
         mount(device, root + device, None, MS_BIND)
     os.mkdir(root + WORKDIR_INSIDE)
+    mount("tmpfs", root + WORKDIR_INSIDE, "tmpfs", MS_NOSUID | MS_NODEV,
+          f"size={scratch_bytes},mode=0755")
     for name in ("solution.py", "tests.py"):
         with open(os.path.join(workdir, name), "rb") as src, \
                 open(os.path.join(root + WORKDIR_INSIDE, name), "wb") as dst:
@@ -219,6 +223,9 @@ def build_root(workdir: str, read_roots: list[str], scratch_bytes: int) -> None:
     machine = platform.machine()
     check(libc.syscall(155 if machine == "x86_64" else 41, b".", b"."), "pivot_root")
     check(libc.umount2(b".", MNT_DETACH), "umount old root")
+    # Read-only: nothing planted beside the bound folders (a path on sys.path that a .pth names
+    # but this root lacks, say) can be imported by the tests' process later.
+    mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.chdir("/")
 
 

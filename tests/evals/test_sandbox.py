@@ -175,6 +175,14 @@ def test_the_root_is_empty_but_for_python_and_its_libraries():
     assert outcome.output == f"{[False] * 7 + [True, True]} /sandbox\n"
 
 
+def test_only_the_working_folder_is_writable_even_without_landlock(monkeypatch):
+    # A folder made beside the bound ones (say one a .pth file names) could be imported from.
+    use(monkeypatch, "full", landlock_abi=0)
+    outcome = run_python_tests(f"import os\nos.makedirs({str(REPO / 'planted')!r})\n",
+                               "assert True\n", limits=QUICK)
+    assert not outcome.passed and "Read-only file system" in outcome.reason
+
+
 def test_data_directory_cannot_be_listed_or_written(level, tmp_path):
     code = f"import os\nos.listdir({str(tmp_path)!r})\n"
     assert not run_python_tests(code, "assert True\n", limits=QUICK).passed
