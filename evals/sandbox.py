@@ -75,7 +75,9 @@ class SandboxLimits:
     scratch_bytes: int = 64 * 2**20  # everything it may write (tmpfs size; with namespaces)
     output_bytes: int = 64 * 2**10  # stdout and stderr together; beyond, the run is stopped
     open_files: int = 64
-    tasks: int = 64  # threads, inside a user namespace only (RLIMIT_NPROC: see sandbox_child)
+    # Threads (RLIMIT_NPROC), set only inside a fresh user namespace, where the count starts at
+    # zero; outside one it counts every process of the daemon's user.
+    tasks: int = 64
 
 
 @dataclass(frozen=True, slots=True)
