@@ -240,7 +240,8 @@ class LimitsSettings(Section):
     max_tokens: int = Field(
         default=4096, ge=1,
         description="Largest max_tokens / max_completion_tokens a request may ask (vLLM also "
-        "refuses more than vllm.max_model_len minus the prompt).",
+        "refuses more than vllm.max_model_len). A chat request that names neither is held to "
+        "it where it is below vllm.max_model_len (vLLM would run to the end of the context).",
     )
     max_choices: int = Field(
         default=16, ge=1,

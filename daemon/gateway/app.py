@@ -285,7 +285,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
         app.state.inference = InferenceService(
             catalog=catalog, pool=pool, interaction_log=interaction_log, metrics=metrics,
             limits=settings.limits, max_request_chars=settings.database.max_text_chars,
-            traffic=traffic,
+            max_model_len=settings.vllm.max_model_len, traffic=traffic,
         )
         app.state.feedback = FeedbackService(
             sessions=sessions,

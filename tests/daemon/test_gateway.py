@@ -127,3 +127,29 @@ def test_a_gateway_can_drive_vllm_servers_it_does_not_manage(daemon, start_daemo
         assert [u["url"] for u in health["upstreams"]] == [f"http://127.0.0.1:{vllm_port}"]
     finally:
         other.stop()
+
+
+def test_limits_hold_a_chat_without_max_tokens_and_a_key_past_its_tokens_per_minute(
+    daemon, start_daemon, tmp_path
+):
+    # A gateway of its own (limits are start-up settings) on the session daemon's vLLM.
+    vllm_port = yaml.safe_load(daemon.config.read_text())["vllm"]["port"]
+    other = start_daemon(tmp_path, Path("/nonexistent"),
+                         vllm={"upstreams": [f"http://127.0.0.1:{vllm_port}"]},
+                         limits={"max_tokens": 1, "tokens_per_minute": 10})
+    try:
+        client = openai.OpenAI(base_url=f"{other.url}/v1", api_key=other.key("alice"),
+                               max_retries=0)
+        # No max_tokens: vLLM would run to the end of the context; the cap holds it.
+        answer = client.chat.completions.create(model="lifelong", messages=QUESTION)
+        assert answer.usage.completion_tokens == 1 and answer.choices[0].finish_reason == "length"
+        # The answer's tokens were charged once vLLM reported them (the prompt alone is > 10).
+        assert answer.usage.total_tokens > 10
+        with pytest.raises(openai.RateLimitError) as caught:
+            client.chat.completions.create(model="lifelong", messages=QUESTION, max_tokens=1)
+        assert int(caught.value.response.headers["Retry-After"]) >= 1
+        assert "limits.tokens_per_minute" in caught.value.message
+        bob = openai.OpenAI(base_url=f"{other.url}/v1", api_key=other.key("bob"), max_retries=0)
+        assert bob.chat.completions.create(model="lifelong", messages=QUESTION, max_tokens=1)
+    finally:
+        other.stop()

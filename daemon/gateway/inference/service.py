@@ -65,6 +65,11 @@ def _delta_of(choice: dict[str, Any]) -> str:
     return choice.get("text") or ""
 
 
+def _tokens(usage: dict[str, Any]) -> int:
+    return usage.get("total_tokens") or (usage.get("prompt_tokens") or 0) + (
+        usage.get("completion_tokens") or 0)
+
+
 def _status_of(exc: Exception) -> int:
     """The HTTP status `errors.py` answers `exc` with."""
     match exc:
@@ -89,6 +94,7 @@ class InferenceService:
         metrics: ServingMetrics,
         limits: LimitsSettings,
         max_request_chars: int,
+        max_model_len: int,
         traffic: UserTraffic | None = None,
     ) -> None:
         self.catalog = catalog
@@ -97,6 +103,9 @@ class InferenceService:
         self.metrics = metrics
         self.limits = limits  # what one request may ask (checked by the routes)
         self.max_request_chars = max_request_chars
+        # A chat request without max_tokens runs to the end of the model's context: held to the
+        # cap when the cap is the shorter (else vLLM's own limit is).
+        self.default_max_tokens = limits.max_tokens if limits.max_tokens < max_model_len else None
         self.rate = RateLimiter(requests_per_minute=limits.requests_per_minute,
                                 tokens_per_minute=limits.tokens_per_minute)
         self.traffic = traffic or UserTraffic()
@@ -124,8 +133,6 @@ class InferenceService:
         usage: dict[str, Any] | None,
     ) -> None:
         usage = usage or {}
-        self.rate.charge(principal.name, usage.get("total_tokens") or
-                         (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0))
         accepted = self.interaction_log.submit(
             NewInteraction(
                 id=interaction_id,
@@ -144,6 +151,13 @@ class InferenceService:
         )
         if not accepted:
             logger.warning("interaction log full; dropped", extra={"interaction_id": interaction_id})
+
+    def _upstream_body(self, endpoint: Endpoint, body: dict[str, Any], route: Route) -> dict[str, Any]:
+        upstream_body = {**body, "model": route.upstream_model}
+        unbounded = "max_tokens" not in body and "max_completion_tokens" not in body
+        if endpoint is CHAT and unbounded and self.default_max_tokens is not None:
+            upstream_body["max_tokens"] = self.default_max_tokens  # text completions default to 16
+        return upstream_body
 
     async def answer(
         self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
@@ -191,10 +205,11 @@ class InferenceService:
         route = self.catalog.resolve(body["model"])
         upstream = self.pool.pick()
         interaction_id = endpoint.id_prefix + uuid.uuid4().hex
-        answer = await upstream.complete(endpoint.route, {**body, "model": route.upstream_model})
+        answer = await upstream.complete(endpoint.route, self._upstream_body(endpoint, body, route))
         answer["id"] = interaction_id
         answer["model"] = route.requested
         first = answer["choices"][0] if answer.get("choices") else {}
+        self.rate.charge(principal.name, _tokens(answer.get("usage") or {}))
         self._record(
             endpoint=endpoint, interaction_id=interaction_id, body=body, route=route,
             principal=principal, started=started, created_at=created_at, text=_text_of(first),
@@ -220,8 +235,7 @@ class InferenceService:
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         # Always ask vLLM for the usage chunk: the interaction log needs the token counts.
         upstream_body = {
-            **body,
-            "model": route.upstream_model,
+            **self._upstream_body(endpoint, body, route),
             "stream_options": {**(body.get("stream_options") or {}), "include_usage": True},
         }
         exits = contextlib.AsyncExitStack()
@@ -260,6 +274,9 @@ class InferenceService:
             finally:
                 on_end()
                 await exits.aclose()
+                # A stream the client left early has no usage chunk: charge what it received
+                # (about a token a chunk), so leaving early does not escape the limit.
+                self.rate.charge(principal.name, _tokens(usage) if usage else len(parts))
                 self._record(
                     endpoint=endpoint, interaction_id=interaction_id, body=body, route=route,
                     principal=principal, started=started, created_at=created_at,
