@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from lifelong.evals.runner import client_session, run_suite
+from lifelong.evals.suites import EvalItem, Suite
 from lifelong.evals.verifier_pool import VerifierPool
 from lifelong.feedback_store.database import make_engine
 from lifelong.feedback_store.models import Interaction
@@ -108,3 +110,39 @@ def test_a_full_pool_leaves_the_default_executor_free_for_database_reads(
     assert rows == 0 and pending == held  # the read answered while every judgement waited
     assert passed == [True] * held
 
+
+@pytest.mark.timeout(600)
+def test_a_suite_being_judged_leaves_database_reads_free(plugins, vllm_url, migrated_sqlite_file,
+                                                         tmp_path):
+    # The daemon's judge runs suites on the gateway's loop: its verifiers must not take the
+    # threads the gateway's reads need (issue 18: 12 sandbox runs made reads take 15 s).
+    release, started = tmp_path / "release", tmp_path / "started"
+    started.mkdir()
+    options = {"release": str(release), "started": str(started)}
+    items = tuple(EvalItem(id=f"i{k}", messages=[{"role": "user", "content": f"{k} + 1 ="}],
+                           reference="", verifier="hold", options=options)
+                  for k in range(12))
+    suite = Suite(name="held", kind="regression", items=items)
+    engine = make_engine(f"sqlite:///{migrated_sqlite_file}")
+
+    def read() -> int:
+        with engine.connect() as connection:
+            return connection.scalar(select(func.count()).select_from(Interaction)) or 0
+
+    async def scenario():
+        with VerifierPool(WORKERS) as pool:
+            async with client_session() as http:
+                run = asyncio.ensure_future(run_suite(http, vllm_url, "base", suite, verifiers=pool))
+                while len(list(started.iterdir())) < WORKERS:  # vLLM answered; judging began
+                    await asyncio.sleep(0.05)
+                rows = await asyncio.to_thread(read)
+                judging = not run.done()
+                release.touch()
+                return rows, judging, await run
+
+    try:
+        rows, judging, judged = asyncio.run(scenario())
+    finally:
+        engine.dispose()
+    assert rows == 0 and judging  # the read answered while the suite was being judged
+    assert judged.summary.pass_rate == 1.0
