@@ -33,6 +33,7 @@ from pydantic_settings import (
 )
 
 from lifelong.evals.sandbox import SandboxPolicy
+from lifelong.evals.verifiers import MAX_PATTERN_CHARS
 
 _SANDBOX = SandboxPolicy()  # the defaults live with the sandbox
 
@@ -428,7 +429,7 @@ class VerifierSettings(Section):
         "CPU priority (nice 10), so the gateway answers first.",
     )
     max_pattern_chars: int = Field(
-        default=1000, ge=1, le=100_000,
+        default=1000, ge=1, le=MAX_PATTERN_CHARS,
         description="Longest regular expression a task or outcome may register (the regex "
         "verifier's pattern or reference, JSON Schema patterns); longer is a 422.",
     )

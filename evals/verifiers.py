@@ -162,6 +162,9 @@ def agreement(answer: str, reference: str, options: Mapping[str, Any]) -> Verifi
 # Matching costs about programsize x answer length: a 7,996-instruction program took 0.07 s over
 # 15,000 characters, a 39,964 one 0.65 s (RE2 leaves its DFA for the slower NFA past max_mem).
 MAX_PROGRAM_SIZE = 10_000
+# No longer pattern is compiled at all, whatever the daemon's own (smaller) cap: registration
+# checks run on the gateway's event loop, and RE2 took 1.3 s to refuse a 4 MB one.
+MAX_PATTERN_CHARS = 100_000
 
 
 class PatternError(ValueError):
@@ -277,6 +280,8 @@ def _tolerance(value: Any) -> str | None:
 def _pattern(value: Any) -> str | None:
     if not isinstance(value, str):
         return "must be a string"
+    if len(value) > MAX_PATTERN_CHARS:
+        return f"is {len(value)} characters, more than {MAX_PATTERN_CHARS}"
     try:
         compile_pattern(value)
     except PatternError as error:
@@ -287,6 +292,9 @@ def _pattern(value: Any) -> str | None:
 def _schema(value: Any) -> str | None:
     if not isinstance(value, dict):
         return "must be a JSON Schema object"
+    longest = max((len(pattern) for pattern in _schema_patterns(value)), default=0)
+    if longest > MAX_PATTERN_CHARS:
+        return f"has a pattern of {longest} characters, more than {MAX_PATTERN_CHARS}"
     try:
         _schema_validator(value)
     except jsonschema_rs.ValidationError as error:
