@@ -146,3 +146,12 @@ def test_a_suite_being_judged_leaves_database_reads_free(plugins, vllm_url, migr
         engine.dispose()
     assert rows == 0 and judging  # the read answered while the suite was being judged
     assert judged.summary.pass_rate == 1.0
+
+
+def test_an_unknown_verifier_fails_its_answers_in_the_pool():
+    async def judged():
+        with VerifierPool(WORKERS) as pool:
+            return await pool.verify("exact_mach", ["4"], "4", {})
+
+    (result,) = asyncio.run(judged())
+    assert not result.passed and "unknown verifier 'exact_mach'" in result.reason
