@@ -384,8 +384,10 @@ class StateCollector(Collector):
         running_run: Callable[[], int | None] = lambda: None,
         on_versions: Callable[[frozenset[str]], None] = lambda kept: None,
         cache_s: float = 5.0,
+        wait_s: float = 5.0,
     ) -> None:
         self.sessions = sessions
+        self.wait_s = wait_s
         self.versions = versions
         self.running_run = running_run  # () -> the id of the training run going on, or None
         self.on_versions = on_versions
@@ -400,14 +402,24 @@ class StateCollector(Collector):
         return []  # collected on demand only: no store query when registered
 
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
+        # A refresh stuck on a database that stopped answering (a query on an open connection
+        # has no client-side timeout) must not hold every later scrape: after `wait_s` they
+        # serve the last figures.
+        if not self._lock.acquire(timeout=self.wait_s):
+            logger.warning("metrics: the store is still being read; serving the last figures")
+            yield from self._cached
+            return
+        try:
             if time.monotonic() - self._cached_at >= self.cache_s:
                 try:
                     self._cached = self.refresh()
                 except Exception:  # a store hiccup must not fail the scrape of everything else
                     logger.exception("metrics: reading the store failed; serving the last figures")
                 self._cached_at = time.monotonic()
-            yield from self._cached
+            cached = self._cached
+        finally:
+            self._lock.release()
+        yield from cached
 
     def refresh(self) -> list[Metric]:
         """Read the store now; the metric families it yields until the next refresh."""

@@ -11,6 +11,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy.pool import NullPool
 
 from lifelong.feedback_store.errors import DatabaseNotMigrated
 
@@ -36,12 +38,14 @@ def make_engine(
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL",
     connect_timeout_s: float = 10.0,
     statement_timeout_s: float | None = None,
+    pooled: bool = True,
 ) -> Engine:
     """An engine for `url` whose waits are bounded: a connection attempt gives up after
     `connect_timeout_s` (psycopg's own default waits ~130 s on a server that accepts and never
     answers), and so does waiting for a pooled connection; a statement after
     `statement_timeout_s` (PostgreSQL's statement_timeout; SQLite's busy timeout, the wait for
     the write lock: 5 s when None). None: statements are not limited on PostgreSQL.
+    `pooled=False`: a new connection each time (a health probe must not reuse one that hangs).
 
     For SQLite: WAL, the given synchronous level and foreign keys on every connection; the
     file's folder created owner-only and the file itself readable by its owner only (it holds
@@ -53,6 +57,8 @@ def make_engine(
         if statement_timeout_s is not None and parsed.get_backend_name() == "postgresql":
             connect_args["options"] = f"-c statement_timeout={round(statement_timeout_s * 1000)}"
         # pre_ping: a restarted server leaves dead connections in the pool.
+        if not pooled:
+            return create_engine(parsed, poolclass=NullPool, connect_args=connect_args)
         return create_engine(
             parsed, pool_pre_ping=True, pool_timeout=connect_timeout_s, connect_args=connect_args
         )
@@ -61,7 +67,8 @@ def make_engine(
     if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
         _private_file(Path(parsed.database))
     busy_timeout_ms = round((statement_timeout_s or 5.0) * 1000)
-    engine = create_engine(parsed, pool_timeout=connect_timeout_s)
+    engine = (create_engine(parsed, pool_timeout=connect_timeout_s) if pooled
+              else create_engine(parsed, poolclass=NullPool))
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -178,12 +185,24 @@ class DatabaseState:
 
 class DatabaseWatch:
     """Whether the database answers: `SELECT 1` every `every_s` on a thread of its own, so a
-    readiness probe reads the answer at once instead of waiting on a dead server. A check still
-    running after `stuck_after_s` counts as down (a server that accepts and never answers
-    holds a connection attempt for the whole connect timeout). Call `close` at shutdown."""
+    readiness probe reads the answer at once instead of waiting on a dead server. Give it an
+    unpooled engine (`make_engine(..., pooled=False)`): each check connects afresh, bounded by
+    the connect timeout. A check still running after `stuck_after_s` counts as down.
 
-    def __init__(self, engine: Engine, *, every_s: float = 2.0, stuck_after_s: float = 10.0):
+    `on_down()` runs when the database stops answering: the gateway drops its pool there, since
+    a pooled connection to a server that stopped answering would hang whoever takes it next (no
+    client-side timeout covers a query on an open connection). Call `close` at shutdown."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        every_s: float = 2.0,
+        stuck_after_s: float = 10.0,
+        on_down: Callable[[], None] = lambda: None,
+    ):
         self._engine = engine
+        self._on_down = on_down
         self._every_s = every_s
         self._stuck_after_s = stuck_after_s
         self._lock = threading.Lock()
@@ -220,6 +239,7 @@ class DatabaseWatch:
                                       error=f"{type(exc).__name__}: {exc}".splitlines()[0])
                 if self._state.up:
                     logger.warning("database: not answering: %s", state.error)
+                    self._on_down()
             else:
                 state = DatabaseState(up=True, checked_at=time.time(), error=None)
                 if not self._state.up:

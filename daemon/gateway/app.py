@@ -142,7 +142,11 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             connect_timeout_s=db.connect_timeout_s, statement_timeout_s=db.statement_timeout_s,
         )
         ensure_migrated(engine)
-        database_watch = DatabaseWatch(engine, stuck_after_s=db.connect_timeout_s)
+        database_watch = DatabaseWatch(
+            make_engine(settings.database_url, sqlite_synchronous=db.sqlite_synchronous,
+                        connect_timeout_s=db.connect_timeout_s, pooled=False),
+            stuck_after_s=db.connect_timeout_s, on_down=engine.dispose,
+        )
         sessions: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
         interaction_log = InteractionLog(
             engine,

@@ -4,9 +4,12 @@ database is not answering, and a feedback call retried with its Idempotency-Key 
 
 The gateway runs in-process (its real lifespan) on a real PostgreSQL database of its own, in
 front of a vLLM URL nobody listens on (these routes never reach vLLM). The database is made to
-refuse for real (`ALLOW_CONNECTIONS false`, its sessions ended) and to stall (a table locked
-from another session). That inference keeps answering and its log catches up after an outage
-is tested where the interaction log is (tests/feedback_store/test_interaction_log.py).
+refuse for real (`ALLOW_CONNECTIONS false`, its sessions ended), to stall (a table locked
+from another session), and to hang: reached through a relay that stops relaying, it accepts
+connections and answers nothing, on new and open connections alike (what a stopped server
+process or a black-holed network looks like; PostgreSQL itself cannot be made to do it).
+That inference keeps answering and its log catches up after an outage is tested where the
+interaction log is (tests/feedback_store/test_interaction_log.py).
 """
 
 from __future__ import annotations
@@ -92,18 +95,79 @@ def database(fresh_postgres_url: str, postgres_server_url: str) -> Iterator[Data
     db.server.dispose()
 
 
-@pytest.fixture
-def client(database: Database, tmp_path: Path) -> Iterator[TestClient]:
+class Relay:
+    """A TCP relay to the PostgreSQL server that can freeze: then it still accepts connections
+    and reads what clients send, and forwards nothing either way until it thaws."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.frozen = threading.Event()
+        self.closed = threading.Event()
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, database_url: str) -> str:
+        return make_url(database_url).set(host="127.0.0.1", port=self.port) \
+            .render_as_string(hide_password=False)
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client = self.listener.accept()[0]
+            except OSError:
+                return
+            self.sockets.append(client)
+            while self.frozen.is_set() and not self.closed.is_set():
+                time.sleep(0.05)
+            server = socket.create_connection(self.target)
+            self.sockets.append(server)
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                while self.frozen.is_set() and not self.closed.is_set():
+                    time.sleep(0.05)
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            end.close()
+
+    def close(self) -> None:
+        self.closed.set()
+        self.frozen.clear()
+        self.listener.close()
+        for end in self.sockets:
+            end.close()
+
+
+def within(bound_s: float, call):
+    """`call()`'s result; a call still running after `bound_s` fails the test (instead of hanging
+    the run, as a call on today's code would: psycopg's connect timeout is ~130 s, and a query
+    on an open connection has none)."""
+    done: list = []
+    thread = threading.Thread(target=lambda: done.append(call()), daemon=True)
+    thread.start()
+    thread.join(bound_s)
+    assert done, f"no answer within {bound_s} s"
+    return done[0]
+
+
+def gateway(database_url: str, tmp_path: Path, **gateway_settings) -> Iterator[TestClient]:
     settings = load_settings(
         data_dir=tmp_path / "data",
         base_model={"path": "/nonexistent"},
-        database={"url": database.url, "connect_timeout_s": 1, "statement_timeout_s": 1},
+        database={"url": database_url, "connect_timeout_s": 1, "statement_timeout_s": 1},
         vllm={"upstreams": [f"http://127.0.0.1:{unused_port()}"]},  # nobody listens there
         gateway={"api_keys": [
             {"principal": name, "sha256": hashlib.sha256(key.encode()).hexdigest(),
              "scopes": ["infer", "feedback"]}
             for name, key in KEYS.items()
-        ]},
+        ], **gateway_settings},
         training={"anchor_fraction": 0.0},
         evals={"general_suite": False},
         schedule={"enabled": False},
@@ -111,6 +175,30 @@ def client(database: Database, tmp_path: Path) -> Iterator[TestClient]:
     with TestClient(create_app(settings), base_url="http://gateway") as client:
         client.headers["Authorization"] = f"Bearer {KEYS['alice']}"
         yield client
+
+
+@pytest.fixture
+def client(database: Database, tmp_path: Path) -> Iterator[TestClient]:
+    yield from gateway(database.url, tmp_path)
+
+
+@pytest.fixture
+def relay(database: Database) -> Iterator[Relay]:
+    server = make_url(database.url)
+    running = Relay((server.host or "127.0.0.1", server.port or 5432))
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def relayed_client(database: Database, relay: Relay, tmp_path: Path) -> Iterator[TestClient]:
+    # Every scrape reads the store (no cache), so one is sure to meet the hung database.
+    clients = gateway(relay.url(database.url), tmp_path, metrics_cache_s=0)
+    yield next(clients)
+    relay.frozen.clear()  # what still waits on the database finishes; shutdown does not hang
+    # A failed test may have left calls waiting in the test client: shut down in a thread, so
+    # the failure is reported rather than the run hanging.
+    within(60, lambda: next(clients, None))
 
 
 def until(condition, bound_s: float = 60.0) -> None:
@@ -223,3 +311,27 @@ def test_a_malformed_idempotency_key_is_422(client, database, key):
                          headers={"Idempotency-Key": key})
     assert answer.status_code == 422
     assert answer.json()["error"]["param"] == "Idempotency-Key"
+
+
+def test_while_the_database_hangs_every_call_ends_within_a_bound(relayed_client, relay, database):
+    client = relayed_client
+    interaction_id = database.interaction()
+    # The gateway's pool now holds open connections through the relay.
+    assert client.post("/v1/feedback", json=rating(interaction_id)).status_code == 201
+    assert client.get(f"/v1/interactions/{interaction_id}").status_code == 200
+    assert client.get("/metrics").status_code == 200
+    relay.frozen.set()
+    # This scrape takes the pooled connection and waits on it until the relay thaws.
+    threading.Thread(target=client.get, args=("/metrics",), daemon=True).start()
+    unavailable(within(30, lambda: client.post("/v1/feedback", json=rating(interaction_id))),
+                database)
+    unavailable(within(30, lambda: client.get(f"/v1/interactions/{interaction_id}")), database)
+    until(lambda: "database is not answering" in within(30, lambda: readiness_reason(client)))
+    for _ in range(2):  # the last figures, not a wait for the scrape stuck on the database
+        assert within(30, lambda: client.get("/metrics")).status_code == 200
+    # Reads after the pool was dropped connect afresh, bounded by the connect timeout.
+    unavailable(within(30, lambda: client.get(f"/v1/interactions/{interaction_id}")), database)
+    relay.frozen.clear()
+    until(lambda: "database" not in readiness_reason(client))
+    assert client.post("/v1/feedback", json=rating(interaction_id, -1)).status_code == 201
+    assert client.get(f"/v1/interactions/{interaction_id}").status_code == 200
