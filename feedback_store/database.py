@@ -6,6 +6,7 @@ inside the installed package and hands it an open connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -91,7 +92,11 @@ def _private_file(path: Path) -> None:
     """Create `path` (and its folder) readable by its owner only; tighten an existing one."""
     if not path.parent.exists():
         path.parent.mkdir(parents=True, mode=0o700)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    # Never open an existing file: closing any descriptor of it drops every POSIX lock this
+    # process holds on it, SQLite's included (another engine's connections then fail with
+    # "disk I/O error"). A missing file has no connection in this process to disturb.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         try:
             if name.stat().st_mode & 0o077 and name.stat().st_uid == os.getuid():

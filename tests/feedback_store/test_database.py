@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -187,3 +189,27 @@ def test_the_watch_reports_a_refusing_or_silent_database_down(server, request):
     assert watch.state().error
     watch.close()
     engine.dispose()
+
+
+def test_a_second_engine_on_an_open_sqlite_file_leaves_the_first_ones_connections_working(
+        tmp_path: Path):
+    # Opening and closing the file once more in this process would drop the POSIX locks that
+    # the first engine's connection holds; another process's connection, closing, would then
+    # think itself the last, checkpoint and remove the WAL and its index, and the first
+    # engine's next write would fail with "disk I/O error" (seen in the daemon, whose database
+    # watch makes a second engine, when `lifelong db upgrade` or the trainer came and went).
+    path = tmp_path / "lifelong.db"
+    first = make_engine(f"sqlite:///{path}")
+    with first.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    held = first.connect()
+    held.exec_driver_sql("SELECT count(*) FROM t").scalar()
+    make_engine(f"sqlite:///{path}", pooled=False).dispose()
+    subprocess.run([sys.executable, "-c", "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]);"
+                    " c.execute('SELECT count(*) FROM t').fetchone(); c.close()", str(path)],
+                   check=True)
+    with first.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+    assert held.exec_driver_sql("SELECT count(*) FROM t").scalar() == 1
+    held.close()
+    first.dispose()
