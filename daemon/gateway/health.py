@@ -2,7 +2,7 @@
 
 Both are unauthenticated (probes carry no key), so they say only ready or not and why, in words;
 `details` (upstream URLs, pids, restarts, errors, the interaction log, the database) is for
-admin keys, in `/admin/status`.
+admin keys, in `/admin/health`.
 """
 
 from __future__ import annotations
@@ -27,22 +27,34 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """200 when at least one vLLM server is ready with the champion loaded and the database
-    answers; 503 otherwise, saying why (details: `/admin/status`, admin keys)."""
+    """200 when at least one vLLM server is ready with the champion loaded (`degraded` while
+    the database does not answer); 503 otherwise, saying why (details: `/admin/health`)."""
     state = request.app.state
-    reasons = []
-    retry_after = 0
-    if not state.pool.any_ready:
-        reasons.append("no model server is ready yet (starting, restarting or down)")
-        retry_after = state.pool.retry_after_s
-    if not state.database_watch.state().up:
-        # Inference still answers and its log catches up later; feedback and reads get 503.
-        reasons.append("the database is not answering")
-        retry_after = max(retry_after, DATABASE_RETRY_AFTER_S)
-    if not reasons:
-        return JSONResponse({"status": "ready"})
-    return JSONResponse({"status": "unavailable", "reason": "; ".join(reasons)}, status_code=503,
-                        headers={"Retry-After": str(retry_after)})
+    code, body, retry_after = readiness(
+        model_ready=state.pool.any_ready, model_retry_after_s=state.pool.retry_after_s,
+        database_up=state.database_watch.state().up)
+    return JSONResponse(body, status_code=code,
+                        headers={"Retry-After": str(retry_after)} if retry_after else None)
+
+
+def readiness(*, model_ready: bool, model_retry_after_s: int,
+              database_up: bool) -> tuple[int, dict[str, str], int]:
+    """(status code, body, Retry-After seconds or 0) of `/readyz`.
+
+    A database that does not answer makes the instance `degraded`, not unready: every replica
+    shares it, so failing readiness on it would take them all out of a balancer at once and stop
+    inference, which goes on without it (its log catches up); feedback and reads answer 503."""
+    if not model_ready:
+        reason = "no model server is ready yet (starting, restarting or down)"
+        if not database_up:
+            reason += "; the database is not answering"
+        retry_after = max(1, model_retry_after_s if database_up else max(
+            model_retry_after_s, DATABASE_RETRY_AFTER_S))
+        return 503, {"status": "unavailable", "reason": reason}, retry_after
+    if not database_up:
+        return 200, {"status": "degraded", "reason": "the database is not answering: inference "
+                     "goes on, feedback and reads answer 503 until it is back"}, 0
+    return 200, {"status": "ready"}, 0
 
 
 def details(state: State) -> dict[str, Any]:

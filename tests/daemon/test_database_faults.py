@@ -29,6 +29,7 @@ from sqlalchemy import create_engine, func, make_url, select
 from sqlalchemy.pool import NullPool
 
 from lifelong.daemon.gateway.app import create_app
+from lifelong.daemon.gateway.health import readiness
 from lifelong.daemon.settings import load_settings
 from lifelong.feedback_store.database import make_engine, upgrade
 from lifelong.feedback_store.interactions import add_interactions
@@ -335,3 +336,18 @@ def test_while_the_database_hangs_every_call_ends_within_a_bound(relayed_client,
     until(lambda: "database" not in readiness_reason(client))
     assert client.post("/v1/feedback", json=rating(interaction_id, -1)).status_code == 201
     assert client.get(f"/v1/interactions/{interaction_id}").status_code == 200
+
+
+@pytest.mark.parametrize(("model_ready", "database_up", "code", "status"), [
+    (True, True, 200, "ready"),
+    (True, False, 200, "degraded"),  # every replica shares the database: stay in the balancer
+    (False, True, 503, "unavailable"),
+    (False, False, 503, "unavailable"),
+])
+def test_readiness_fails_on_the_model_server_and_degrades_on_the_database(
+        model_ready, database_up, code, status):
+    answer_code, body, retry_after = readiness(model_ready=model_ready, model_retry_after_s=0,
+                                               database_up=database_up)
+    assert (answer_code, body["status"]) == (code, status)
+    assert (retry_after > 0) == (code == 503)
+    assert ("database is not answering" in body.get("reason", "")) == (not database_up)
