@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Method = Literal["sft", "dpo", "kto", "grpo"]
+# A run's id as the database can hold it (a larger one was a 500: SQLite's INTEGER overflowed).
+RunId = Annotated[int, Path(ge=1, le=2**63 - 1, description="A training or eval run's id.")]
 
 
 class TrainIn(BaseModel):

@@ -17,6 +17,7 @@ from lifelong.daemon.gateway.admin.protocol import (
     PromotedOut,
     PromoteIn,
     RollbackIn,
+    RunId,
     TrainIn,
     TrainingRunOut,
 )
@@ -102,14 +103,14 @@ async def health(_: AdminPrincipal, request: Request) -> dict[str, Any]:
 
 
 @router.get("/training-runs/{run_id}", responses={**ERRORS, 404: {"description": "No such run."}})
-async def training_run(run_id: int, _: AdminPrincipal, request: Request) -> TrainingRunOut:
+async def training_run(run_id: RunId, _: AdminPrincipal, request: Request) -> TrainingRunOut:
     """One training run: its state, live progress while running, what it made or why not."""
     return await _run(request, run_id)
 
 
 @router.post("/training-runs/{run_id}/cancel", status_code=202,
              responses={**ERRORS, 409: {"description": "Not running here."}})
-async def cancel_training_run(run_id: int, _: AdminPrincipal, request: Request) -> TrainingRunOut:
+async def cancel_training_run(run_id: RunId, _: AdminPrincipal, request: Request) -> TrainingRunOut:
     """Ask the running run to stop; it ends `failed` (cancelled) and registers nothing."""
     if (await _run(request, run_id)).status != "running":
         raise ApiError(409, f"training run {run_id} has already ended", code="not_running")
@@ -164,7 +165,7 @@ async def evaluate(body: EvalIn, _: AdminPrincipal, request: Request) -> EvalRun
 
 
 @router.get("/eval-runs/{run_id}", responses={**ERRORS, 404: {"description": "No such run."}})
-async def eval_run(run_id: int, _: AdminPrincipal, request: Request) -> EvalRunOut:
+async def eval_run(run_id: RunId, _: AdminPrincipal, request: Request) -> EvalRunOut:
     """One eval run: its state, per-suite summaries, and the gate's decision with its numbers."""
     return await _eval_run(request, run_id)
 
