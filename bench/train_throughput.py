@@ -7,8 +7,13 @@ afresh and times only the training call. The trainer runs as the daemon runs it:
 on, an `on_step` callback recording every step. Prints tokens/s per round, the medians and
 their ratio (target: >= 0.9).
 
+`--against bf16` compares the trainer with itself under bf16 autocast instead (the CPU's
+AVX512-BF16 or AMX, if any), and prints the last step's loss of each: is the faster one still
+learning the same?
+
     .venv/bin/python bench/train_throughput.py --model lifelong-data/base_model
     .venv/bin/python bench/train_throughput.py            # builds a tiny model first (minutes)
+    .venv/bin/python bench/train_throughput.py --model lifelong-data/base_model --against bf16
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import random
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -44,14 +50,16 @@ def examples(n: int, seed: int) -> TrainingSet:
                                  "binary": Portion(0, 0)})
 
 
-def trainer_round(model_dir: Path, data: TrainingSet, config: LoraTrainingConfig, seed: int) -> float:
+def trainer_round(model_dir: Path, data: TrainingSet, config: LoraTrainingConfig,
+                  seed: int) -> tuple[float, float]:
+    """(tokens/s, the last step's loss)."""
     model, tokenizer = load_model(model_dir, parent_dir=None, config=config, seed=seed,
                                   device=torch.device("cpu"))
-    steps: list[tuple[int, float, float, int]] = []
+    steps: list[tuple] = []
     started = time.perf_counter()
     report = train_lora(model, tokenizer, data, methods=("sft",), config=config, seed=seed,
                         on_step=lambda *values: steps.append(values), progress=True)
-    return report.tokens / (time.perf_counter() - started)
+    return report.tokens / (time.perf_counter() - started), float(steps[-1][1])
 
 
 def plain_round(model_dir: Path, data: TrainingSet, config: LoraTrainingConfig, seed: int) -> float:
@@ -91,6 +99,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--against", choices=["plain", "bf16"], default="plain",
+                        help="plain: a minimal torch+peft loop; bf16: the trainer under autocast")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -102,17 +112,30 @@ def main() -> None:
                                     batch_size=args.batch_size, max_steps=args.steps)
         # Steps never run out of examples, so the trainer's epoch boundary costs nothing extra.
         data = examples(args.steps * args.batch_size, seed=0)
-        trainer, plain = [], []
+        trainer, other, losses = [], [], {"trainer": [], args.against: []}
         for round_ in range(args.rounds):
-            trainer.append(trainer_round(model_dir, data, config, seed=round_))
-            plain.append(plain_round(model_dir, data, config, seed=round_))
+            speed, loss = trainer_round(model_dir, data, config, seed=round_)
+            trainer.append(speed)
+            losses["trainer"].append(loss)
+            if args.against == "bf16":
+                speed, loss = trainer_round(model_dir, data, replace(config, precision="bf16"),
+                                            seed=round_)
+                losses["bf16"].append(loss)
+            else:
+                speed = plain_round(model_dir, data, config, seed=round_)
+            other.append(speed)
             print(f"round {round_ + 1}: trainer {trainer[-1]:8.0f} tokens/s   "
-                  f"plain loop {plain[-1]:8.0f} tokens/s", flush=True)
-    ratio = statistics.median(trainer) / statistics.median(plain)
+                  f"{args.against} {other[-1]:8.0f} tokens/s", flush=True)
+    ratio = statistics.median(trainer) / statistics.median(other)
     print(f"model {model_dir}, {args.steps} steps x {args.batch_size} examples, "
           f"{args.threads} threads, {args.rounds} rounds")
     print(f"median tokens/s: trainer {statistics.median(trainer):.0f}, "
-          f"plain loop {statistics.median(plain):.0f}; ratio {ratio:.3f} (target >= 0.9)")
+          f"{args.against} {statistics.median(other):.0f}; ratio {ratio:.3f}"
+          + (" (target >= 0.9)" if args.against == "plain" else ""))
+    if args.against == "bf16":
+        print("last-step loss per round: " + "; ".join(
+            f"{name} {', '.join(f'{value:.3f}' for value in values)}"
+            for name, values in losses.items()))
 
 
 if __name__ == "__main__":
