@@ -169,10 +169,14 @@ def test_files_outside_the_sandbox_cannot_be_read(level, secrets):
 def test_the_root_is_empty_but_for_python_and_its_libraries():
     paths = ["/proc", "/run", "/var/run", "/tmp", "/etc/passwd", "/home", str(REPO / "README.md"),
              "/etc/ld.so.cache", os.__file__]
+    # /tmp or /home exist inside only as the way to a Python installation bound beneath them
+    # (a clean clone's .venv in /tmp, say); Landlock refuses to list them.
+    roots = sandbox._read_roots()
+    on_the_way = [any(root.startswith(path + "/") for root in roots) for path in paths[:7]]
     code = f"import os\nprint([os.path.exists(p) for p in {paths!r}], os.getcwd())\n"
     outcome = run_python_tests(code, "assert True\n", limits=QUICK)
     assert outcome.passed, outcome.reason
-    assert outcome.output == f"{[False] * 7 + [True, True]} /sandbox\n"
+    assert outcome.output == f"{on_the_way + [True, True]} /sandbox\n"
 
 
 def test_only_the_working_folder_is_writable_even_without_landlock(monkeypatch):
