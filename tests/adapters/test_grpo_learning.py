@@ -47,7 +47,8 @@ from lifelong.evals.statistics import paired_bootstrap
 from lifelong.feedback_store.records import NewTask
 from lifelong.feedback_store.tasks import add_task
 
-pytestmark = pytest.mark.integration
+# Outside CI for time (`make test-slow`): test_real_model proves learning through the daemon there.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def half_trained_model(tmp_path_factory) -> Path:

@@ -45,7 +45,8 @@ from lifelong.evals.suites import EvalItem, Suite
 from lifelong.feedback_store import registry
 from lifelong.feedback_store.records import Correction, Outcome
 
-pytestmark = pytest.mark.integration
+# Outside CI for time (`make test-slow`): test_real_model proves learning through the daemon there.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEED = 0
 TRAIN_QUESTIONS = 1000

@@ -22,7 +22,8 @@ import pytest
 from lifelong.base_model import heldout_items, training_items
 from lifelong.base_model.skills import SKILLS
 
-pytestmark = pytest.mark.integration
+# Outside CI for time (`make test-slow`): test_real_model proves learning through the daemon there.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 LIFELONG = str(Path(sys.executable).parent / "lifelong")
 QUESTIONS = 1000
