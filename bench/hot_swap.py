@@ -80,6 +80,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--pause", type=float, default=0.0,
                         help="seconds each client waits between requests (0: saturate)")
+    parser.add_argument("--dwell", type=float, default=1.5,
+                        help="seconds between swaps; longer than one answer takes (SmolLM2: ~8)")
     parser.add_argument("--replace-after", type=int, default=None,
                         help="vllm.replace_after_adapters (default: never, to see the growth)")
     args = parser.parse_args()
@@ -138,7 +140,7 @@ def run(gateway: str, daemon: psutil.Process, versions: list[str], args: argpars
             if response.status_code != 200:
                 sys.exit(f"{path} {body}: {response.status_code} {response.text}")
             moves.append((started, time.monotonic(), target))
-            time.sleep(1.5)
+            time.sleep(args.dwell)
     # A replacement that became due during the last swaps: let it finish under load.
     deadline = time.monotonic() + 300
     while args.replace_after and time.monotonic() < deadline and _replacing(
@@ -156,15 +158,18 @@ def run(gateway: str, daemon: psutil.Process, versions: list[str], args: argpars
         until = moves[index + 1][0] if index + 1 < len(moves) else float("inf")
         firsts = [done for sent, done, _, version in answers
                   if started <= sent < until and version == target]
-        latencies.append((min(firsts) - started) if firsts else float("nan"))
+        if firsts:  # a swap whose window saw no answer measures nothing (raise --dwell)
+            latencies.append(min(firsts) - started)
         calls.append(ended - started)
         wrong += sum(1 for sent, _, status, version in answers
                      if ended <= sent < until and status == 200 and version != target)
     print(f"{len(answers)} requests from {args.clients} clients (pause {args.pause} s) during "
           f"{len(moves)} swaps "
           f"({args.rounds} promotions of {len(versions)} adapters, each rolled back)")
-    print(f"swap latency (call -> first answer from the new version): "
-          f"p50 {statistics.median(latencies) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms")
+    print("swap latency (call -> first answer from the new version): "
+          + (f"p50 {statistics.median(latencies) * 1000:.0f} ms, "
+             f"max {max(latencies) * 1000:.0f} ms " if latencies else "not measured ")
+          + f"({len(latencies)} of {len(moves)} swaps answered in their window)")
     print(f"promote/rollback call: p50 {statistics.median(calls) * 1000:.0f} ms, "
           f"max {max(calls) * 1000:.0f} ms")
     print(f"failed requests: {failed}")
