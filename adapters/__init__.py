@@ -13,6 +13,8 @@ A library: it reads and writes the store (`lifelong.feedback_store`) and the bas
   -> load the new adapter under a fresh name -> rollout), registered as a candidate.
 - `artifact`: version folders (`v0001`, ...) with a manifest of checksums, written atomically;
   `verify` refuses a corrupted adapter or one for another base model.
+- `run_lifecycle`: a training run's row from open to its one end (skipped, published as a
+  candidate, failed), shared by `training_run` and `grpo_run`.
 - `training_run`: `run_training`, one run from the run row to the registered candidate, the
   entry point the daemon's CLI calls in a process of its own.
 
@@ -38,8 +40,8 @@ _EXPORTS = {
     "METHODS": "lifelong.adapters.lora_trainer",
     "Manifest": "lifelong.adapters.artifact",
     "NothingTrained": "lifelong.adapters.training_run",
-    "RunOutcome": "lifelong.adapters.training_run",
-    "TrainingCancelled": "lifelong.adapters.training_run",
+    "RunOutcome": "lifelong.adapters.run_lifecycle",
+    "TrainingCancelled": "lifelong.adapters.run_lifecycle",
     "TrainingDiverged": "lifelong.adapters.lora_trainer",
     "TrainingReport": "lifelong.adapters.lora_trainer",
     "TrainingSet": "lifelong.adapters.training_set",
@@ -84,12 +86,8 @@ if TYPE_CHECKING:
         load_model,
         train_lora,
     )
-    from lifelong.adapters.training_run import (
-        NothingTrained,
-        RunOutcome,
-        TrainingCancelled,
-        run_training,
-    )
+    from lifelong.adapters.run_lifecycle import RunOutcome, TrainingCancelled
+    from lifelong.adapters.training_run import NothingTrained, run_training
     from lifelong.adapters.training_set import TrainingSet, build_training_set
 
 

@@ -13,9 +13,9 @@ champion unless told otherwise, none when `fresh`), and then, round after round:
    (never in place, never unloaded), and the next round samples from it: on-policy.
 
 The last round's weights become a `candidate` in a version folder with a manifest, registered
-in the same transaction that finishes the run, like any other training run; the gate decides.
-`practise` is the rounds loop alone: `training_run.run_training` calls it after the feedback
-methods of a recipe ending in grpo.
+in the same transaction that finishes the run, like any other training run (`run_lifecycle`);
+the gate decides. `practise` is the rounds loop alone: `training_run.run_training` calls it
+after the feedback methods of a recipe ending in grpo.
 
 Practice tasks are train-split tasks with a verifier installed here (`rollouts.practice_tasks`):
 held-out tasks are the judge's. The KL reference is the weights the run started from (the
@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -41,13 +40,7 @@ import torch
 from peft import PeftModel
 from sqlalchemy.orm import Session, sessionmaker
 
-from lifelong.adapters.artifact import (
-    base_model_identity,
-    manifest_checksum,
-    next_version,
-    verify,
-    write_adapter,
-)
+from lifelong.adapters.artifact import base_model_identity
 from lifelong.adapters.batches import Encoded, collate, encode
 from lifelong.adapters.grpo import group_advantages, grpo_loss, token_logps
 from lifelong.adapters.grpo_config import GrpoConfig
@@ -55,23 +48,14 @@ from lifelong.adapters.lora_config import LoraTrainingConfig
 from lifelong.adapters.lora_trainer import TrainingDiverged, load_model, resolve_device
 from lifelong.adapters.pause_file import PauseFile
 from lifelong.adapters.rollout import Group, PracticeTask, load_adapter, sample_groups
-from lifelong.adapters.training_run import (
-    RunOutcome,
-    TrainingCancelled,
-    open_run,
-    parent_adapter,
-    update_run,
-)
+from lifelong.adapters.run_lifecycle import Run, RunOutcome, TrainingCancelled, opened_run
 from lifelong.evals.verifiers import usable_verifier, verifier_names
-from lifelong.feedback_store import registry
-from lifelong.feedback_store.database import ensure_migrated, make_engine
 from lifelong.feedback_store.rollouts import (
     NewRollout,
     add_rollouts,
     practice_tasks,
     tasks_from_outcomes,
 )
-from lifelong.feedback_store.runs import finish_training_run
 from lifelong.feedback_store.training_data import Prompt
 
 logger = logging.getLogger(__name__)
@@ -183,47 +167,41 @@ def run_grpo(
         "base_model_dir": str(base_model_dir),
     }
     started = time.monotonic()
-    engine = make_engine(db_url)
-    try:
-        ensure_migrated(engine)
-        sessions = sessionmaker(engine, expire_on_commit=False)
-        run_id = open_run(sessions, run_id=run_id, recipe=("grpo",),
-                          parent_version=parent_version, config=run_config)
+    with opened_run(db_url, run_id=run_id, recipe=("grpo",), parent_version=parent_version,
+                    config=run_config) as run:
         history: list[dict[str, Any]] = []
-        try:
-            with sessions() as session:
-                parent = parent_adapter(session, parent_version=parent_version, fresh=fresh)
-            tasks = load_practice_tasks(sessions, tag=task_tag)
-            if parent is not None:
-                verify(Path(parent.path), base_model_dir, checksum=parent.checksum)
-            update_run(sessions, run_id, parent_version=parent.version if parent else None,
-                       data_watermark=parent.data_watermark if parent else None)
-            if not tasks:
-                reason = no_tasks_reason(task_tag)
-                logger.info("training run %s skipped: %s", run_id, reason)
-                metrics = {"outcome": "skipped", "reason": reason}
-                with sessions.begin() as session:
-                    finish_training_run(session, run_id=run_id, status="skipped", metrics=metrics)
-                return RunOutcome(run_id, "skipped", None, None, reason, metrics)
+        run.failure_metrics = lambda: {"rounds": history}
+        parent = run.parent(parent_version=parent_version, fresh=fresh,
+                            base_model_dir=base_model_dir)
+        tasks = load_practice_tasks(run.sessions, tag=task_tag)
+        run.update(parent_version=parent.version if parent else None,
+                   data_watermark=parent.data_watermark if parent else None)
+        if not tasks:
+            return run.skip(no_tasks_reason(task_tag))
 
-            model, tokenizer = load_model(
-                base_model_dir, parent_dir=Path(parent.path) if parent else None, config=config,
-                seed=seed, device=resolve_device(device))
-            practise(model, tokenizer, tasks=tasks, spec=spec, sessions=sessions, run_id=run_id,
-                     adapters_dir=adapters_dir, config=config, seed=seed, cancelled=cancelled,
-                     deadline=None if max_seconds is None else started + max_seconds,
-                     history=history,
-                     report=lambda rounds: update_run(
-                         sessions, run_id, metrics={"outcome": "running", "rounds": rounds}))
-            return _publish(sessions, run_id=run_id, model=model, adapters_dir=adapters_dir,
-                            parent=parent, base_model_dir=base_model_dir, config=config,
-                            grpo=grpo, seed=seed, tasks=len(tasks), history=history,
-                            seconds=time.monotonic() - started)
-        except BaseException as exc:
-            _mark_failed(sessions, run_id, exc, history)
-            raise
-    finally:
-        engine.dispose()
+        model, tokenizer = load_model(
+            base_model_dir, parent_dir=Path(parent.path) if parent else None, config=config,
+            seed=seed, device=resolve_device(device))
+        practise(model, tokenizer, tasks=tasks, spec=spec, run=run, adapters_dir=adapters_dir,
+                 config=config, seed=seed, cancelled=cancelled,
+                 deadline=None if max_seconds is None else started + max_seconds,
+                 history=history,
+                 report=lambda rounds: run.update(metrics={"outcome": "running",
+                                                           "rounds": rounds}))
+        seconds = time.monotonic() - started
+        watermark = (parent.data_watermark or 0) if parent else 0  # GRPO reads no feedback
+        summary = {"rounds": history, "seconds": seconds, "stop_reason": "completed"
+                   if len(history) == grpo.rounds else "time_limit"}
+        # In the shape the other methods' manifests have (what `adapters list/show` print),
+        # plus the practice figures: no feedback is read, so the watermark stays the parent's.
+        data = {"since": watermark, "watermark": watermark,
+                **practice_data(history, tasks=len(tasks))}
+        return run.publish(
+            model, adapters_dir=adapters_dir, parent=parent,
+            base_model=base_model_identity(base_model_dir), data_watermark=watermark, data=data,
+            feedback_ids=[], methods=["grpo"],
+            hyperparameters={**config.to_dict(), "grpo": grpo.to_dict()}, seed=seed,
+            summary=summary, seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -264,8 +242,7 @@ def practise(
     *,
     tasks: list[PracticeTask],
     spec: PracticeSpec,
-    sessions: sessionmaker[Session],
-    run_id: int,
+    run: Run,
     adapters_dir: Path,
     config: LoraTrainingConfig,
     seed: int,
@@ -291,7 +268,7 @@ def practise(
     draw = _task_cycle(tasks, random.Random(seed))
     rounds_dir = adapters_dir / ROUNDS_FOLDER
     # Unique on the server even across stores (tests share one vLLM between databases).
-    run_name = f"grpo-run{run_id:04d}-{uuid.uuid4().hex[:6]}"
+    run_name = f"grpo-run{run.id:04d}-{uuid.uuid4().hex[:6]}"
     # Round 0 samples from the starting weights, loaded like every later round.
     policy = _publish_round(model, rounds_dir, vllm_url, run_name, 0)
     for round_ in range(grpo.rounds):
@@ -303,8 +280,8 @@ def practise(
             vllm_url, policy, chosen, k=grpo.group_size, temperature=grpo.temperature,
             max_tokens=grpo.max_new_tokens, concurrency=grpo.concurrency, pause=pause))
         sampled = time.monotonic()
-        with sessions.begin() as session:
-            add_rollouts(session, training_run_id=run_id, round=round_, rollouts=_rows(groups))
+        with run.sessions.begin() as session:
+            add_rollouts(session, training_run_id=run.id, round=round_, rollouts=_rows(groups))
         rewards = torch.tensor([s.reward for g in groups for s in g.samples])
         grouped = group_advantages(rewards, grpo.group_size)
         keep = grouped.informative.nonzero().flatten().tolist()
@@ -401,53 +378,3 @@ def _publish_round(model: PeftModel, rounds_dir: Path, vllm_url: str, run_name: 
     model.save_pretrained(str(folder))
     load_adapter(vllm_url, name, str(folder))
     return name
-
-
-def _publish(
-    sessions: sessionmaker[Session], *, run_id: int, model: PeftModel, adapters_dir: Path,
-    parent: Any, base_model_dir: Path, config: LoraTrainingConfig, grpo: GrpoConfig, seed: int,
-    tasks: int, history: list[dict[str, Any]], seconds: float,
-) -> RunOutcome:
-    """Write the version folder, then register it and finish the run in one transaction."""
-    with sessions() as session:
-        taken = [adapter.version for adapter in registry.list_adapters(session)]
-    version = next_version(adapters_dir, taken=taken)
-    parent_version = parent.version if parent else None
-    watermark = (parent.data_watermark or 0) if parent else 0  # GRPO reads no feedback
-    summary = {"rounds": history, "seconds": seconds, "stop_reason": "completed"
-               if len(history) == grpo.rounds else "time_limit"}
-    # In the shape the other methods' manifests have (what `adapters list/show` print), plus
-    # the practice figures: no feedback is read, so the watermark stays the parent's.
-    data = {"since": watermark, "watermark": watermark, **practice_data(history, tasks=tasks)}
-    path, _ = write_adapter(
-        model, adapters_dir=adapters_dir, version=version, parent_version=parent_version,
-        base_model=base_model_identity(base_model_dir), data_watermark=watermark, data=data,
-        feedback_ids=[], methods=["grpo"],
-        hyperparameters={**config.to_dict(), "grpo": grpo.to_dict()}, seed=seed,
-        metrics=summary,
-    )
-    metrics = {"outcome": "trained", **summary, "data": data}
-    try:
-        with sessions.begin() as session:
-            registry.register(session, version=version, path=str(path),
-                              checksum=manifest_checksum(path), parent_version=parent_version,
-                              training_run_id=run_id, data_watermark=watermark)
-            finish_training_run(session, run_id=run_id, status="succeeded",
-                                adapter_version=version, metrics=metrics)
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)
-        raise
-    logger.info("GRPO run %s made adapter %s in %.0f s", run_id, version, seconds)
-    return RunOutcome(run_id, "succeeded", version, path, None, metrics)
-
-
-def _mark_failed(sessions: sessionmaker[Session], run_id: int, exc: BaseException,
-                 history: list[dict[str, Any]]) -> None:
-    error = f"{type(exc).__name__}: {exc}"
-    logger.error("training run %s failed: %s", run_id, error)
-    try:
-        with sessions.begin() as session:
-            finish_training_run(session, run_id=run_id, status="failed", error=error,
-                                metrics={"outcome": "failed", "rounds": history})
-    except Exception:  # the original error matters more; this one is logged
-        logger.exception("could not mark training run %s failed", run_id)

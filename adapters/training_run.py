@@ -5,7 +5,8 @@ its own.
 parent adapter (the champion unless told otherwise, none when `fresh`) and verifies it, builds
 the training set from the store since the parent's data watermark plus replay, trains, writes
 the adapter folder and then, in one transaction, registers it as a `candidate` and finishes the
-run as `succeeded` with its metrics and data watermark.
+run as `succeeded` with its metrics and data watermark. The run row's life (open, update,
+publish, skip, fail) is `run_lifecycle`'s, shared with `grpo_run`.
 
 - Too few new examples: the run finishes `skipped`, without an adapter, its metrics saying
   `{"outcome": "skipped", "reason": ...}`.
@@ -26,25 +27,22 @@ steps. To cancel from a signal, set a `threading.Event` in the handler and pass 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import socket
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from peft import PeftModel
-from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.adapters.anchors import anchor_count, anchor_examples, base_answers
-from lifelong.adapters.artifact import (
-    base_model_identity,
-    manifest_checksum,
-    next_version,
-    verify,
-    write_adapter,
+from lifelong.adapters.artifact import base_model_identity
+from lifelong.adapters.grpo_run import (
+    PracticeSpec,
+    load_practice_tasks,
+    no_tasks_reason,
+    practice_data,
+    practise,
 )
 from lifelong.adapters.lora_config import LoraTrainingConfig
 from lifelong.adapters.lora_trainer import (
@@ -59,41 +57,17 @@ from lifelong.adapters.lora_trainer import (
     resolve_device,
     train_lora,
 )
+from lifelong.adapters.run_lifecycle import Run, RunOutcome, TrainingCancelled, opened_run
 from lifelong.adapters.training_set import TrainingSet, build_training_set
-from lifelong.feedback_store import registry
-from lifelong.feedback_store.database import ensure_migrated, make_engine
-from lifelong.feedback_store.errors import UnknownRun
-from lifelong.feedback_store.models import Adapter, TrainingRun
-from lifelong.feedback_store.runs import (
-    finish_training_run,
-    start_training_run,
-    update_training_run,
-)
-
-if TYPE_CHECKING:  # grpo_run builds on this module
-    from lifelong.adapters.grpo_run import PracticeSpec
+from lifelong.feedback_store.models import Adapter
 
 logger = logging.getLogger(__name__)
 
 PRACTICE_METHOD = "grpo"
 
 
-class TrainingCancelled(Exception):
-    """Training was cancelled; the run is marked failed and nothing is registered."""
-
-
 class NothingTrained(Exception):
     """Training stopped (time limit) before its first step; there is nothing to keep."""
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    run_id: int
-    status: Literal["succeeded", "skipped"]
-    adapter_version: str | None
-    adapter_path: Path | None
-    reason: str | None  # why it was skipped
-    metrics: dict[str, Any]
 
 
 def run_training(
@@ -153,71 +127,61 @@ def run_training(
         **(practice.to_dict() if practises and practice else {}),
     }
     started = time.monotonic()
-    engine = make_engine(db_url)
-    try:
-        ensure_migrated(engine)
-        sessions = sessionmaker(engine, expire_on_commit=False)
-        run_id = open_run(sessions, run_id=run_id, recipe=all_methods,
-                          parent_version=parent_version, config=run_config)
-        history = _StepHistory(sessions, run_id, every=metrics_every)
+    with opened_run(db_url, run_id=run_id, recipe=all_methods, parent_version=parent_version,
+                    config=run_config) as run:
+        history = _StepHistory(run, every=metrics_every)
         rounds: list[dict[str, Any]] = []
-        try:
-            with sessions() as session:
-                parent = parent_adapter(session, parent_version=parent_version, fresh=fresh)
-            base_model = base_model_identity(base_model_dir)
-            if parent is not None:
-                verify(Path(parent.path), base_model_dir, checksum=parent.checksum)
-            with sessions() as session:
-                training_set = build_training_set(
-                    session, since=(parent.data_watermark or 0) if parent else 0,
-                    replay_fraction=replay_fraction, seed=seed, min_rating=min_rating,
-                )
-            update_run(sessions, run_id, data_watermark=training_set.watermark,
-                        parent_version=parent.version if parent else None)
+        run.failure_metrics = lambda: {"history": history.snapshot(),
+                                       **({"rounds": rounds} if rounds else {})}
+        parent = run.parent(parent_version=parent_version, fresh=fresh,
+                            base_model_dir=base_model_dir)
+        base_model = base_model_identity(base_model_dir)
+        with run.sessions() as session:
+            training_set = build_training_set(
+                session, since=(parent.data_watermark or 0) if parent else 0,
+                replay_fraction=replay_fraction, seed=seed, min_rating=min_rating,
+            )
+        run.update(data_watermark=training_set.watermark,
+                   parent_version=parent.version if parent else None)
 
-            new = sum(training_set.portions[METHOD_EXAMPLES[method]].new for method in recipe)
-            if new < min_new_examples:
-                reason = (f"{new} new examples for {'+'.join(recipe)} since feedback id "
-                          f"{training_set.since}; at least {min_new_examples} needed")
-                return _skip(sessions, run_id, reason, _data_summary(training_set, recipe))
+        new = sum(training_set.portions[METHOD_EXAMPLES[method]].new for method in recipe)
+        if new < min_new_examples:
+            reason = (f"{new} new examples for {'+'.join(recipe)} since feedback id "
+                      f"{training_set.since}; at least {min_new_examples} needed")
+            return run.skip(reason, data=_data_summary(training_set, recipe))
 
-            model, tokenizer = load_model(
-                base_model_dir, parent_dir=Path(parent.path) if parent else None, config=config,
-                seed=seed, device=resolve_device(device),
-            )
-            if anchor_fraction > 0 and anchors_file is not None and "sft" in recipe:
-                training_set = _with_anchors(training_set, model, tokenizer, file=anchors_file,
-                                             base_sha256=base_model["sha256"],
-                                             fraction=anchor_fraction, seed=seed)
-            report = train_lora(
-                model, tokenizer, training_set, methods=recipe, config=config, seed=seed,
-                on_step=history.record, cancelled=cancelled, max_seconds=max_seconds,
-                progress=progress,
-            )
-            if report.stop_reason == "cancelled":
-                raise TrainingCancelled(f"cancelled after {report.steps} steps")
-            if report.steps == 0:
-                raise NothingTrained(f"the time limit of {max_seconds} s ran out before the "
-                                     "first step")
-            practised: dict[str, Any] | None = None
-            if practises and report.stop_reason == "time_limit":
-                practised = {"left_out": "the time limit ran out in the feedback methods"}
-            elif practises and practice is not None:
-                practised = _practise(
-                    practice, model, tokenizer, sessions=sessions, run_id=run_id,
-                    adapters_dir=adapters_dir, config=config, seed=seed, cancelled=cancelled,
-                    deadline=None if max_seconds is None else started + max_seconds,
-                    history=history, rounds=rounds)
-            return _publish(
-                sessions, run_id=run_id, model=model, adapters_dir=adapters_dir, parent=parent,
-                base_model=base_model, training_set=training_set, recipe=recipe, config=config,
-                seed=seed, report=report, history=history, practised=practised, rounds=rounds,
-            )
-        except BaseException as exc:  # anything at all, Ctrl-C included
-            _mark_failed(sessions, run_id, exc, history, rounds)
-            raise
-    finally:
-        engine.dispose()
+        model, tokenizer = load_model(
+            base_model_dir, parent_dir=Path(parent.path) if parent else None, config=config,
+            seed=seed, device=resolve_device(device),
+        )
+        if anchor_fraction > 0 and anchors_file is not None and "sft" in recipe:
+            training_set = _with_anchors(training_set, model, tokenizer, file=anchors_file,
+                                         base_sha256=base_model["sha256"],
+                                         fraction=anchor_fraction, seed=seed)
+        report = train_lora(
+            model, tokenizer, training_set, methods=recipe, config=config, seed=seed,
+            on_step=history.record, cancelled=cancelled, max_seconds=max_seconds,
+            progress=progress,
+        )
+        if report.stop_reason == "cancelled":
+            raise TrainingCancelled(f"cancelled after {report.steps} steps")
+        if report.steps == 0:
+            raise NothingTrained(f"the time limit of {max_seconds} s ran out before the "
+                                 "first step")
+        practised: dict[str, Any] | None = None
+        if practises and report.stop_reason == "time_limit":
+            practised = {"left_out": "the time limit ran out in the feedback methods"}
+        elif practises and practice is not None:
+            practised = _practise(
+                practice, model, tokenizer, run=run, adapters_dir=adapters_dir, config=config,
+                seed=seed, cancelled=cancelled,
+                deadline=None if max_seconds is None else started + max_seconds,
+                history=history, rounds=rounds)
+        return _publish(
+            run, model=model, adapters_dir=adapters_dir, parent=parent, base_model=base_model,
+            training_set=training_set, recipe=recipe, config=config, seed=seed, report=report,
+            history=history, practised=practised, rounds=rounds,
+        )
 
 
 def split_recipe(methods: Sequence[str]) -> tuple[tuple[str, ...], bool]:
@@ -239,68 +203,27 @@ def split_recipe(methods: Sequence[str]) -> tuple[tuple[str, ...], bool]:
 
 
 def _practise(
-    practice: PracticeSpec, model: PeftModel, tokenizer: Any, *,
-    sessions: sessionmaker[Session], run_id: int, adapters_dir: Path, config: LoraTrainingConfig,
-    seed: int, cancelled: Callable[[], bool] | None, deadline: float | None,
-    history: _StepHistory, rounds: list[dict[str, Any]],
+    practice: PracticeSpec, model: PeftModel, tokenizer: Any, *, run: Run, adapters_dir: Path,
+    config: LoraTrainingConfig, seed: int, cancelled: Callable[[], bool] | None,
+    deadline: float | None, history: _StepHistory, rounds: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """GRPO rounds after the feedback methods (appended to `rounds`); what the run's data summary
     says of them."""
-    from lifelong.adapters.grpo_run import load_practice_tasks, no_tasks_reason, practise
-
-    tasks = load_practice_tasks(sessions, tag=practice.task_tag)
+    tasks = load_practice_tasks(run.sessions, tag=practice.task_tag)
     if not tasks:
         reason = no_tasks_reason(practice.task_tag)
-        logger.info("training run %s: grpo left out: %s", run_id, reason)
+        logger.info("training run %s: grpo left out: %s", run.id, reason)
         return {"left_out": reason}
-    practise(model, tokenizer, tasks=tasks, spec=practice, sessions=sessions, run_id=run_id,
-             adapters_dir=adapters_dir, config=config, seed=seed, cancelled=cancelled,
-             deadline=deadline, history=rounds,
-             report=lambda done: update_run(sessions, run_id, metrics={
+    practise(model, tokenizer, tasks=tasks, spec=practice, run=run, adapters_dir=adapters_dir,
+             config=config, seed=seed, cancelled=cancelled, deadline=deadline, history=rounds,
+             report=lambda done: run.update(metrics={
                  "outcome": "running", "history": history.snapshot(), "rounds": done}))
     return {"practice_tasks": len(tasks), "grpo": practice.grpo.to_dict()}
 
 
-def open_run(
-    sessions: sessionmaker[Session],
-    *,
-    run_id: int | None,
-    recipe: tuple[str, ...],
-    parent_version: str | None,
-    config: dict[str, Any],
-) -> int:
-    """The id of a `running` run for this process: `run_id` (made by the daemon), or a new one.
-    Raises UnknownRun, or ValueError for a run that is not running."""
-    # This process owns the run from here: a restarted daemon can tell whether it still lives.
-    owner = {"host": socket.gethostname(), "pid": os.getpid()}
-    with sessions.begin() as session:
-        if run_id is None:
-            return start_training_run(session, method="+".join(recipe),
-                                      parent_version=parent_version, config=config, **owner).id
-        row = session.get(TrainingRun, run_id)
-        if row is None:
-            raise UnknownRun(f"no training run {run_id}", field="run_id")
-        if row.status != "running":
-            raise ValueError(f"training run {run_id} is {row.status}, not running")
-        # The daemon may have recorded "recipe"; the run knows its methods.
-        update_training_run(session, run_id=run_id, method="+".join(recipe), **owner)
-        return run_id
-
-
-def _skip(
-    sessions: sessionmaker[Session], run_id: int, reason: str, data: dict[str, Any]
-) -> RunOutcome:
-    logger.info("training run %s skipped: %s", run_id, reason)
-    metrics = {"outcome": "skipped", "reason": reason, "data": data}
-    with sessions.begin() as session:
-        finish_training_run(session, run_id=run_id, status="skipped", metrics=metrics)
-    return RunOutcome(run_id, "skipped", None, None, reason, metrics)
-
-
 def _publish(
-    sessions: sessionmaker[Session],
+    run: Run,
     *,
-    run_id: int,
     model: PeftModel,
     adapters_dir: Path,
     parent: Adapter | None,
@@ -314,57 +237,27 @@ def _publish(
     practised: dict[str, Any] | None = None,
     rounds: list[dict[str, Any]] | None = None,
 ) -> RunOutcome:
-    """Write the adapter folder, then register it and finish the run in one transaction."""
+    """The candidate: what the feedback methods (and practice, if any) taught, with its data."""
     summary = {**report.to_dict(), "tokens_per_second": report.tokens / report.seconds}
     data = _data_summary(training_set, recipe)
     methods, hyperparameters = list(recipe), config.to_dict()
     if practised is not None and "left_out" in practised:
         data["grpo_left_out"] = practised["left_out"]
     elif practised is not None and rounds:
-        from lifelong.adapters.grpo_run import practice_data
-
         extra = practice_data(rounds, tasks=practised["practice_tasks"])
         data = {**data, **extra, "examples": {**data["examples"], **extra["examples"]}}
         summary = {**summary, "rounds": rounds,
                    "practice_seconds": sum(r["seconds"] for r in rounds)}
         methods.append(PRACTICE_METHOD)
         hyperparameters = {**hyperparameters, "grpo": practised["grpo"]}
-    with sessions() as session:
-        taken = [adapter.version for adapter in registry.list_adapters(session)]
-    version = next_version(adapters_dir, taken=taken)
-    parent_version = parent.version if parent else None
     trained = tuple(METHOD_EXAMPLES[stage.method] for stage in report.stages)
-    path, _ = write_adapter(
-        model, adapters_dir=adapters_dir, version=version, parent_version=parent_version,
-        base_model=base_model, data_watermark=training_set.watermark, data=data,
+    return run.publish(
+        model, adapters_dir=adapters_dir, parent=parent, base_model=base_model,
+        data_watermark=training_set.watermark, data=data,
         feedback_ids=training_set.feedback_ids(trained), methods=methods,
-        hyperparameters=hyperparameters, seed=seed, metrics=summary,
+        hyperparameters=hyperparameters, seed=seed, summary=summary, seconds=report.seconds,
+        progress={"history": history.snapshot()},
     )
-    metrics = {"outcome": "trained", **summary, "data": data, "history": history.snapshot()}
-    try:
-        with sessions.begin() as session:
-            registry.register(
-                session, version=version, path=str(path), checksum=manifest_checksum(path),
-                parent_version=parent_version, training_run_id=run_id,
-                data_watermark=training_set.watermark,
-            )
-            finish_training_run(session, run_id=run_id, status="succeeded",
-                                adapter_version=version, metrics=metrics)
-    except BaseException:
-        shutil.rmtree(path, ignore_errors=True)  # written but never registered: not an adapter
-        raise
-    logger.info("training run %s made adapter %s in %.0f s", run_id, version, report.seconds)
-    return RunOutcome(run_id, "succeeded", version, path, None, metrics)
-
-
-def parent_adapter(session: Session, *, parent_version: str | None, fresh: bool) -> Adapter | None:
-    """The adapter to continue from: none when fresh, else `parent_version` or the champion.
-    Raises UnknownAdapter."""
-    if fresh:
-        return None
-    if parent_version is not None:
-        return registry.get(session, version=parent_version)
-    return registry.champion(session)
 
 
 def _with_anchors(
@@ -395,38 +288,15 @@ def _data_summary(training_set: TrainingSet, recipe: tuple[str, ...]) -> dict[st
 class _StepHistory:
     """Per-step metrics, kept in memory and written to the run row every `every` steps."""
 
-    def __init__(self, sessions: sessionmaker[Session], run_id: int, *, every: int) -> None:
-        self.sessions, self.run_id, self.every = sessions, run_id, max(1, every)
+    def __init__(self, run: Run, *, every: int) -> None:
+        self.run, self.every = run, max(1, every)
         self.columns: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "tokens": []}
 
     def record(self, step: int, loss: float, lr: float, tokens: int) -> None:
         for name, value in (("step", step), ("loss", loss), ("lr", lr), ("tokens", tokens)):
             self.columns[name].append(value)
         if step % self.every == 0:
-            update_run(self.sessions, self.run_id,
-                        metrics={"outcome": "running", "history": self.snapshot()})
+            self.run.update(metrics={"outcome": "running", "history": self.snapshot()})
 
     def snapshot(self) -> dict[str, list[float]]:
         return {name: list(values) for name, values in self.columns.items()}
-
-
-def update_run(sessions: sessionmaker[Session], run_id: int, **values: Any) -> None:
-    """Set columns of a running run, in a transaction of its own."""
-    with sessions.begin() as session:
-        update_training_run(session, run_id=run_id, **values)
-
-
-def _mark_failed(
-    sessions: sessionmaker[Session], run_id: int, exc: BaseException, history: _StepHistory,
-    rounds: list[dict[str, Any]],
-) -> None:
-    error = f"{type(exc).__name__}: {exc}"
-    logger.error("training run %s failed: %s", run_id, error)
-    metrics = {"outcome": "failed", "history": history.snapshot(), **({"rounds": rounds}
-                                                                       if rounds else {})}
-    try:
-        with sessions.begin() as session:
-            finish_training_run(session, run_id=run_id, status="failed", error=error,
-                                metrics=metrics)
-    except Exception:  # the original error matters more; this one is logged
-        logger.exception("could not mark training run %s failed", run_id)

@@ -66,9 +66,6 @@ class TrainingSet:
         """Of `sft`, the base model's own answers to everyday prompts (anchors.py)."""
         return sum(example.source == "anchor" for example in self.sft)
 
-    def new_examples(self) -> int:
-        return sum(portion.new for portion in self.portions.values())
-
     def examples(self, kind: str) -> tuple[Example, ...]:
         """The examples of one kind: "sft", "pairs" or "binary". Raises KeyError."""
         return {"sft": self.sft, "pairs": self.pairs, "binary": self.binary}[kind]
