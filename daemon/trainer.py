@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from lifelong.daemon.settings import ENV_PREFIX
 from lifelong.daemon.supervisor import new_group_dying_with_parent, tail
 from lifelong.feedback_store.models import TrainingRun
 from lifelong.feedback_store.runs import (
@@ -93,6 +95,27 @@ def exit_reason(returncode: int) -> str:
         hint = " (the out-of-memory killer, or kill -9?)" if name == "SIGKILL" else ""
         return f"the trainer process was killed by {name}{hint}"
     return f"the trainer process exited with status {returncode}"
+
+
+def trainer_command(
+    settings_file: Path, extra: Callable[[TrainRequest], list[str]] = lambda request: [],
+) -> Callable[[int, TrainRequest], list[str]]:
+    """`lifelong train` for one run the daemon recorded, with the daemon's exact settings (and
+    `extra(request)`'s options)."""
+
+    def command(run_id: int, request: TrainRequest) -> list[str]:
+        return [
+            sys.executable, "-m", "lifelong.daemon.cli", "train", "--config", str(settings_file),
+            "--run-id", str(run_id), "--no-progress", *request.arguments(), *extra(request),
+        ]
+
+    return command
+
+
+def trainer_env() -> dict[str, str]:
+    # The settings file holds every effective value; LIFELONG_* variables would override it.
+    env = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
+    return {**env, "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 class Trainer:

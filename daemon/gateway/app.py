@@ -1,5 +1,10 @@
 """The gateway application: long-lived parts built in the lifespan, routers mounted, errors unified.
 
+The lifespan enters each part on an `AsyncExitStack` as soon as it is made (as vLLM's
+`build_async_engine_client` does), so a start-up that fails at any step closes, in reverse, what
+it had opened: threads, database connections, the vLLM child. (Past 400 lines on purpose: each
+part's making sits beside its closing, and the parts' order is the start-up and shutdown order.)
+
 Start-up order: database (refused if not migrated) -> interaction log -> upstreams (the local vLLM
 child is started and awaited; its champion adapter loaded) -> accept requests.
 Shutdown order (after uvicorn stopped accepting and drained in-flight requests up to
@@ -12,13 +17,13 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import asdict
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import asdict, dataclass
 
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.daemon.gateway import errors
@@ -37,9 +42,9 @@ from lifelong.daemon.learning_cycle import LearningCycle, Schedule
 from lifelong.daemon.metrics import ServingMetrics, StateCollector, VersionLabels
 from lifelong.daemon.practice import Practice
 from lifelong.daemon.promotion import Promoter
-from lifelong.daemon.settings import ENV_PREFIX, Settings, write_settings_file
+from lifelong.daemon.settings import Settings, write_settings_file
 from lifelong.daemon.supervisor import HealthWatch, Supervisor, child_environment
-from lifelong.daemon.trainer import Trainer, TrainRequest
+from lifelong.daemon.trainer import Trainer, trainer_command, trainer_env
 from lifelong.daemon.upstream import BASE_MODEL_NAME, HttpUpstream, Upstream, UpstreamPool
 from lifelong.daemon.user_traffic import UserTraffic
 from lifelong.evals.verifier_pool import VerifierPool
@@ -104,27 +109,6 @@ def _note_vllm_url(settings: Settings, url: str) -> None:
     path.write_text(url + "\n")
 
 
-def trainer_command(
-    settings_file: Path, extra: Callable[[TrainRequest], list[str]] = lambda request: [],
-) -> Callable[[int, TrainRequest], list[str]]:
-    """`lifelong train` for one run the daemon recorded, with the daemon's exact settings (and
-    `extra(request)`'s options)."""
-
-    def command(run_id: int, request: TrainRequest) -> list[str]:
-        return [
-            sys.executable, "-m", "lifelong.daemon.cli", "train", "--config", str(settings_file),
-            "--run-id", str(run_id), "--no-progress", *request.arguments(), *extra(request),
-        ]
-
-    return command
-
-
-def trainer_env() -> dict[str, str]:
-    # The settings file holds every effective value; LIFELONG_* variables would override it.
-    env = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
-    return {**env, "OMP_WAIT_POLICY": "PASSIVE"}
-
-
 def _interrupt_eval_runs(sessions: sessionmaker[Session]) -> None:
     with sessions.begin() as session:
         if ended := interrupt_running_eval_runs(session):
@@ -136,210 +120,64 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = settings.database
-        engine = make_engine(
-            settings.database_url, sqlite_synchronous=db.sqlite_synchronous,
-            connect_timeout_s=db.connect_timeout_s, statement_timeout_s=db.statement_timeout_s,
-        )
-        ensure_migrated(engine)
-        database_watch = DatabaseWatch(
-            make_engine(settings.database_url, sqlite_synchronous=db.sqlite_synchronous,
-                        connect_timeout_s=db.connect_timeout_s, pooled=False),
-            stuck_after_s=db.connect_timeout_s, on_down=engine.dispose,
-        )
-        sessions: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
-        interaction_log = InteractionLog(
-            engine,
-            heldout_fraction=settings.database.heldout_fraction,
-            max_queue=settings.gateway.log_queue_size,
-        )
-        committer = FeedbackCommitter(
-            engine,
-            rating_min=settings.database.rating_min,
-            rating_max=settings.database.rating_max,
-            max_text_chars=settings.database.max_text_chars,
-        )
-        catalog = ModelCatalog(alias=settings.gateway.public_alias)
-        practice: list[Practice] = []  # made below: it needs the trainer, which asks it
-        trainer = Trainer(
-            sessions=sessions,
-            command=trainer_command(
-                write_settings_file(settings, settings.data_dir / "run" / "trainer-settings.yaml"),
-                extra=lambda request: practice[0].arguments(request),
-            ),
-            env=trainer_env(),
-            log_dir=settings.data_dir / "logs",
-            timeout_s=settings.training.timeout_s,
-            niceness=lambda request: practice[0].niceness(request),
-        )
-        await trainer.recover()
-        await asyncio.to_thread(_interrupt_eval_runs, sessions)
-
-        async def apply_adapters(upstream: Upstream) -> None:
-            # The registry is the truth: after any (re)start, serve its champion, never the
-            # bare base model by accident.
-            def read_champion() -> tuple[str, str] | None:
-                with sessions() as session:
-                    row = registry.champion(session)
-                    return (row.version, row.path) if row is not None else None
-
-            champion = await asyncio.to_thread(read_champion)
-            if champion is not None:
-                version, path = champion
-                if version not in await upstream.loaded_adapters():
-                    await upstream.load_adapter(name=version, path=path)
-                catalog.live[version] = path
-            catalog.champion = champion[0] if champion else None
-            _note_vllm_url(settings, upstream.base_url)
-
-        kept: dict[str, str] = {}
-
-        async def ready_replacement(upstream: Upstream) -> None:
-            # The champion, and the versions served last (rollback stays instant), warmed.
-            await apply_adapters(upstream)
-            recent = [v for v in catalog.live if v != catalog.champion]
-            keep = recent[len(recent) - settings.vllm.keep_adapters:] \
-                if settings.vllm.keep_adapters else []
-            kept.clear()
-            for version in [*keep, *([catalog.champion] if catalog.champion else [])]:
-                kept[version] = catalog.live[version]
-                await app.state.promoter.load_and_warm(upstream, version, kept[version])
-
-        def replaced() -> None:
-            # Versions not carried over are no longer served by name (rollback reloads them).
-            catalog.live.clear()
-            catalog.live.update(kept)
-
-        @asynccontextmanager
-        async def exclusive() -> AsyncIterator[None]:
-            async with app.state.judge.lock, app.state.promoter.lock:
-                yield
-
-        urls = settings.vllm_urls
-        upstreams = [HttpUpstream(url, timeout_s=settings.vllm.request_timeout_s) for url in urls]
-        pool = UpstreamPool(list(upstreams))
-        watchers: list[Supervisor | HealthWatch]
-        if settings.vllm.upstreams:
-            watchers = [HealthWatch(upstream=u, on_ready=apply_adapters) for u in upstreams]
-        else:
-            watchers = [
-                Supervisor(
-                    command=lambda port: vllm_command(settings, port),
-                    ports=(settings.vllm.port, settings.vllm.port + 1),
-                    env=lambda port: vllm_env(settings, port),
-                    upstream=upstreams[0],
-                    log_path=settings.data_dir / "logs" / "vllm.log",
-                    on_ready=apply_adapters,
-                    startup_timeout_s=settings.vllm.startup_timeout_s,
-                    max_restarts=settings.vllm.max_restarts,
-                    restart_window_s=settings.vllm.restart_window_s,
-                    on_give_up=on_fatal or (lambda reason: None),
-                    replace_after=settings.vllm.replace_after_adapters,
-                    on_replacement=ready_replacement,
-                    on_replaced=replaced,
-                    exclusive=exclusive,
-                )
-            ]
-        app.state.keyring = KeyRing(settings.gateway.api_keys)
-        app.state.sessions = sessions
-        app.state.trainer = trainer
-        # Evals answer through the first server: every server holds the same model.
-        # Verifiers run in worker processes of their own (started on first use), never on this
-        # loop or its default executor, which the database reads use.
-        verifiers = VerifierPool(settings.evals.verifiers.workers)
-        app.state.judge = build_judge(settings, sessions=sessions, upstream=upstreams[0],
-                                      verifiers=verifiers)
-        app.state.promoter = Promoter(sessions=sessions, catalog=catalog, upstreams=list(upstreams),
-                                      base_model_dir=settings.base_model_path)
-        app.state.background = set()  # tasks the API started (evals), kept until they end
-        app.state.cycle = LearningCycle(
-            sessions=sessions, trainer=trainer, judge=app.state.judge,
-            promoter=app.state.promoter, auto_promote=settings.schedule.auto_promote,
-        )
-        s = settings.schedule
-        traffic = UserTraffic(stale_s=settings.vllm.request_timeout_s)
-        practice.append(Practice(
-            settings=s.practice, grpo=settings.training.grpo, recipe=settings.training.recipe,
-            traffic=traffic, trainer=trainer, cycle=app.state.cycle, sessions=sessions,
-            pause_file=settings.data_dir / "run" / "practice.pause",
-            check_every_s=s.check_every_s, trigger=s.enabled,
-        ))
-        app.state.practice = practice[0]
-        app.state.schedule = Schedule(
-            app.state.cycle, interval_minutes=s.interval_minutes, cron=s.cron,
-            min_new_feedback=s.min_new_feedback, check_every_s=s.check_every_s,
-        ) if s.enabled else None
-        app.state.catalog = catalog
-        app.state.pool = pool
-        app.state.watchers = watchers
-        app.state.interaction_log = interaction_log
-        app.state.database_watch = database_watch
-        # One registry per app, not prometheus_client's global one: a process may build several.
-        app.state.metrics_registry = metrics_registry = CollectorRegistry()
-        versions = VersionLabels(catalog)
-        metrics = ServingMetrics(metrics_registry, versions=versions, watchers=watchers,
-                                 practice=app.state.practice,
-                                 interaction_log=interaction_log)
-        state = StateCollector(sessions=sessions, versions=versions,
-                               running_run=lambda: trainer.running_run,
-                               on_versions=metrics.forget_versions,
-                               cache_s=settings.gateway.metrics_cache_s)
-        await asyncio.to_thread(state.refresh)  # the version labels, before the first request
-        metrics_registry.register(state)
-        app.state.inference = InferenceService(
-            catalog=catalog, pool=pool, interaction_log=interaction_log, metrics=metrics,
-            limits=settings.limits, max_request_chars=settings.database.max_text_chars,
-            max_model_len=settings.vllm.max_model_len, traffic=traffic,
-        )
-        app.state.feedback = FeedbackService(
-            sessions=sessions,
-            committer=committer,
-            interaction_log=interaction_log,
-            feedback_wait_s=settings.gateway.feedback_wait_s,
-            heldout_fraction=settings.database.heldout_fraction,
-            max_text_chars=settings.database.max_text_chars,
-            metrics=metrics,
-            max_pattern_chars=settings.evals.verifiers.max_pattern_chars,
-            database_timeout_s=db.connect_timeout_s + db.statement_timeout_s,
-        )
-        try:
-            for watcher in watchers:
+        state = app.state
+        async with AsyncExitStack() as stack:
+            # Each part is entered as soon as it is made: a failure at any later step closes
+            # it, and shutdown (uvicorn has stopped accepting and drained in-flight requests
+            # by then) closes every part in the reverse order.
+            engine, state.database_watch = stack.enter_context(_database(settings))
+            state.sessions = sessions = sessionmaker(engine, expire_on_commit=False)
+            state.keyring = KeyRing(settings.gateway.api_keys)
+            state.catalog = catalog = ModelCatalog(alias=settings.gateway.public_alias)
+            state.pool, state.watchers = await stack.enter_async_context(_upstreams(
+                settings, app, sessions=sessions, catalog=catalog,
+                on_fatal=on_fatal or (lambda reason: None)))
+            state.interaction_log, committer = await stack.enter_async_context(
+                _writers(settings, engine))
+            learning = await stack.enter_async_context(_learning(
+                settings, sessions=sessions, catalog=catalog, upstreams=state.pool.upstreams))
+            state.trainer, state.judge = learning.trainer, learning.judge
+            state.promoter, state.cycle = learning.promoter, learning.cycle
+            state.practice, state.schedule = learning.practice, learning.schedule
+            state.background = learning.background
+            # One registry per app, not prometheus_client's global one: a process may build several.
+            state.metrics_registry = CollectorRegistry()
+            metrics = await _metrics(
+                settings, state.metrics_registry, learning, catalog=catalog, sessions=sessions,
+                watchers=state.watchers, interaction_log=state.interaction_log)
+            db = settings.database
+            state.inference = InferenceService(
+                catalog=catalog, pool=state.pool, interaction_log=state.interaction_log,
+                metrics=metrics, limits=settings.limits, max_request_chars=db.max_text_chars,
+                max_model_len=settings.vllm.max_model_len, traffic=learning.traffic,
+            )
+            state.feedback = FeedbackService(
+                sessions=sessions, committer=committer, interaction_log=state.interaction_log,
+                feedback_wait_s=settings.gateway.feedback_wait_s,
+                heldout_fraction=db.heldout_fraction, max_text_chars=db.max_text_chars,
+                metrics=metrics, max_pattern_chars=settings.evals.verifiers.max_pattern_chars,
+                database_timeout_s=db.connect_timeout_s + db.statement_timeout_s,
+            )
+            for watcher in state.watchers:
                 try:
                     await watcher.start()
                 except Exception as exc:
                     logger.error("cannot start serving: %s", exc)
                     raise
-            if app.state.schedule is not None:
-                await app.state.schedule.start()
-            await app.state.practice.start()
+            if learning.schedule is not None:
+                await learning.schedule.start()
+                stack.push_async_callback(learning.schedule.stop)
+            await learning.practice.start()
+            stack.push_async_callback(learning.practice.stop)
             if settings.evals.general_suite or settings.training.anchor_fraction > 0:
-                prepared = asyncio.create_task(_prepare(app.state.judge, settings))
-                app.state.background.add(prepared)
-                prepared.add_done_callback(app.state.background.discard)
-            logger.info(
-                "gateway ready",
-                extra={"upstreams": urls, "champion": catalog.champion, "open": app.state.keyring.open},
-            )
+                prepared = asyncio.create_task(_prepare(learning.judge, settings))
+                learning.background.add(prepared)
+                prepared.add_done_callback(learning.background.discard)
+            logger.info("gateway ready", extra={
+                "upstreams": settings.vllm_urls, "champion": catalog.champion,
+                "open": state.keyring.open,
+            })
             yield
-        finally:
-            # uvicorn has stopped accepting and drained in-flight requests by now.
-            if app.state.schedule is not None:
-                await app.state.schedule.stop()
-            await app.state.practice.stop()
-            await app.state.cycle.stop()
-            for task in list(app.state.background):  # evals the API started: their runs are
-                task.cancel()                        # marked failed, not left running
-            await asyncio.gather(*app.state.background, return_exceptions=True)
-            await asyncio.to_thread(verifiers.close)
-            await trainer.stop()
-            stats = await asyncio.to_thread(interaction_log.close, 30.0)
-            await asyncio.to_thread(committer.close, 30.0)
-            logger.info("interaction log flushed", extra={"stats": asdict(stats)})
-            for watcher in watchers:
-                await watcher.stop()
-            await pool.aclose()
-            database_watch.close()
-            engine.dispose()
 
     app = FastAPI(
         title="lifelong",
@@ -355,6 +193,232 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     app.include_router(exposition_router)
     app.include_router(admin_router)
     return app
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[tuple[Engine, DatabaseWatch]]:
+    """The pooled engine, refused unless migrated, and the watch that probes the database on a
+    thread of its own through an unpooled one; closed: the watch stopped, the pool disposed."""
+    db = settings.database
+    engine = make_engine(
+        settings.database_url, sqlite_synchronous=db.sqlite_synchronous,
+        connect_timeout_s=db.connect_timeout_s, statement_timeout_s=db.statement_timeout_s,
+    )
+    try:
+        ensure_migrated(engine)
+        watch = DatabaseWatch(
+            make_engine(settings.database_url, sqlite_synchronous=db.sqlite_synchronous,
+                        connect_timeout_s=db.connect_timeout_s, pooled=False),
+            stuck_after_s=db.connect_timeout_s, on_down=engine.dispose,
+        )
+        try:
+            yield engine, watch
+        finally:
+            watch.close()
+    finally:
+        engine.dispose()
+
+
+@asynccontextmanager
+async def _writers(
+    settings: Settings, engine: Engine,
+) -> AsyncIterator[tuple[InteractionLog, FeedbackCommitter]]:
+    """The interaction log and the feedback committer, each writing on a thread of its own;
+    closed: both flushed (up to 30 s each), the interactions first (feedback refers to them)."""
+    db = settings.database
+    committer = FeedbackCommitter(engine, rating_min=db.rating_min, rating_max=db.rating_max,
+                                  max_text_chars=db.max_text_chars)
+    try:
+        interaction_log = InteractionLog(engine, heldout_fraction=db.heldout_fraction,
+                                         max_queue=settings.gateway.log_queue_size)
+        try:
+            yield interaction_log, committer
+        finally:
+            stats = await asyncio.to_thread(interaction_log.close, 30.0)
+            logger.info("interaction log flushed", extra={"stats": asdict(stats)})
+    finally:
+        await asyncio.to_thread(committer.close, 30.0)
+
+
+@asynccontextmanager
+async def _upstreams(
+    settings: Settings, app: FastAPI, *, sessions: sessionmaker[Session], catalog: ModelCatalog,
+    on_fatal: Callable[[str], None],
+) -> AsyncIterator[tuple[UpstreamPool, list[Supervisor | HealthWatch]]]:
+    """The vLLM servers, their pool and their watchers (made here, started last by the
+    lifespan) with the callbacks that serve the registry's adapters after a (re)start; closed:
+    the watchers stopped (the local vLLM with them), the pool's sessions closed."""
+    # The judge and the promoter are made after the servers (they need them): read from
+    # app.state when a replacement needs them, long after start-up.
+    state = app.state
+
+    async def apply_adapters(upstream: Upstream) -> None:
+        # The registry is the truth: after any (re)start, serve its champion, never the
+        # bare base model by accident.
+        def read_champion() -> tuple[str, str] | None:
+            with sessions() as session:
+                row = registry.champion(session)
+                return (row.version, row.path) if row is not None else None
+
+        champion = await asyncio.to_thread(read_champion)
+        if champion is not None:
+            version, path = champion
+            if version not in await upstream.loaded_adapters():
+                await upstream.load_adapter(name=version, path=path)
+            catalog.live[version] = path
+        catalog.champion = champion[0] if champion else None
+        _note_vllm_url(settings, upstream.base_url)
+
+    kept: dict[str, str] = {}
+
+    async def ready_replacement(upstream: Upstream) -> None:
+        # The champion, and the versions served last (rollback stays instant), warmed.
+        await apply_adapters(upstream)
+        recent = [v for v in catalog.live if v != catalog.champion]
+        keep = recent[len(recent) - settings.vllm.keep_adapters:] \
+            if settings.vllm.keep_adapters else []
+        kept.clear()
+        for version in [*keep, *([catalog.champion] if catalog.champion else [])]:
+            kept[version] = catalog.live[version]
+            await state.promoter.load_and_warm(upstream, version, kept[version])
+
+    def replaced() -> None:
+        # Versions not carried over are no longer served by name (rollback reloads them).
+        catalog.live.clear()
+        catalog.live.update(kept)
+
+    @asynccontextmanager
+    async def exclusive() -> AsyncIterator[None]:
+        async with state.judge.lock, state.promoter.lock:
+            yield
+
+    upstreams = [HttpUpstream(url, timeout_s=settings.vllm.request_timeout_s)
+                 for url in settings.vllm_urls]
+    pool = UpstreamPool(list(upstreams))
+    watchers: list[Supervisor | HealthWatch]
+    if settings.vllm.upstreams:
+        watchers = [HealthWatch(upstream=u, on_ready=apply_adapters) for u in upstreams]
+    else:
+        watchers = [
+            Supervisor(
+                command=lambda port: vllm_command(settings, port),
+                ports=(settings.vllm.port, settings.vllm.port + 1),
+                env=lambda port: vllm_env(settings, port),
+                upstream=upstreams[0],
+                log_path=settings.data_dir / "logs" / "vllm.log",
+                on_ready=apply_adapters,
+                startup_timeout_s=settings.vllm.startup_timeout_s,
+                max_restarts=settings.vllm.max_restarts,
+                restart_window_s=settings.vllm.restart_window_s,
+                on_give_up=on_fatal,
+                replace_after=settings.vllm.replace_after_adapters,
+                on_replacement=ready_replacement,
+                on_replaced=replaced,
+                exclusive=exclusive,
+            )
+        ]
+    try:
+        yield pool, watchers
+    finally:
+        # Stopping a watcher that never started is a no-op (a failed start may have left a
+        # child to kill).
+        for watcher in watchers:
+            await watcher.stop()
+        await pool.aclose()
+
+
+@dataclass(frozen=True)
+class _LearningLoop:
+    trainer: Trainer
+    judge: Judge
+    promoter: Promoter
+    cycle: LearningCycle
+    practice: Practice
+    schedule: Schedule | None  # started by the lifespan, once serving
+    traffic: UserTraffic
+    background: set[asyncio.Task[None]]  # tasks the API started (evals), kept until they end
+
+
+@asynccontextmanager
+async def _learning(
+    settings: Settings, *, sessions: sessionmaker[Session], catalog: ModelCatalog,
+    upstreams: list[Upstream],
+) -> AsyncIterator[_LearningLoop]:
+    """The trainer (its runs left by the last shutdown marked interrupted), the judge with its
+    verifier workers, the promoter, the learning cycle and its triggers (started later, by the
+    lifespan); closed: the cycle and the API's evals cancelled, the verifier workers and the
+    training child stopped."""
+    async with AsyncExitStack() as stack:
+        practice: list[Practice] = []  # made below: it needs the trainer, which asks it
+        trainer = Trainer(
+            sessions=sessions,
+            command=trainer_command(
+                write_settings_file(settings, settings.data_dir / "run" / "trainer-settings.yaml"),
+                extra=lambda request: practice[0].arguments(request),
+            ),
+            env=trainer_env(),
+            log_dir=settings.data_dir / "logs",
+            timeout_s=settings.training.timeout_s,
+            niceness=lambda request: practice[0].niceness(request),
+        )
+        stack.push_async_callback(trainer.stop)
+        await trainer.recover()
+        await asyncio.to_thread(_interrupt_eval_runs, sessions)
+        # Evals answer through the first server: every server holds the same model.
+        # Verifiers run in worker processes of their own (started on first use), never on this
+        # loop or its default executor, which the database reads use.
+        verifiers = VerifierPool(settings.evals.verifiers.workers)
+        stack.push_async_callback(asyncio.to_thread, verifiers.close)
+        judge = build_judge(settings, sessions=sessions, upstream=upstreams[0],
+                            verifiers=verifiers)
+        promoter = Promoter(sessions=sessions, catalog=catalog, upstreams=list(upstreams),
+                            base_model_dir=settings.base_model_path)
+        background: set[asyncio.Task[None]] = set()
+        stack.push_async_callback(_cancel, background)
+        cycle = LearningCycle(sessions=sessions, trainer=trainer, judge=judge, promoter=promoter,
+                              auto_promote=settings.schedule.auto_promote)
+        stack.push_async_callback(cycle.stop)
+        s = settings.schedule
+        traffic = UserTraffic(stale_s=settings.vllm.request_timeout_s)
+        practice.append(Practice(
+            settings=s.practice, grpo=settings.training.grpo, recipe=settings.training.recipe,
+            traffic=traffic, trainer=trainer, cycle=cycle, sessions=sessions,
+            pause_file=settings.data_dir / "run" / "practice.pause",
+            check_every_s=s.check_every_s, trigger=s.enabled,
+        ))
+        schedule = Schedule(
+            cycle, interval_minutes=s.interval_minutes, cron=s.cron,
+            min_new_feedback=s.min_new_feedback, check_every_s=s.check_every_s,
+        ) if s.enabled else None
+        yield _LearningLoop(trainer, judge, promoter, cycle, practice[0], schedule, traffic,
+                            background)
+
+
+async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
+    # Evals the API started: cancelled, their runs are marked failed, not left running.
+    for task in list(tasks):
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _metrics(
+    settings: Settings, registry: CollectorRegistry, learning: _LearningLoop, *,
+    catalog: ModelCatalog, sessions: sessionmaker[Session],
+    watchers: list[Supervisor | HealthWatch], interaction_log: InteractionLog,
+) -> ServingMetrics:
+    """The serving metrics, and the state collector registered once it has read the version
+    labels (before the first request)."""
+    versions = VersionLabels(catalog)
+    metrics = ServingMetrics(registry, versions=versions, watchers=watchers,
+                             practice=learning.practice, interaction_log=interaction_log)
+    trainer = learning.trainer
+    collector = StateCollector(sessions=sessions, versions=versions,
+                               running_run=lambda: trainer.running_run,
+                               on_versions=metrics.forget_versions,
+                               cache_s=settings.gateway.metrics_cache_s)
+    await asyncio.to_thread(collector.refresh)
+    registry.register(collector)
+    return metrics
 
 
 async def _prepare(judge: Judge, settings: Settings) -> None:
