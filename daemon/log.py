@@ -31,10 +31,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class SchedulerChatter(logging.Filter):
+    """APScheduler's executors log two INFO lines per job run ("Running job ...", "... executed
+    successfully"): with the data check every few seconds they would bury the daemon's own
+    events. They pass as DEBUG, shown only at that level; their warnings and errors (a missed
+    run, a job that raised) pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or not record.name.startswith("apscheduler.executors"):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def configure(level: str) -> None:
     """Route all logging to stderr as JSON lines at `level` (idempotent)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(SchedulerChatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
