@@ -303,7 +303,10 @@ def _serve(settings: Settings) -> None:
         _ensure_base_model(settings)
     engine = make_engine(settings.database_url, sqlite_synchronous=settings.database.sqlite_synchronous)
     try:
-        ensure_migrated(engine)
+        # The embedded SQLite file of a fresh data dir gets its schema here; a database the
+        # user named (PostgreSQL, their own file) is theirs to migrate, and one at an older
+        # revision is upgraded only by `lifelong db upgrade`, never behind their back.
+        ensure_migrated(engine, create_if_empty=settings.database.url is None)
     except DatabaseNotMigrated as exc:
         fail(str(exc))
     finally:

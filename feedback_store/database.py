@@ -21,7 +21,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.pool import NullPool
 
 from lifelong.feedback_store.errors import DatabaseNotMigrated
@@ -158,12 +158,18 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         connection.commit()
 
 
-def ensure_migrated(engine: Engine) -> None:
-    """Return if the database is at the head revision. Raises DatabaseNotMigrated otherwise."""
+def ensure_migrated(engine: Engine, *, create_if_empty: bool = False) -> None:
+    """Return if the database is at the head revision. `create_if_empty`: a database without a
+    single table is migrated to the head instead (a fresh data dir's own SQLite file); one at an
+    older revision is never upgraded here. Raises DatabaseNotMigrated otherwise."""
     where = mask_secrets(engine.url.render_as_string(hide_password=False))
     current = current_revision(engine)
     head = head_revision()
     if current == head:
+        return
+    if current is None and create_if_empty and not inspect(engine).get_table_names():
+        upgrade(engine)
+        logger.info("created the database schema at %s (revision %s)", where, head)
         return
     if current is None:
         raise DatabaseNotMigrated(

@@ -51,19 +51,74 @@ def test_bad_setting_stops_with_the_key_and_fix(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_serve_refuses_an_unmigrated_database_then_upgrade_fixes_it(tmp_path):
+def chat_model_folder(tmp_path: Path) -> Path:
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
     (model / "chat_template.jinja").write_text("{{ messages }}")  # a chat model's folder
-    args = ["--data-dir", str(tmp_path / "d")]
+    return model
+
+
+def broken_suite(data_dir: Path) -> None:
+    """A suite file serve refuses: its checks come after the database's, so serve stops there
+    instead of starting vLLM."""
+    suites = data_dir / "evals" / "regression"
+    suites.mkdir(parents=True)
+    (suites / "math.jsonl").write_text("{not json\n")
+
+
+def revision(database: Path) -> str | None:
+    from lifelong.feedback_store.database import current_revision, make_engine
+
+    engine = make_engine(f"sqlite:///{database}")
+    try:
+        return current_revision(engine)
+    finally:
+        engine.dispose()
+
+
+def test_serve_gives_a_fresh_data_dirs_sqlite_file_its_schema(tmp_path):
+    from lifelong.feedback_store.database import head_revision
+
     config = tmp_path / "c.yaml"
-    config.write_text(f"base_model:\n  path: {model}\n")
-    done = run("serve", "--config", str(config), *args)
+    config.write_text(f"base_model:\n  path: {chat_model_folder(tmp_path)}\n")
+    broken_suite(tmp_path / "d")
+    done = run("serve", "--config", str(config), "--data-dir", str(tmp_path / "d"))
+    assert done.returncode == 2 and "math.jsonl:1:" in done.stderr, done.stderr  # got past it
+    assert "db upgrade" not in done.stderr
+    assert revision(tmp_path / "d" / "lifelong.db") == head_revision()
+
+
+def test_serve_refuses_a_database_at_an_older_revision_then_upgrade_fixes_it(tmp_path):
+    from lifelong.feedback_store.database import make_engine, upgrade
+
+    database = tmp_path / "d" / "lifelong.db"
+    engine = make_engine(f"sqlite:///{database}")
+    upgrade(engine, "0006")
+    engine.dispose()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"base_model:\n  path: {chat_model_folder(tmp_path)}\n")
+    args = ["--config", str(config), "--data-dir", str(tmp_path / "d")]
+    done = run("serve", *args)
+    assert done.returncode == 2 and "behind" in done.stderr and "lifelong db upgrade" in done.stderr
+    assert revision(database) == "0006"
+    done = run("db", "upgrade", *args)
+    assert done.returncode == 0 and "(was 0006)" in done.stdout
+
+
+def test_serve_refuses_an_unmigrated_database_the_user_named_then_upgrade_fixes_it(tmp_path):
+    # Only the embedded file is created by serve: a URL in the settings (PostgreSQL in
+    # production, here a SQLite file of the user's) is theirs to migrate.
+    database = tmp_path / "mine.db"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"base_model:\n  path: {chat_model_folder(tmp_path)}\n"
+                      f"database:\n  url: sqlite:///{database}\n")
+    args = ["--config", str(config), "--data-dir", str(tmp_path / "d")]
+    done = run("serve", *args)
     assert done.returncode == 2 and "lifelong db upgrade" in done.stderr
+    assert revision(database) is None
     done = run("db", "upgrade", *args)
     assert done.returncode == 0 and "database at revision" in done.stdout
-    assert (tmp_path / "d" / "lifelong.db").is_file()
 
 
 def test_serve_refuses_eval_suites_with_mistakes_naming_each_file_and_line(tmp_path):

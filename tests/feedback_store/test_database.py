@@ -61,6 +61,27 @@ def test_unmigrated_database_raises_database_not_migrated(empty_engine: Engine):
     assert isinstance(raised.value, StoreError)
 
 
+def test_an_empty_database_asked_to_be_created_is_migrated_to_head(empty_engine: Engine):
+    ensure_migrated(empty_engine, create_if_empty=True)
+    assert current_revision(empty_engine) == head_revision()
+    assert set(inspect(empty_engine).get_table_names()) >= TABLES
+
+
+def test_a_database_at_an_older_revision_is_refused_even_when_creating(empty_engine: Engine):
+    upgrade(empty_engine, "0006")
+    with pytest.raises(DatabaseNotMigrated, match="behind .*run `lifelong db upgrade`"):
+        ensure_migrated(empty_engine, create_if_empty=True)
+    assert current_revision(empty_engine) == "0006"
+
+
+def test_tables_without_a_revision_are_refused_even_when_creating(empty_engine: Engine):
+    with empty_engine.begin() as connection:
+        connection.execute(text("CREATE TABLE notes (id INTEGER PRIMARY KEY)"))
+    with pytest.raises(DatabaseNotMigrated, match="run `lifelong db upgrade`"):
+        ensure_migrated(empty_engine, create_if_empty=True)
+    assert current_revision(empty_engine) is None
+
+
 def test_database_from_a_newer_lifelong_raises_database_not_migrated(empty_engine: Engine):
     upgrade(empty_engine)
     with empty_engine.begin() as connection:
