@@ -20,15 +20,29 @@ from lifelong.feedback_store.models import Adapter, GateDecision, TrainingRun
 SPARK = "▁▂▃▄▅▆▇█"
 
 
+def shown_status(status: str, gate: str | None) -> str:
+    """The word a person reads for an adapter whose registry `status` is `status` and whose
+    last gate decision was `gate` (None: never judged): what the gate said, for an adapter still
+    waiting on it (candidate, approved, rejected) where the two differ; the status otherwise.
+    A `not_enough_evidence` decision leaves the status as it was (`candidate`, or `rejected` for
+    one judged again), which alone would read as if the gate had not spoken or had refused it."""
+    if gate is not None and gate != status and status in ("candidate", "approved", "rejected"):
+        return gate
+    return status
+
+
 def adapter_rows(session: Session) -> list[dict[str, Any]]:
-    """Every registered adapter, oldest first, with its data and final losses in short."""
+    """Every registered adapter, oldest first, with its last gate decision (`gate`: approved,
+    rejected, not_enough_evidence, or None) and its data and final losses in short."""
     rows = []
     for adapter in registry.list_adapters(session):
         run = session.get(TrainingRun, adapter.training_run_id) if adapter.training_run_id else None
         metrics = (run.metrics or {}) if run else {}
         examples = metrics.get("data", {}).get("examples", {})
+        decision = latest_gate_decision(session, candidate_version=adapter.version)
         rows.append({
             **_registry_fields(adapter),
+            "gate": decision.status if decision is not None else None,
             "examples": ", ".join(
                 f"{method} {counts['new']}+{counts['replayed']}" for method, counts in examples.items()
             ) or "-",
@@ -147,8 +161,11 @@ def loss_curve(losses: list[float], *, width: int = 40) -> dict[str, Any]:
 
 def describe_detail(detail: dict[str, Any]) -> str:
     """`adapter_detail` as text for a terminal."""
+    decision = detail.get("gate_decision")
+    shown = shown_status(detail["status"], decision["status"] if decision else None)
     lines = [
-        f"adapter {detail['version']}: {detail['status']}"
+        f"adapter {detail['version']}: {shown}"
+        + (f" (status {detail['status']})" if shown != detail["status"] else "")
         + (" (forced)" if detail["forced"] else ""),
         f"  parent:      {detail['parent_version'] or 'the base model'}",
         f"  created:     {detail['created_at']}",
@@ -180,7 +197,6 @@ def describe_detail(detail: dict[str, Any]) -> str:
             lines.append(f"  {curve['method']} loss:    {curve['sparkline']}  ({curve['steps']} "
                          f"steps: {curve['first']:.3f} first, {curve['lowest']:.3f} lowest, "
                          f"{curve['last']:.3f} last)")
-    decision = detail.get("gate_decision")
     if decision:
         lines.append(f"  gate:        {decision['status']} against {decision['against']} "
                      f"(eval run {decision['eval_run_id']}, {decision['decided_at'][:19]})")

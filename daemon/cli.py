@@ -530,8 +530,9 @@ def adapters_list(
     data_dir: DataDirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per adapter.")] = False,
 ) -> None:
-    """Every registered adapter, oldest first: status, lineage, data and final losses."""
-    from lifelong.daemon.adapter_report import adapter_rows
+    """Every registered adapter, oldest first: status (what the gate said, where the registry's
+    status alone would hide it), lineage, data and final losses."""
+    from lifelong.daemon.adapter_report import adapter_rows, shown_status
 
     settings = settings_from(config, data_dir=data_dir)
     rows = _with_store(settings, adapter_rows)
@@ -544,7 +545,8 @@ def adapters_list(
         return
     header = ("VERSION", "STATUS", "PARENT", "CREATED", "RUN", "EXAMPLES", "LOSS")
     table = [header] + [
-        (row["version"], row["status"] + (" (forced)" if row["forced"] else ""),
+        (row["version"], shown_status(row["status"], row["gate"])
+         + (" (forced)" if row["forced"] else ""),
          row["parent_version"] or "-", row["created_at"][:19].replace("T", " "),
          str(row["training_run_id"] or "-"), row["examples"], row["losses"])
         for row in rows
