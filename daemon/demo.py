@@ -63,7 +63,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import yaml
@@ -72,6 +72,9 @@ from lifelong.daemon.settings import Settings, load_settings, write_settings_fil
 from lifelong.daemon.supervisor import new_group_dying_with_parent, tail
 from lifelong.evals.general import SUITE_NAME as GENERAL_SUITE
 from lifelong.evals.general import chat
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -525,9 +528,20 @@ def served(rows: list[VersionRow], until: float) -> list[tuple[float, VersionRow
 
 
 def plot(rows: list[VersionRow], observations: list[Observation], path: Path) -> Path:
-    """The learning curve: what users saw on the new behaviour (a moving exact-match rate), the
-    served version's test-set and general-suite scores as steps (a promotion swaps at once),
-    and every judged candidate's scores where the gate decided."""
+    """The learning curve (`learning_curve`) as a PNG at `path`."""
+    figure = learning_curve(rows, observations)
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def learning_curve(rows: list[VersionRow], observations: list[Observation]) -> Figure:
+    """What users saw on the new behaviour (a moving exact-match rate), the served version's
+    test-set and general-suite scores as steps (a promotion swaps at once), and every judged
+    candidate's scores where the gate decided, whatever it decided."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no screen needed
@@ -545,8 +559,10 @@ def plot(rows: list[VersionRow], observations: list[Observation], path: Path) ->
         axis.plot(xs, ys, color="tab:blue", alpha=0.6,
                   label=f"users: {SKILL} answered right (last {window})")
     until = max([o.at for o in observations] + [r.at or 0.0 for r in rows] + [0.0])
-    steps = [(at, row) for at, row in served(rows, until) if row.new_skill is not None]
-    if steps:
+    # A served version without a score is a gap from its promotion on, not the previous
+    # version's step drawn on past it.
+    steps = served(rows, until)
+    if any(row.new_skill is not None or row.general is not None for _, row in steps):
         minutes = [at / 60 for at, _ in steps]
         nan = float("nan")  # no score: a gap in the line
         axis.step(minutes, [nan if r.new_skill is None else r.new_skill for _, r in steps],
@@ -556,14 +572,19 @@ def plot(rows: list[VersionRow], observations: list[Observation], path: Path) ->
                   label="judge: served version, general suite")
     marks = {"promoted": ("o", "tab:green"), "rejected": ("x", "tab:red")}
     for row in rows:
-        if row.decision == "base" or row.new_skill is None or row.at is None:
+        # Every judged candidate, with whichever score the judge gave it (cycles that ended
+        # unjudged have none, and are in the table only).
+        if row.decision == "base" or row.at is None or (row.new_skill is None
+                                                         and row.general is None):
             continue
         marker, colour = marks.get(row.decision, ("D", "tab:gray"))
-        axis.plot([row.at / 60], [row.new_skill], marker=marker, color=colour, linestyle="")
+        if row.new_skill is not None:
+            axis.plot([row.at / 60], [row.new_skill], marker=marker, color=colour, linestyle="")
         if row.general is not None:
             axis.plot([row.at / 60], [row.general], marker="s", color="tab:orange",
                       fillstyle="none", linestyle="")
-        axis.annotate(f"{row.version}\n{row.decision}", (row.at / 60, row.new_skill),
+        score = row.new_skill if row.new_skill is not None else row.general
+        axis.annotate(f"{row.version}\n{row.decision}", (row.at / 60, score),
                       textcoords="offset points", xytext=(0, -22), ha="center", fontsize=8)
     axis.set_xlabel("minutes since the users started")
     axis.set_ylabel("exact match (sums) / similarity to the base model (general)")
@@ -571,10 +592,7 @@ def plot(rows: list[VersionRow], observations: list[Observation], path: Path) ->
     axis.set_title("lifelong demo: the model learns bare-number sums from its users")
     axis.grid(alpha=0.3)
     axis.legend(loc="center left", fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return figure
 
 
 def fresh_dir(path: Path) -> Path:

@@ -4,6 +4,7 @@ test_real_model.py; `make demo` runs the demo itself.)"""
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
@@ -132,3 +133,31 @@ def test_the_report_is_a_table_and_a_png_with_the_served_version_as_steps(tmp_pa
         (0.0, "base"), (400.0, "v0002"), (495.0, "v0002")]
     png = demo.plot(rows, seen, tmp_path / "curve.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_png_marks_every_judged_candidate_and_draws_the_served_version_as_steps():
+    rows = [demo.VersionRow("base", "base", 0.0, 1.0, at=0.0),
+            demo.VersionRow("v0001", "rejected", 0.6, 0.7, "regressed", at=150.0),  # the first
+            # Judged without a test-set score (the judge had none), kept on the general suite.
+            demo.VersionRow("v0002", "not_enough_evidence", None, 0.97, "held", at=250.0),
+            demo.VersionRow("v0003", "promoted", 0.9, 0.95, "held", at=400.0),
+            demo.VersionRow("v0004", "promoted", None, 0.9, "held", at=450.0)]
+    seen = [demo.Observation(at=float(n * 5), skill=demo.SKILL, version="base", passed=n > 80)
+            for n in range(100)]
+    figure = demo.learning_curve(rows, seen)
+    axis = figure.axes[0]
+    assert {text.get_text() for text in axis.texts} == {
+        "v0001\nrejected", "v0002\nnot_enough_evidence", "v0003\npromoted", "v0004\npromoted"}
+    served = {line.get_label(): line for line in axis.get_lines()
+              if line.get_label().startswith("judge: served version")}
+    assert [line.get_drawstyle() for line in served.values()] == ["steps-post", "steps-post"]
+    test_set = served[f"judge: served version, {demo.SKILL} test set"]
+    assert list(test_set.get_xdata()) == [0.0, 400 / 60, 450 / 60, 495 / 60]
+    # v0004 has no test-set score: a gap from its promotion on, not v0003's 90% drawn on.
+    assert list(test_set.get_ydata()[:2]) == [0.0, 0.9]
+    assert all(math.isnan(y) for y in test_set.get_ydata()[2:])
+    general = served["judge: served version, general suite"]
+    assert list(general.get_ydata()) == [1.0, 0.95, 0.9, 0.9]
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
