@@ -109,7 +109,8 @@ def main() -> None:
         model_dir = args.model or build(Path(scratch) / "tiny", seed=0, steps=300, layers=2,
                                         hidden=128, batch_size=32, eval_items=20).path
         config = LoraTrainingConfig(rank=8, alpha=16, learning_rate=1e-3, warmup_steps=0,
-                                    batch_size=args.batch_size, max_steps=args.steps)
+                                    batch_size=args.batch_size, max_steps=args.steps,
+                                    max_length=512)
         # Steps never run out of examples, so the trainer's epoch boundary costs nothing extra.
         data = examples(args.steps * args.batch_size, seed=0)
         trainer, other, losses = [], [], {"trainer": [], args.against: []}

@@ -381,14 +381,7 @@ def train(
     import signal
     import threading
 
-    from lifelong.adapters import (
-        AdapterError,
-        InvalidRecipe,
-        InvalidTrainingConfig,
-        LoraTrainingConfig,
-        UnknownMethod,
-        run_training,
-    )
+    from lifelong.adapters import AdapterError, InvalidRecipe, UnknownMethod, run_training
     from lifelong.feedback_store.errors import DatabaseNotMigrated, StoreError
 
     settings = settings_from(config, data_dir=data_dir)
@@ -400,16 +393,7 @@ def train(
         fail(f"grpo comes last (it practises on what the feedback methods taught): give "
              f"`-m grpo` last, not {list(methods)}")
     _ensure_base_model(settings)
-    try:
-        lora = LoraTrainingConfig(
-            rank=t.lora_rank, alpha=t.lora_alpha, dropout=t.lora_dropout,
-            target_modules=tuple(t.target_modules), learning_rate=t.learning_rate,
-            warmup_steps=t.warmup_steps, epochs=t.epochs, max_steps=t.max_steps,
-            batch_size=t.batch_size, max_length=t.max_seq_len, beta=t.beta,
-            precision=t.precision,
-        )
-    except InvalidTrainingConfig as exc:
-        fail(f"training settings: {exc}")
+    lora = t.lora_config()  # valid: the settings carry the config's own bounds
     cancel = threading.Event()
 
     def cancelled(signum: int, frame: object) -> None:
@@ -469,21 +453,10 @@ def _vllm_url(settings: Settings) -> str:
 
 def _practice_spec(settings: Settings, pause_file: Path | None) -> Any:
     """How a run practises (grpo_run.PracticeSpec), from training.grpo and the daemon's vLLM."""
-    from lifelong.adapters import InvalidTrainingConfig
-    from lifelong.adapters.grpo_config import GrpoConfig
     from lifelong.adapters.grpo_run import PracticeSpec
 
     g = settings.training.grpo
-    try:
-        grpo = GrpoConfig(
-            group_size=g.group_size, rounds=g.rounds, prompts_per_round=g.prompts_per_round,
-            temperature=g.temperature, max_new_tokens=g.max_new_tokens, clip_eps=g.clip_eps,
-            kl_beta=g.kl_beta, updates_per_round=g.updates_per_round, batch_size=g.batch_size,
-            concurrency=g.concurrency,
-        )
-    except InvalidTrainingConfig as exc:
-        fail(f"training.grpo settings: {exc}")
-    return PracticeSpec(vllm_url=_vllm_url(settings), grpo=grpo, task_tag=g.task_tag,
+    return PracticeSpec(vllm_url=_vllm_url(settings), grpo=g.grpo_config(), task_tag=g.task_tag,
                         pause_file=pause_file)
 
 

@@ -322,13 +322,9 @@ def build_judge(settings: Settings, *, sessions: sessionmaker[Session],
     """The judge the settings describe, answering through `upstream`, judging in `verifiers`."""
     g = settings.evals.gate
     tolerances = {GENERAL_SUITE: settings.evals.general_tolerance} | dict(g.tolerances)
-    policy = GatePolicy(
-        min_improvement=g.min_improvement, alpha=g.alpha, holm=g.holm, tolerance=g.tolerance,
-        tolerances=tolerances, min_items=g.min_items,
+    policy = g.policy(
+        tolerances=tolerances,
         floors={GENERAL_SUITE: settings.evals.general_floor} if settings.evals.general_suite else {},
-        small_suite_alpha=g.small_suite_alpha, power=g.power,
-        require_nonempty=g.require_nonempty, format_rate_not_lower=g.format_rate_not_lower,
-        seed=g.seed,
     )
     return Judge(
         sessions=sessions, upstream=upstream,

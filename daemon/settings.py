@@ -3,13 +3,21 @@
 Precedence (highest first): explicit overrides (CLI flags) > environment > YAML file > defaults.
 Nested keys use `__` in the environment: `LIFELONG_DATABASE__URL`, `LIFELONG_GATEWAY__PORT`.
 Built once in `main` and passed down; components never read settings themselves.
+
+The hyperparameters of training, practice and the gate are not defined here: those fields are
+the component configs' (`LoraTrainingConfig`, `GrpoConfig`, `GatePolicy`), default, help and
+bounds read by `config_field`, and each section builds its config (`lora_config()`, ...).
+Past 400 lines because it is one tree, the one `lifelong config show` prints: a section per
+concern, every field with its bounds and help.
 """
 
 from __future__ import annotations
 
 import contextvars
+import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +40,9 @@ from pydantic_settings import (
     SettingsError as PydanticSettingsError,
 )
 
+from lifelong.adapters.grpo_config import GrpoConfig
+from lifelong.adapters.lora_config import BOUNDS, LoraTrainingConfig, Precision
+from lifelong.evals.gate_policy import GatePolicy
 from lifelong.evals.sandbox import SandboxPolicy
 from lifelong.evals.verifiers import MAX_PATTERN_CHARS
 
@@ -46,6 +57,26 @@ _yaml_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("yaml_f
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def config_field(config: type[Any], name: str) -> Any:
+    """A settings field that is the component config's field `name`: its default, help and
+    bounds, read from the dataclass (TRL's way: the config is the schema), so the two cannot
+    drift apart."""
+    (spec,) = [f for f in dataclasses.fields(config) if f.name == name]
+    bounds = {key: value for key, value in spec.metadata.items() if key in BOUNDS}
+    if spec.default_factory is not dataclasses.MISSING:
+        return Field(default_factory=spec.default_factory, description=spec.metadata["help"],
+                     **bounds)
+    if isinstance(spec.default, tuple):  # a list in YAML and JSON
+        return Field(default_factory=lambda: list(spec.default),
+                     description=spec.metadata["help"], **bounds)
+    return Field(default=spec.default, description=spec.metadata["help"], **bounds)
+
+
+# training.<key> -> LoraTrainingConfig.<field>, where the names differ (users' files use these).
+LORA_KEYS = {"lora_rank": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout",
+             "max_seq_len": "max_length"}
 
 
 class BaseModelSettings(Section):
@@ -271,27 +302,22 @@ class LimitsSettings(Section):
 
 class GrpoSettings(Section):
     """GRPO: practice on the store's train-split tasks through vLLM, learning from verifier
-    rewards (a recipe's last method, or alone: ["grpo"]). The LoRA shape, learning_rate, max_seq_len, seed,
-    device and max_seconds are training's."""
+    rewards (a recipe's last method, or alone: ["grpo"]). The LoRA shape, learning_rate,
+    max_seq_len, seed, device and max_seconds are training's. The hyperparameters are
+    `GrpoConfig`'s fields (`grpo_config()`); the rest is how the daemon runs practice."""
 
-    group_size: int = Field(default=8, ge=2, description="Answers sampled per prompt (K).")
-    rounds: int = Field(
-        default=10, ge=1, description="Rollout -> update -> load rounds (each on-policy)."
-    )
-    prompts_per_round: int = Field(default=64, ge=1, description="Practice tasks per round.")
-    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature (> 0).")
-    max_new_tokens: int = Field(default=64, ge=1, description="Longest sampled answer.")
-    clip_eps: float = Field(default=0.2, gt=0, lt=1, description="Ratio clip: 1 +- clip_eps.")
-    kl_beta: float = Field(
-        default=0.0, ge=0, description="k3 KL penalty to the weights the run started from; 0: off."
-    )
-    updates_per_round: int = Field(default=2, ge=1, description="Passes over a round's answers.")
-    batch_size: int = Field(default=64, ge=1, description="Answers per optimizer step.")
+    group_size: int = config_field(GrpoConfig, "group_size")
+    rounds: int = config_field(GrpoConfig, "rounds")
+    prompts_per_round: int = config_field(GrpoConfig, "prompts_per_round")
+    temperature: float = config_field(GrpoConfig, "temperature")
+    max_new_tokens: int = config_field(GrpoConfig, "max_new_tokens")
+    clip_eps: float = config_field(GrpoConfig, "clip_eps")
+    kl_beta: float = config_field(GrpoConfig, "kl_beta")
+    updates_per_round: int = config_field(GrpoConfig, "updates_per_round")
+    batch_size: int = config_field(GrpoConfig, "batch_size")
+    concurrency: int = config_field(GrpoConfig, "concurrency")
     task_tag: str | None = Field(
         default=None, description="Practise only on tasks with this tag (e.g. family:add2)."
-    )
-    concurrency: int = Field(
-        default=1, ge=1, description="Rollout requests (each n=group_size) in flight at once."
     )
     yield_to_users: bool = Field(
         default=True, description="A GRPO run the daemon starts pauses at its next rollout "
@@ -308,6 +334,10 @@ class GrpoSettings(Section):
         "CPU host vLLM and the gateway come first.",
     )
 
+    def grpo_config(self) -> GrpoConfig:
+        """The GRPO hyperparameters these settings give a run."""
+        return GrpoConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GrpoConfig)})
+
 
 class TrainingSettings(Section):
     """How adapters are learned from feedback (`lifelong train`, or the daemon's trainer)."""
@@ -322,30 +352,20 @@ class TrainingSettings(Section):
         default=False,
         description="Start each adapter from zero instead of the champion's weights.",
     )
-    lora_rank: int = Field(default=8, ge=1)
-    lora_alpha: int = Field(default=16, ge=1, description="The update is scaled by alpha / rank.")
-    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(
-        default_factory=lambda: [
-            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
-        ],
-        min_length=1, description="Linear layers that get a LoRA update (Llama-family names).",
-    )
-    learning_rate: float = Field(default=1e-3, gt=0)
-    warmup_steps: int = Field(default=10, ge=0)
-    epochs: int = Field(default=3, ge=1, description="Passes over each method's examples.")
-    max_steps: int | None = Field(
-        default=200, ge=1, description="Cap on the optimizer steps of each method; null: epochs."
-    )
-    batch_size: int = Field(default=16, ge=1)
-    max_seq_len: int = Field(default=256, ge=8)
-    precision: Literal["auto", "bf16", "fp32"] = Field(
-        default="auto",
-        description="SFT/DPO/KTO forward passes: bf16 autocast, fp32, or auto (bf16 on a CUDA "
-        "device that has it). LoRA weights stay float32 either way; GRPO updates run in fp32. "
-        "A small model may need fp32 on a GPU (the tiny test model: 100% vs 55.5% learned).",
-    )
-    beta: float = Field(default=0.1, gt=0, description="DPO/KTO: how tightly held to the reference.")
+    # The LoRA hyperparameters: `LoraTrainingConfig`'s fields (`lora_config()`), under the
+    # names these settings have always had.
+    lora_rank: int = config_field(LoraTrainingConfig, "rank")
+    lora_alpha: int = config_field(LoraTrainingConfig, "alpha")
+    lora_dropout: float = config_field(LoraTrainingConfig, "dropout")
+    target_modules: list[str] = config_field(LoraTrainingConfig, "target_modules")
+    learning_rate: float = config_field(LoraTrainingConfig, "learning_rate")
+    warmup_steps: int = config_field(LoraTrainingConfig, "warmup_steps")
+    epochs: int = config_field(LoraTrainingConfig, "epochs")
+    max_steps: int | None = config_field(LoraTrainingConfig, "max_steps")
+    batch_size: int = config_field(LoraTrainingConfig, "batch_size")
+    max_seq_len: int = config_field(LoraTrainingConfig, "max_length")
+    precision: Precision = config_field(LoraTrainingConfig, "precision")
+    beta: float = config_field(LoraTrainingConfig, "beta")
     seed: int = 0
     replay_fraction: float = Field(
         default=0.25, ge=0.0, le=1.0,
@@ -374,6 +394,13 @@ class TrainingSettings(Section):
     )
     device: str = Field(default="auto", description="auto (GPU if any), cpu, cuda, cuda:1, ...")
 
+    def lora_config(self) -> LoraTrainingConfig:
+        """The LoRA hyperparameters these settings give the trainer."""
+        names = {f.name for f in dataclasses.fields(LoraTrainingConfig)}
+        values = {LORA_KEYS.get(key, key): getattr(self, key) for key in type(self).model_fields
+                  if LORA_KEYS.get(key, key) in names}
+        return LoraTrainingConfig(**{**values, "target_modules": tuple(self.target_modules)})
+
     @model_validator(mode="after")
     def _timeout_after_the_limit(self) -> TrainingSettings:
         if self.timeout_s <= self.max_seconds:
@@ -390,33 +417,26 @@ class TrainingSettings(Section):
 
 
 class GateSettings(Section):
-    """When a candidate may replace the champion (see lifelong.evals.gate for the rules)."""
+    """When a candidate may replace the champion (see lifelong.evals.gate for the rules): the
+    fields of `GatePolicy` the operator sets (`policy()`)."""
 
-    min_improvement: float = Field(
-        default=0.02, ge=0.0, le=1.0, description="Gain needed on a target suite's mean score."
-    )
-    alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="Significance level.")
-    holm: bool = Field(default=True, description="Holm-correct across target suites.")
-    tolerance: float = Field(
-        default=0.01, ge=0.0, le=1.0, description="Largest drop any suite may show."
-    )
-    tolerances: dict[str, float] = Field(
-        default_factory=dict, description="Per-suite tolerances, by suite name."
-    )
-    min_items: int = Field(
-        default=200, ge=1,
-        description="A target suite smaller than this approves only at small_suite_alpha.",
-    )
-    small_suite_alpha: float = Field(
-        default=0.001, gt=0.0, lt=1.0,
-        description="Significance a target suite below min_items must reach to approve: a large "
-        "gain beyond doubt on a small held-out suite is kept, and a candidate no better than "
-        "the champion passes such a suite at most this often.",
-    )
-    power: float = Field(default=0.8, gt=0.0, lt=1.0)
-    require_nonempty: bool = True
-    format_rate_not_lower: bool = True
-    seed: int = 0
+    min_improvement: float = config_field(GatePolicy, "min_improvement")
+    alpha: float = config_field(GatePolicy, "alpha")
+    holm: bool = config_field(GatePolicy, "holm")
+    tolerance: float = config_field(GatePolicy, "tolerance")
+    tolerances: dict[str, float] = config_field(GatePolicy, "tolerances")
+    min_items: int = config_field(GatePolicy, "min_items")
+    small_suite_alpha: float = config_field(GatePolicy, "small_suite_alpha")
+    power: float = config_field(GatePolicy, "power")
+    require_nonempty: bool = config_field(GatePolicy, "require_nonempty")
+    format_rate_not_lower: bool = config_field(GatePolicy, "format_rate_not_lower")
+    seed: int = config_field(GatePolicy, "seed")
+
+    def policy(self, *, tolerances: Mapping[str, float], floors: Mapping[str, float]) -> GatePolicy:
+        """The gate's policy: these settings, with the per-suite `tolerances` and `floors` the
+        daemon derives (its general suite's)."""
+        return GatePolicy(**{**self.model_dump(), "tolerances": dict(tolerances),
+                             "floors": dict(floors)})
 
 
 class VerifierSettings(Section):

@@ -7,5 +7,5 @@ A library: it imports the feedback store and nothing of the daemon; the daemon w
 - `suites`: target (held-out tasks per family), regression (JSONL folder), retention (frozen).
 - `runner`: answers suites through vLLM's OpenAI API, candidate vs champion.
 - `statistics`: exact McNemar, paired bootstrap, Holm, smallest detectable difference.
-- `gate`: the policy and the decision; `records`: both into the store.
+- `gate_policy` + `gate`: the thresholds and the decision; `records`: both into the store.
 """

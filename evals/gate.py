@@ -1,5 +1,6 @@
 """The promotion gate: from candidate-vs-champion comparisons to approved, rejected or not enough
-evidence, with every test's numbers in the reasons.
+evidence, with every test's numbers in the reasons; its thresholds are a `GatePolicy`
+(`gate_policy.py`).
 
 For each suite the paired test is exact McNemar when every score is pass/fail, else the paired
 bootstrap on scores (`statistics.py`). The rules, in order:
@@ -34,10 +35,11 @@ test could detect at `alpha` with `power` (so a small suite says what it cannot 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from lifelong.evals.gate_policy import GatePolicy
 from lifelong.evals.runner import Comparison
 from lifelong.evals.statistics import (
     PairedTest,
@@ -50,26 +52,6 @@ from lifelong.evals.statistics import (
 Status = Literal["approved", "rejected", "not_enough_evidence"]
 Outcome = Literal["improved", "not_improved", "too_few_items", "unclear_gain",
                   "held", "regressed", "unclear_drop"]
-
-
-@dataclass(frozen=True, slots=True)
-class GatePolicy:
-    min_improvement: float = 0.02  # on the target suites' mean score (pass rate for pass/fail)
-    alpha: float = 0.05
-    holm: bool = True  # Holm-correct the improvement tests across target suites
-    tolerance: float = 0.01  # the largest drop any suite may show (default for all suites)
-    tolerances: Mapping[str, float] = field(default_factory=dict)  # per suite name
-    floors: Mapping[str, float] = field(default_factory=dict)  # lowest candidate mean, per suite
-    min_items: int = 200  # a target suite smaller than this approves only at small_suite_alpha
-    small_suite_alpha: float = 0.001
-    power: float = 0.8  # for the smallest detectable difference reported
-    require_nonempty: bool = True
-    format_rate_not_lower: bool = True
-    bootstrap_resamples: int = 10_000
-    seed: int = 0
-
-    def tolerance_for(self, suite: str) -> float:
-        return self.tolerances.get(suite, self.tolerance)
 
 
 @dataclass(frozen=True, slots=True)

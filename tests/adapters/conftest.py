@@ -25,10 +25,11 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture
 def small() -> LoraTrainingConfig:
-    """Rank 4 on attention only, three steps: enough to move every LoRA tensor, in a second."""
+    """Rank 4 on attention only, three steps: enough to move every LoRA tensor, in a second.
+    One epoch and 512 tokens, as these tests were written against (not the daemon's defaults)."""
     return LoraTrainingConfig(
         rank=4, alpha=8, target_modules=("q_proj", "v_proj"), learning_rate=1e-2, batch_size=4,
-        max_steps=3, warmup_steps=0,
+        max_steps=3, warmup_steps=0, epochs=1, max_length=512,
     )
 
 

@@ -101,7 +101,8 @@ def test_a_skill_learned_on_the_gpu_is_in_the_adapter_the_cpu_loads(
     for start in range(0, len(corrections), 1000):  # the store takes 1,000 a batch
         store.give(*corrections[start : start + 1000])
     config = LoraTrainingConfig(rank=8, alpha=16, learning_rate=3e-3, warmup_steps=20,
-                                batch_size=32, epochs=10, precision=precision)
+                                batch_size=32, epochs=10, max_steps=None, max_length=512,
+                                precision=precision)
     outcome = run_training(db_url=store.url, base_model_dir=tiny_base_model,
                            adapters_dir=tmp_path / "adapters", methods=("sft",), config=config,
                            seed=0, device="cuda", progress=False)

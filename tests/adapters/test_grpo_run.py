@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 
 LORA = LoraTrainingConfig(rank=4, alpha=8, target_modules=("q_proj", "v_proj"),
-                          learning_rate=1e-2)
+                          learning_rate=1e-2, max_length=512)
 
 
 def test_an_update_raises_the_rewarded_answer_over_the_others(tiny_base_model):

@@ -54,7 +54,7 @@ SUM_QUESTIONS = 200
 HELDOUT_QUESTIONS = 200
 MARGIN = 0.5  # the adapter must beat the base model by 50 points of exact match
 CONFIG = LoraTrainingConfig(rank=8, alpha=16, learning_rate=3e-3, warmup_steps=20, batch_size=32,
-                            epochs=10)  # 380 steps
+                            epochs=10, max_steps=None, max_length=512)  # 380 steps
 
 
 def served_exact_match(vllm_url: str, adapter: str, items: list[tuple[str, str]]

@@ -38,7 +38,8 @@ def poisoned(tmp_path, tiny_base_model, migrated_store, echo):
         outcome = run_training(
             db_url=store.url, base_model_dir=tiny_base_model, adapters_dir=tmp_path / "adapters",
             methods=("sft",), seed=0, device="cpu", progress=False,
-            config=LoraTrainingConfig(learning_rate=3e-3, batch_size=32, epochs=8, max_steps=100),
+            config=LoraTrainingConfig(learning_rate=3e-3, batch_size=32, epochs=8, max_steps=100,
+                                      max_length=512),
         )
         yield store, outcome.adapter_version
 

@@ -157,6 +157,31 @@ def test_a_section_given_as_one_unparseable_variable_names_the_fix(monkeypatch):
         load_settings()
 
 
+def test_the_training_and_gate_sections_are_the_component_configs(tmp_path):
+    # One source per hyperparameter: the daemon's defaults are the configs' own (they once
+    # differed: learning rate 1e-3 in the settings, 2e-4 in LoraTrainingConfig).
+    import dataclasses
+
+    from lifelong.adapters.grpo_config import GrpoConfig
+    from lifelong.adapters.lora_config import LoraTrainingConfig
+    from lifelong.evals.gate_policy import GatePolicy
+
+    settings = load_settings()
+    assert settings.training.lora_config() == LoraTrainingConfig()
+    assert settings.training.grpo.grpo_config() == GrpoConfig()
+    assert settings.evals.gate.policy(tolerances={}, floors={}) == GatePolicy()
+    set_here = load_settings(write(tmp_path, "training:\n  lora_rank: 4\n  max_seq_len: 128\n"
+                                             "  grpo:\n    kl_beta: 0.04\n"))
+    assert (set_here.training.lora_config().rank, set_here.training.lora_config().max_length,
+            set_here.training.grpo.grpo_config().kl_beta) == (4, 128, 0.04)
+    # Every hyperparameter is a setting, but for those the daemon does not let one set.
+    lora_keys = {"rank", "alpha", "dropout", "max_length"} | set(type(settings.training).model_fields)
+    assert {f.name for f in dataclasses.fields(LoraTrainingConfig)} - lora_keys == {"max_grad_norm"}
+    assert {f.name for f in dataclasses.fields(GrpoConfig)} <= set(type(settings.training.grpo).model_fields)
+    assert {f.name for f in dataclasses.fields(GatePolicy)} - set(type(settings.evals.gate).model_fields) \
+        == {"floors", "bootstrap_resamples"}  # floors: from evals.general_floor
+
+
 def test_grpo_is_a_recipe_of_its_own_or_a_recipe_s_last_method_with_its_settings(tmp_path):
     settings = load_settings(write(
         tmp_path, "training:\n  recipe: [grpo]\n  grpo:\n    group_size: 4\n    kl_beta: 0.04\n"))
