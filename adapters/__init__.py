@@ -8,6 +8,7 @@ A library: it reads and writes the store (`lifelong.feedback_store`) and the bas
 - `batches`: examples as token ids through the chat template, loss on the assistant's tokens.
 - `losses`: DPO and KTO, written out. `lora_config` + `lora_trainer`: the hyperparameters and
   the plain training loop (recipes of SFT, DPO, KTO stages), fresh or from a parent adapter.
+- `recipe`: the methods of a run in order, and the rule they follow (grpo last, or alone).
 - `grpo` + `grpo_config` + `rollout` + `grpo_run`: RL from verifier rewards: the GRPO loss
   written out, K graded samples per practice task through vLLM, and the run (rollout -> update
   -> load the new adapter under a fresh name -> rollout), registered as a candidate.
@@ -32,12 +33,12 @@ _EXPORTS = {
     "AdapterError": "lifelong.adapters.artifact",
     "AdapterManifestInvalid": "lifelong.adapters.artifact",
     "BaseModelMismatch": "lifelong.adapters.artifact",
-    "DEFAULT_RECIPE": "lifelong.adapters.lora_trainer",
-    "InvalidRecipe": "lifelong.adapters.lora_trainer",
+    "DEFAULT_RECIPE": "lifelong.adapters.recipe",
+    "InvalidRecipe": "lifelong.adapters.recipe",
     "InvalidTrainingConfig": "lifelong.adapters.lora_config",
     "LoraShapeMismatch": "lifelong.adapters.lora_trainer",
     "LoraTrainingConfig": "lifelong.adapters.lora_config",
-    "METHODS": "lifelong.adapters.lora_trainer",
+    "METHODS": "lifelong.adapters.recipe",
     "Manifest": "lifelong.adapters.artifact",
     "NothingTrained": "lifelong.adapters.training_run",
     "RunOutcome": "lifelong.adapters.run_lifecycle",
@@ -45,7 +46,7 @@ _EXPORTS = {
     "TrainingDiverged": "lifelong.adapters.lora_trainer",
     "TrainingReport": "lifelong.adapters.lora_trainer",
     "TrainingSet": "lifelong.adapters.training_set",
-    "UnknownMethod": "lifelong.adapters.lora_trainer",
+    "UnknownMethod": "lifelong.adapters.recipe",
     "VersionTaken": "lifelong.adapters.artifact",
     "base_model_identity": "lifelong.adapters.artifact",
     "build_training_set": "lifelong.adapters.training_set",
@@ -76,16 +77,13 @@ if TYPE_CHECKING:
     )
     from lifelong.adapters.lora_config import InvalidTrainingConfig, LoraTrainingConfig
     from lifelong.adapters.lora_trainer import (
-        DEFAULT_RECIPE,
-        METHODS,
-        InvalidRecipe,
         LoraShapeMismatch,
         TrainingDiverged,
         TrainingReport,
-        UnknownMethod,
         load_model,
         train_lora,
     )
+    from lifelong.adapters.recipe import DEFAULT_RECIPE, METHODS, InvalidRecipe, UnknownMethod
     from lifelong.adapters.run_lifecycle import RunOutcome, TrainingCancelled
     from lifelong.adapters.training_run import NothingTrained, run_training
     from lifelong.adapters.training_set import TrainingSet, build_training_set

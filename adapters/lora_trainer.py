@@ -34,25 +34,20 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from lifelong.adapters.batches import Encoded, collate, encode
 from lifelong.adapters.lora_config import LoraTrainingConfig
 from lifelong.adapters.losses import dpo_loss, kto_loss, sequence_logps
+from lifelong.adapters.recipe import (
+    METHODS,
+    PRACTICE_METHOD,
+    UnknownMethod,
+    check_recipe,
+)
 from lifelong.adapters.training_set import TrainingSet
 from lifelong.base_model.generation import transformers_bars_off
 
 logger = logging.getLogger(__name__)
 
 # Each method and the examples of a TrainingSet it learns from.
-METHOD_EXAMPLES = {"sft": "sft", "dpo": "pairs", "kto": "binary"}
-METHODS = tuple(METHOD_EXAMPLES)
-DEFAULT_RECIPE = ("sft", "dpo")
 StopReason = Literal["completed", "time_limit", "cancelled"]
 OnStep = Callable[[int, float, float, int], None]  # step, loss, learning rate, tokens
-
-
-class UnknownMethod(ValueError):
-    """A recipe names a method other than sft, dpo and kto."""
-
-
-class InvalidRecipe(ValueError):
-    """A recipe is empty or names a method twice."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -84,16 +79,6 @@ class TrainingReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def check_recipe(methods: Sequence[str]) -> tuple[str, ...]:
-    """`methods` as a tuple. Raises UnknownMethod, InvalidRecipe."""
-    unknown = [method for method in methods if method not in METHODS]
-    if unknown:
-        raise UnknownMethod(f"unknown training methods {unknown}; choose from {list(METHODS)}")
-    if not methods or len(set(methods)) != len(methods):
-        raise InvalidRecipe(f"a recipe names each method once, at least one: got {list(methods)}")
-    return tuple(methods)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -166,6 +151,9 @@ def train_lora(
     report's `stop_reason` says. Raises UnknownMethod, InvalidRecipe, TrainingDiverged.
     """
     methods = check_recipe(methods)
+    if PRACTICE_METHOD in methods:  # it needs vLLM and tasks: grpo_run.practise
+        raise UnknownMethod(f"train_lora runs {list(METHODS)}; grpo practises through vLLM "
+                            "(grpo_run)")
     started = time.monotonic()
     device = next(model.parameters()).device
     bf16 = config.bf16(device)

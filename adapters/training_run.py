@@ -45,17 +45,13 @@ from lifelong.adapters.grpo_run import (
     practise,
 )
 from lifelong.adapters.lora_config import LoraTrainingConfig
-from lifelong.adapters.lora_trainer import (
+from lifelong.adapters.lora_trainer import TrainingReport, load_model, resolve_device, train_lora
+from lifelong.adapters.recipe import (
     DEFAULT_RECIPE,
     METHOD_EXAMPLES,
-    METHODS,
+    PRACTICE_METHOD,
     InvalidRecipe,
-    TrainingReport,
-    UnknownMethod,
-    check_recipe,
-    load_model,
-    resolve_device,
-    train_lora,
+    split_recipe,
 )
 from lifelong.adapters.run_lifecycle import Run, RunOutcome, TrainingCancelled, opened_run
 from lifelong.adapters.training_set import TrainingSet, build_training_set
@@ -63,7 +59,6 @@ from lifelong.feedback_store.models import Adapter
 
 logger = logging.getLogger(__name__)
 
-PRACTICE_METHOD = "grpo"
 
 
 class NothingTrained(Exception):
@@ -112,6 +107,8 @@ def run_training(
     if fresh and parent_version is not None:
         raise ValueError("give parent_version or fresh, not both")
     recipe, practises = split_recipe(methods)
+    if practises and not recipe:
+        raise InvalidRecipe("a recipe of grpo alone is run_grpo's (grpo_run.run_grpo)")
     if practises and practice is None:
         raise ValueError("a recipe with grpo needs `practice`: the vLLM server to practise through")
     config = config or LoraTrainingConfig()
@@ -182,24 +179,6 @@ def run_training(
             training_set=training_set, recipe=recipe, config=config, seed=seed, report=report,
             history=history, practised=practised, rounds=rounds,
         )
-
-
-def split_recipe(methods: Sequence[str]) -> tuple[tuple[str, ...], bool]:
-    """The feedback methods of a recipe, in order, and whether it ends by practising (grpo).
-    Raises UnknownMethod, InvalidRecipe."""
-    methods = list(methods)
-    unknown = [m for m in methods if m not in METHODS and m != PRACTICE_METHOD]
-    if unknown:
-        raise UnknownMethod(f"unknown training methods {unknown}; choose from "
-                            f"{[*METHODS, PRACTICE_METHOD]}")
-    practises = PRACTICE_METHOD in methods
-    if practises and (methods.count(PRACTICE_METHOD) > 1 or methods[-1] != PRACTICE_METHOD):
-        raise InvalidRecipe(f"grpo comes last, once: it practises on what the feedback methods "
-                            f"taught; got {methods}")
-    feedback = [m for m in methods if m != PRACTICE_METHOD]
-    if practises and not feedback:
-        raise InvalidRecipe("a recipe of grpo alone is run_grpo's (grpo_run.run_grpo)")
-    return check_recipe(feedback), practises
 
 
 def _practise(

@@ -382,16 +382,17 @@ def train(
     import threading
 
     from lifelong.adapters import AdapterError, InvalidRecipe, UnknownMethod, run_training
+    from lifelong.adapters.recipe import check_recipe
     from lifelong.feedback_store.errors import DatabaseNotMigrated, StoreError
 
     settings = settings_from(config, data_dir=data_dir)
     t = settings.training
     if fresh and parent is not None:
         fail("give --fresh or --parent, not both")
-    methods = method or t.recipe
-    if "grpo" in methods and list(methods)[-1] != "grpo":
-        fail(f"grpo comes last (it practises on what the feedback methods taught): give "
-             f"`-m grpo` last, not {list(methods)}")
+    try:
+        methods = check_recipe(method or t.recipe)
+    except (UnknownMethod, InvalidRecipe) as exc:
+        fail(str(exc))
     _ensure_base_model(settings)
     lora = t.lora_config()  # valid: the settings carry the config's own bounds
     cancel = threading.Event()

@@ -42,6 +42,7 @@ from pydantic_settings import (
 
 from lifelong.adapters.grpo_config import GrpoConfig
 from lifelong.adapters.lora_config import BOUNDS, LoraTrainingConfig, Precision
+from lifelong.adapters.recipe import DEFAULT_RECIPE, Method, check_recipe
 from lifelong.evals.gate_policy import GatePolicy
 from lifelong.evals.sandbox import SandboxPolicy
 from lifelong.evals.verifiers import MAX_PATTERN_CHARS
@@ -342,8 +343,8 @@ class GrpoSettings(Section):
 class TrainingSettings(Section):
     """How adapters are learned from feedback (`lifelong train`, or the daemon's trainer)."""
 
-    recipe: list[Literal["sft", "dpo", "kto", "grpo"]] = Field(
-        default_factory=lambda: ["sft", "dpo"], min_length=1,
+    recipe: list[Method] = Field(
+        default_factory=lambda: list(DEFAULT_RECIPE), min_length=1,
         description="Methods in order; one with no examples is left out. grpo comes last "
         "(it practises on what the feedback methods taught) or alone.",
     )
@@ -408,11 +409,7 @@ class TrainingSettings(Section):
                 f"timeout_s ({self.timeout_s}) must exceed max_seconds ({self.max_seconds}): "
                 "the trainer needs time to save what it learned before it is killed"
             )
-        if len(set(self.recipe)) != len(self.recipe):
-            raise ValueError(f"recipe names each method once, got {self.recipe}")
-        if "grpo" in self.recipe and self.recipe[-1] != "grpo":
-            raise ValueError(f"grpo comes last in a recipe (it practises on what the feedback "
-                             f"methods taught), got {self.recipe}")
+        check_recipe(self.recipe)
         return self
 
 

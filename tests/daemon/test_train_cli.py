@@ -115,7 +115,7 @@ def test_a_corrupted_adapter_is_shown_with_its_problem(setup):
     [
         (("train", "--fresh", "--parent", "v0001"), "give --fresh or --parent, not both"),
         (("train", "--method", "ppo"), "unknown training methods ['ppo']"),
-        (("train", "-m", "grpo", "-m", "sft"), "grpo comes last (it practises on what the"),
+        (("train", "-m", "grpo", "-m", "sft"), "grpo comes last in a recipe, once (it practises"),
         (("train", "--parent", "v0042"), "training run failed: no adapter 'v0042'"),
         (("adapters", "show", "v0099"), "no adapter 'v0099'; `lifelong adapters list` shows"),
     ],

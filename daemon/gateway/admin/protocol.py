@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-Method = Literal["sft", "dpo", "kto", "grpo"]
+from lifelong.adapters.recipe import Method, check_recipe
+
 # A run's id as the database can hold it (a larger one was a 500: SQLite's INTEGER overflowed).
 RunId = Annotated[int, Path(ge=1, le=2**63 - 1, description="A training or eval run's id.")]
 
@@ -25,11 +26,8 @@ class TrainIn(BaseModel):
     @field_validator("methods")
     @classmethod
     def _a_recipe(cls, methods: list[Method] | None) -> list[Method] | None:
-        if methods is not None and len(set(methods)) != len(methods):
-            raise ValueError(f"a recipe names each method once, got {methods}")
-        if methods is not None and "grpo" in methods and methods[-1] != "grpo":
-            raise ValueError("grpo comes last (it practises on what the feedback methods "
-                             f"taught), got {methods}")
+        if methods is not None:
+            check_recipe(methods)
         return methods
 
 
