@@ -35,8 +35,12 @@ def test_an_update_raises_the_rewarded_answer_over_the_others(tiny_base_model):
                                   device=torch.device("cpu"))
     base = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     prompt = Prompt("chat.completions", messages("What is 47 + 38?"), None)
-    answers = ["85", "84", "95", "85", "75", "86"]
-    rewards = torch.tensor([float(a == "85") for a in answers])
+    # The rewarded answer starts with a digit of its own. Had it shared its first token with
+    # penalised answers ("85" beside "84" and "86"), that token's push would nearly cancel, and
+    # this tiny model moves neighbouring digits together: a build on an AMD EPYC host saw "85"
+    # fall and "75" rise under that design, with the surrogate still rising.
+    answers = ["75", "85", "95", "75", "84", "86"]
+    rewards = torch.tensor([float(a == "75") for a in answers])
     rows = [encode(tokenizer, prompt, a, max_length=64) for a in answers]
     batch = collate(rows, pad_id=tokenizer.eos_token_id)
 
