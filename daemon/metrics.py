@@ -46,7 +46,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from lifelong.daemon.gateway.catalog import ModelCatalog
+from lifelong.daemon.catalog import ModelCatalog
 from lifelong.daemon.upstream import Upstream
 from lifelong.feedback_store.feedback import settled_max_id
 from lifelong.feedback_store.interaction_log import InteractionLog

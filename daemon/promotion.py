@@ -24,7 +24,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.adapters import verify
-from lifelong.daemon.gateway.catalog import ModelCatalog
+from lifelong.daemon.catalog import ModelCatalog
 from lifelong.daemon.upstream import (
     BASE_MODEL_NAME,
     AdapterLoadFailed,

@@ -81,3 +81,15 @@ def test_feedback_store_imports_none_of_ours():
         if other in path.read_text()
     ]
     assert offenders == []
+
+
+def test_the_daemon_core_never_imports_the_gateway():
+    # The HTTP layer imports the core (catalog, promotion, metrics), never the reverse; only the
+    # command line, which builds the app, reaches into the gateway package.
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in (REPO / "daemon").rglob("*.py")
+        if path.relative_to(REPO / "daemon").parts[0] not in ("gateway", "cli", "cli.py")
+        and "lifelong.daemon.gateway" in path.read_text()
+    ]
+    assert offenders == []

@@ -26,11 +26,11 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from lifelong.daemon.catalog import ModelCatalog
 from lifelong.daemon.gateway import errors
 from lifelong.daemon.gateway.admin.router import router as admin_router
 from lifelong.daemon.gateway.auth import KeyRing
 from lifelong.daemon.gateway.body_limit import BodyLimit
-from lifelong.daemon.gateway.catalog import ModelCatalog
 from lifelong.daemon.gateway.exposition import router as exposition_router
 from lifelong.daemon.gateway.feedback.router import router as feedback_router
 from lifelong.daemon.gateway.feedback.service import FeedbackService

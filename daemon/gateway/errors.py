@@ -17,7 +17,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lifelong.daemon.gateway.catalog import UnknownModel
+from lifelong.daemon.catalog import UnknownModel
 from lifelong.daemon.gateway.rate_limit import RateLimited
 from lifelong.daemon.upstream import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from lifelong.evals.verifiers import InvalidVerifierOptions

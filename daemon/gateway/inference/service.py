@@ -20,8 +20,8 @@ from typing import Any
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from lifelong.daemon.catalog import ModelCatalog, Route, UnknownModel
 from lifelong.daemon.gateway.auth import Principal
-from lifelong.daemon.gateway.catalog import ModelCatalog, Route, UnknownModel
 from lifelong.daemon.gateway.errors import ApiError
 from lifelong.daemon.gateway.rate_limit import RateLimiter
 from lifelong.daemon.metrics import ServingMetrics

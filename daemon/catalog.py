@@ -3,6 +3,9 @@
 The public alias means "the current champion" (the base model while none is promoted); a version
 name pins that adapter; `base` pins the base model. Resolution happens once, when a request
 arrives, so a request already in flight finishes on the version it started with.
+
+It sits beside promotion (which moves the champion) rather than in the gateway package: promotion
+and the metrics read it, and the core does not import the HTTP layer.
 """
 
 from __future__ import annotations
