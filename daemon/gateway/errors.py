@@ -1,13 +1,15 @@
 """One error body for every error the gateway returns, in OpenAI's shape.
 
 `{"error": {"message", "type", "param", "code"}}`: the official clients parse it into their typed
-exceptions. Typed exceptions from the store and the upstream layer are translated here, once.
+exceptions. Typed exceptions from the store and the upstream layer are translated here, once
+(`answer_for`); the serving metrics label a failed request by the same status (`status_of`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -86,6 +88,71 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How the gateway answers one typed error: the error body's fields, headers, and a line for
+    the log when the detail (hosts, ports, URLs) must not reach the client."""
+
+    status: int
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    headers: dict[str, str] | None = None
+    log: str | None = None
+
+
+# Every class `answer_for` translates (a handler is registered for each).
+TYPED = (UnknownModel, store_errors.StoreError, *DATABASE_DOWN, InvalidVerifierOptions,
+         UpstreamUnavailable, UpstreamTimeout, RateLimited)
+
+
+def answer_for(exc: Exception) -> Answer | None:
+    """The answer to a typed error from below the HTTP layer (catalog, store, database,
+    verifiers, upstream, rate limit); None for anything else."""
+    match exc:
+        case UnknownModel():
+            return Answer(404, str(exc), "not_found_error", param="model", code="model_not_found")
+        case _ if isinstance(exc, DATABASE_DOWN):  # before StoreError: DatabaseUnavailable is one
+            return Answer(
+                503, "the database is not answering; retry shortly", "service_unavailable",
+                code="database_unavailable", headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+                log="database unavailable: "
+                    + (str(exc).splitlines()[0] if str(exc) else type(exc).__name__),
+            )
+        case store_errors.StoreError():
+            status, kind, code = _STORE_STATUS.get(
+                type(exc), (422, "invalid_request_error", _snake(type(exc).__name__))
+            )
+            return Answer(status, str(exc), kind, param=getattr(exc, "field", None), code=code)
+        case InvalidVerifierOptions():
+            return Answer(422, str(exc), "invalid_request_error", param="options",
+                          code=_snake(type(exc).__name__))
+        case UpstreamUnavailable():
+            return Answer(
+                503, "the model server is unavailable; retry shortly", "service_unavailable",
+                code="upstream_unavailable", headers={"Retry-After": str(exc.retry_after_s)},
+                log=f"model server unavailable: {exc}",
+            )
+        case UpstreamTimeout():
+            return Answer(504, "the model server did not answer in time", "timeout_error",
+                          code="upstream_timeout", log=f"model server timed out: {exc}")
+        case RateLimited():
+            return Answer(429, str(exc), "rate_limit_error", code="rate_limit_exceeded",
+                          headers={"Retry-After": str(exc.retry_after_s)})
+    return None
+
+
+def status_of(exc: Exception) -> int:
+    """The HTTP status the gateway answers `exc` with (500 for what it does not expect)."""
+    if isinstance(exc, UpstreamRejected):
+        return exc.status_code  # vLLM's own answer, passed through
+    if isinstance(exc, ApiError):
+        return exc.status_code
+    answer = answer_for(exc)
+    return answer.status if answer else 500
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every exception into the one error body."""
 
@@ -113,59 +180,16 @@ def install(app: FastAPI) -> None:
             exc.status_code, str(exc.detail), type=kind, headers=getattr(exc, "headers", None)
         )
 
-    @app.exception_handler(UnknownModel)
-    async def _model(_: Request, exc: UnknownModel) -> Response:
-        return error_response(
-            404, str(exc), type="not_found_error", param="model", code="model_not_found"
-        )
+    async def _typed(request: Request, exc: Exception) -> Response:
+        answer = answer_for(exc)
+        assert answer is not None, f"{type(exc).__name__} is in TYPED but not translated"
+        if answer.log:
+            logger.warning(answer.log, extra={"path": request.url.path})
+        return error_response(answer.status, answer.message, type=answer.type,
+                              param=answer.param, code=answer.code, headers=answer.headers)
 
-    @app.exception_handler(store_errors.StoreError)
-    async def _store(_: Request, exc: store_errors.StoreError) -> Response:
-        status, kind, code = _STORE_STATUS.get(
-            type(exc), (422, "invalid_request_error", _snake(type(exc).__name__))
-        )
-        return error_response(
-            status, str(exc), type=kind, param=getattr(exc, "field", None), code=code
-        )
-
-    async def _database_down(request: Request, exc: Exception) -> Response:
-        # The driver's message names hosts, ports and users: it goes to the log, not the client.
-        logger.warning("database unavailable: %s", str(exc).splitlines()[0] if str(exc) else
-                       type(exc).__name__, extra={"path": request.url.path})
-        return error_response(
-            503, "the database is not answering; retry shortly", type="service_unavailable",
-            code="database_unavailable", headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
-        )
-
-    for down in DATABASE_DOWN:
-        app.add_exception_handler(down, _database_down)
-
-    @app.exception_handler(InvalidVerifierOptions)
-    async def _verifier_options(_: Request, exc: InvalidVerifierOptions) -> Response:
-        return error_response(422, str(exc), type="invalid_request_error", param="options",
-                              code=_snake(type(exc).__name__))
-
-    @app.exception_handler(UpstreamUnavailable)
-    async def _unavailable(request: Request, exc: UpstreamUnavailable) -> Response:
-        # The message may name the internal vLLM URL: it goes to the log, not the client.
-        logger.warning("model server unavailable: %s", exc, extra={"path": request.url.path})
-        return error_response(
-            503, "the model server is unavailable; retry shortly", type="service_unavailable",
-            code="upstream_unavailable", headers={"Retry-After": str(exc.retry_after_s)},
-        )
-
-    @app.exception_handler(UpstreamTimeout)
-    async def _timeout(request: Request, exc: UpstreamTimeout) -> Response:
-        logger.warning("model server timed out: %s", exc, extra={"path": request.url.path})
-        return error_response(504, "the model server did not answer in time", type="timeout_error",
-                              code="upstream_timeout")
-
-    @app.exception_handler(RateLimited)
-    async def _rate_limited(_: Request, exc: RateLimited) -> Response:
-        return error_response(
-            429, str(exc), type="rate_limit_error", param=None, code="rate_limit_exceeded",
-            headers={"Retry-After": str(exc.retry_after_s)},
-        )
+    for typed in TYPED:
+        app.add_exception_handler(typed, _typed)
 
     @app.exception_handler(UpstreamRejected)
     async def _rejected(_: Request, exc: UpstreamRejected) -> Response:

@@ -22,16 +22,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from lifelong.daemon.catalog import ModelCatalog, Route, UnknownModel
 from lifelong.daemon.gateway.auth import Principal
-from lifelong.daemon.gateway.errors import ApiError
+from lifelong.daemon.gateway.errors import ApiError, status_of
 from lifelong.daemon.gateway.rate_limit import RateLimiter
 from lifelong.daemon.metrics import ServingMetrics
 from lifelong.daemon.settings import LimitsSettings
 from lifelong.daemon.upstream import (
     BASE_MODEL_NAME,
     UpstreamPool,
-    UpstreamRejected,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from lifelong.daemon.user_traffic import UserTraffic
 from lifelong.feedback_store.interaction_log import InteractionLog
@@ -68,20 +65,6 @@ def _delta_of(choice: dict[str, Any]) -> str:
 def _tokens(usage: dict[str, Any]) -> int:
     return usage.get("total_tokens") or (usage.get("prompt_tokens") or 0) + (
         usage.get("completion_tokens") or 0)
-
-
-def _status_of(exc: Exception) -> int:
-    """The HTTP status `errors.py` answers `exc` with."""
-    match exc:
-        case UnknownModel():
-            return 404
-        case UpstreamUnavailable():
-            return 503
-        case UpstreamTimeout():
-            return 504
-        case UpstreamRejected():
-            return exc.status_code
-    return 500
 
 
 class InferenceService:
@@ -190,7 +173,7 @@ class InferenceService:
             except UnknownModel:
                 model, version = "unknown", None
             self.metrics.request(endpoint=endpoint.name, model=model, version=version,
-                                 status=_status_of(exc))
+                                 status=status_of(exc))
             raise
         finally:
             if not streaming:
