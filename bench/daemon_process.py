@@ -1,21 +1,15 @@
-"""Starts a real `lifelong serve` (with its own vLLM child) for the benchmarks in this folder."""
+"""Starts a real `lifelong serve` (with its own vLLM child) for the benchmarks in this folder: their
+settings file, then lifelong.daemon.serve_process (the demo's and the tests' way to start one)."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import yaml
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from lifelong.daemon.serve_process import DaemonNotReady, ServeProcess, free_port
 
 
 def start_daemon(model: Path, workdir: Path, *, sections: dict[str, dict] | None = None,
@@ -35,17 +29,10 @@ def start_daemon(model: Path, workdir: Path, *, sections: dict[str, dict] | None
     lifelong = str(Path(sys.executable).parent / "lifelong")
     subprocess.run([lifelong, "db", "upgrade", "--config", str(config)], check=True,
                    stdout=subprocess.DEVNULL)
-    log = (workdir / "daemon.log").open("wb")
-    process = subprocess.Popen([lifelong, "serve", "--config", str(config)], stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
-    gateway = f"http://127.0.0.1:{gateway_port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"{gateway}/readyz", timeout=2).status_code == 200:
-                return process, gateway, f"http://127.0.0.1:{vllm_port}"
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    sys.exit(f"daemon did not start; see {workdir / 'daemon.log'}")
+    server = ServeProcess(config, f"http://127.0.0.1:{gateway_port}", workdir / "daemon.log")
+    try:
+        server.start(timeout_s=300)
+    except DaemonNotReady as exc:
+        sys.exit(f"daemon did not start: {exc}")
+    assert server.process is not None
+    return server.process, server.url, f"http://127.0.0.1:{vllm_port}"

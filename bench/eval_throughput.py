@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,16 +24,11 @@ from pathlib import Path
 
 import httpx
 
+from lifelong.daemon.serve_process import free_port
 from lifelong.evals.runner import Sampling, evaluate
 from lifelong.evals.suites import EvalItem, Suite
 
 CHAT = "<|im_start|>user\nWhat is {a} + {b}?<|im_end|>\n<|im_start|>assistant\n"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_vllm(model: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:

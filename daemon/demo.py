@@ -46,6 +46,9 @@ answers to everyday prompts to the base model's, floor `evals.general_floor` 0.3
 0.53-0.55. The users' own success on sums went from 0% to 40-50% within a minute of the swap.
 
 Everything goes through the public HTTP API, as it would for any client of the daemon.
+
+Past 400 lines on purpose: one story read top to bottom (plan, settings, users, watching, report),
+whose parts share the plan's names and nothing else uses.
 """
 
 from __future__ import annotations
@@ -55,12 +58,8 @@ import logging
 import os
 import random
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,8 +67,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import yaml
 
+from lifelong.daemon.serve_process import ServeProcess, serving
 from lifelong.daemon.settings import Settings, load_settings, write_settings_file
-from lifelong.daemon.supervisor import new_group_dying_with_parent, tail
 from lifelong.evals.general import SUITE_NAME as GENERAL_SUITE
 from lifelong.evals.general import chat
 
@@ -203,55 +202,6 @@ def _merged(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     for key, value in overlay.items():
         out[key] = _merged(out.get(key) or {}, value) if isinstance(value, dict) else value
     return out
-
-
-class DaemonProcess:
-    """`lifelong serve` as a child in its own process group (Ctrl-C reaches the demo, which stops
-    it in order), dying with the demo if the demo is killed."""
-
-    def __init__(self, config: Path, settings: Settings) -> None:
-        self.config = config
-        self.url = f"http://{settings.gateway.host}:{settings.gateway.port}"
-        self.log = settings.data_dir / "logs" / "daemon.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout_s: float = 600.0) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LIFELONG_")}
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "lifelong.daemon.cli", "serve", "--config",
-                 str(self.config)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**env, "OMP_WAIT_POLICY": "PASSIVE"}, preexec_fn=new_group_dying_with_parent,
-            )
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the daemon exited with status {self.process.returncode}; "
-                                   f"its log ({self.log}) ends with:\n{tail(self.log)}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the daemon was not ready after {timeout_s:.0f} s; "
-                                   f"its log ({self.log}) ends with:\n{tail(self.log)}")
-            time.sleep(1)
-
-    def stop(self, timeout_s: float = 120.0) -> int | None:
-        """SIGTERM (the daemon drains, flushes and stops vLLM), SIGKILL to the group after
-        `timeout_s`; the exit status."""
-        process = self.process
-        if process is None or process.poll() is not None:
-            return process.returncode if process else None
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            return process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            return process.wait()
 
 
 class Users:
@@ -603,14 +553,13 @@ def fresh_dir(path: Path) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def running_daemon(config: Path, settings: Settings) -> Iterator[DaemonProcess]:
-    daemon = DaemonProcess(config, settings)
-    try:
-        daemon.start()
-        yield daemon
-    finally:
-        daemon.stop()
+def running_daemon(config: Path, settings: Settings) -> contextlib.AbstractContextManager[ServeProcess]:
+    """The demo's daemon for a `with` block: `lifelong serve` on the demo's settings file alone
+    (this shell's LIFELONG_* variables would override it), logging into the demo's folder."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LIFELONG_")}
+    return serving(config, f"http://{settings.gateway.host}:{settings.gateway.port}",
+                   settings.data_dir / "logs" / "daemon.log",
+                   env={**env, "OMP_WAIT_POLICY": "PASSIVE"}, timeout_s=600.0)
 
 
 def _pct(value: float | None) -> str:

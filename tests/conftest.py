@@ -36,6 +36,7 @@ from sqlalchemy.pool import NullPool
 
 from lifelong.base_model import SKILLS, Skill, build, heldout_items, import_gguf, messages, smollm2_gguf
 from lifelong.base_model.gguf_import import SMOLLM2_SHA256
+from lifelong.daemon.serve_process import free_port
 from lifelong.feedback_store.database import make_engine, upgrade
 from lifelong.feedback_store.feedback import add_feedback
 from lifelong.feedback_store.interactions import add_interactions
@@ -150,12 +151,6 @@ def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Eng
 # that it answers in the chat format (digits, then <|im_end|>); accuracy is not the point.
 TINY_BUILD = {"seed": 0, "steps": 300, "layers": 2, "hidden": 128, "batch_size": 32,
               "eval_items": 20}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

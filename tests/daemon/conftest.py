@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+
+from lifelong.daemon.serve_process import ServeProcess, free_port
 
 LIFELONG = str(Path(sys.executable).parent / "lifelong")
 KEYS = {  # principal -> (secret key, scopes)
@@ -26,19 +26,24 @@ KEYS = {  # principal -> (secret key, scopes)
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Daemon:
-    process: subprocess.Popen
-    url: str
+    server: ServeProcess
     data_dir: Path
     config: Path
-    log: Path
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        assert self.server.process is not None
+        return self.server.process
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def log(self) -> Path:
+        return self.server.log
 
     def key(self, principal: str) -> str:
         return KEYS[principal][0]
@@ -58,15 +63,8 @@ class Daemon:
             assert time.monotonic() < deadline, status
             time.sleep(2)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90.0) -> int | None:
+        return self.server.stop(sig, timeout_s=timeout)
 
 
 def write_config(tmp: Path, model: Path, **extra: object) -> Path:
@@ -101,25 +99,10 @@ def write_config(tmp: Path, model: Path, **extra: object) -> Path:
 def start_daemon(tmp: Path, model: Path, **extra: object) -> Daemon:
     config = write_config(tmp, model, **extra)
     subprocess.run([LIFELONG, "db", "upgrade", "--config", str(config)], check=True)
-    log = tmp / "daemon.log"
-    process = subprocess.Popen(
-        [LIFELONG, "serve", "--config", str(config)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
     port = yaml.safe_load(config.read_text())["gateway"]["port"]
-    daemon = Daemon(process, f"http://127.0.0.1:{port}", tmp / "data", config, log)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"lifelong serve exited {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{daemon.url}/readyz", timeout=2).status_code == 200:
-                return daemon
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    daemon.stop(signal.SIGKILL)
-    raise RuntimeError(f"lifelong serve not ready in time:\n{log.read_text()}")
+    server = ServeProcess(config, f"http://127.0.0.1:{port}", tmp / "daemon.log")
+    server.start(timeout_s=300)  # DaemonNotReady, with the log's end, if it is not
+    return Daemon(server, tmp / "data", config)
 
 
 @pytest.fixture(name="start_daemon", scope="session")

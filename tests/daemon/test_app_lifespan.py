@@ -8,7 +8,6 @@ listens on; a failure is injected at one step of start-up by making that step ra
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from sqlalchemy import Engine, event
 from lifelong.daemon.gateway import app as gateway_app
 from lifelong.daemon.metrics import StateCollector
 from lifelong.daemon.practice import Practice
+from lifelong.daemon.serve_process import free_port
 from lifelong.daemon.settings import Settings, load_settings
 from lifelong.daemon.supervisor import HealthWatch
 from lifelong.daemon.trainer import Trainer
@@ -28,12 +28,6 @@ from lifelong.daemon.trainer import Trainer
 
 class Boom(Exception):
     pass
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -44,7 +38,7 @@ def settings(tmp_path: Path, migrated_sqlite_file: Path) -> Settings:
     return load_settings(
         data_dir=data_dir,
         base_model={"path": "/nonexistent"},
-        vllm={"upstreams": [f"http://127.0.0.1:{unused_port()}"]},  # nobody listens there
+        vllm={"upstreams": [f"http://127.0.0.1:{free_port()}"]},  # nobody listens there
         training={"anchor_fraction": 0.0},
         evals={"general_suite": False},
         # On, so that its scheduler is one of the parts to stop; it never fires in a test.

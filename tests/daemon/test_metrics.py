@@ -11,7 +11,6 @@ import math
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +22,7 @@ import pytest
 import yaml
 
 from lifelong.base_model import SKILLS, heldout_items, training_items
+from lifelong.daemon.serve_process import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -39,12 +39,6 @@ def dashboard_queries() -> list[tuple[str, str, bool]]:
             found.append((f"panel {panel['title']!r} {target['refId']}", target["expr"],
                           bool(target.get("instant"))))
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
