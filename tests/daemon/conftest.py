@@ -1,4 +1,6 @@
-"""A real `lifelong serve` (real vLLM on the tiny base model, real SQLite) for the gateway tests."""
+"""A real `lifelong serve` (real vLLM on the tiny base model, real SQLite) for the gateway tests,
+and the gateway in-process (its real lifespan, no vLLM behind it) for the tests of what it
+refuses before a request would reach vLLM."""
 
 from __future__ import annotations
 
@@ -7,14 +9,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 import yaml
 
 from lifelong.daemon.serve_process import ServeProcess, free_port
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 LIFELONG = str(Path(sys.executable).parent / "lifelong")
 KEYS = {  # principal -> (secret key, scopes)
@@ -117,3 +124,44 @@ def daemon(tiny_base_model: Path, tmp_path_factory: pytest.TempPathFactory):
     running = start_daemon(tmp_path_factory.mktemp("daemon"), tiny_base_model)
     yield running
     running.stop()
+
+
+def in_process_gateway(data_dir: Path, keys: dict[str, str], *,
+                       scopes: tuple[str, ...] = ("infer", "feedback"),
+                       **sections: dict) -> Iterator[TestClient]:
+    """The gateway in this process (its real lifespan) in front of a vLLM URL nobody listens on,
+    calling with the first of `keys` (principal -> key; each has `scopes`).
+    `sections`: further settings sections; a `gateway` one adds to the keys. A generator, so a
+    fixture can `yield from` it, or end it (shut the gateway down) when it chooses."""
+    from fastapi.testclient import TestClient
+
+    from lifelong.daemon.gateway.app import create_app
+    from lifelong.daemon.settings import load_settings
+
+    gateway = sections.pop("gateway", {})
+    settings = load_settings(
+        data_dir=data_dir,
+        base_model={"path": "/nonexistent"},
+        vllm={"upstreams": [f"http://127.0.0.1:{free_port()}"]},  # nobody listens there
+        gateway={
+            "api_keys": [
+                {"principal": name, "sha256": hashlib.sha256(key.encode()).hexdigest(),
+                 "scopes": list(scopes)}
+                for name, key in keys.items()
+            ],
+            **gateway,
+        },
+        training={"anchor_fraction": 0.0},
+        evals={"general_suite": False},
+        schedule={"enabled": False},
+        **sections,
+    )
+    with TestClient(create_app(settings), base_url="http://gateway") as client:
+        client.headers["Authorization"] = f"Bearer {next(iter(keys.values()))}"
+        yield client
+
+
+@pytest.fixture(name="in_process_gateway")
+def in_process_gateway_fixture():
+    """`in_process_gateway(data_dir, keys, **settings_sections)`, a generator of one TestClient."""
+    return in_process_gateway

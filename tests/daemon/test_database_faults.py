@@ -14,7 +14,6 @@ interaction log is (tests/feedback_store/test_interaction_log.py).
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import threading
 import time
@@ -28,9 +27,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, func, make_url, select
 from sqlalchemy.pool import NullPool
 
-from lifelong.daemon.gateway.app import create_app
 from lifelong.daemon.gateway.health import readiness
-from lifelong.daemon.settings import load_settings
 from lifelong.feedback_store.database import make_engine, upgrade
 from lifelong.feedback_store.interactions import add_interactions
 from lifelong.feedback_store.models import Feedback
@@ -39,12 +36,6 @@ from lifelong.feedback_store.records import NewInteraction
 pytestmark = pytest.mark.postgres
 
 KEYS = {"alice": "sk-alice", "bob": "sk-bob"}
-
-
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Database:
@@ -158,29 +149,16 @@ def within(bound_s: float, call):
     return done[0]
 
 
-def gateway(database_url: str, tmp_path: Path, **gateway_settings) -> Iterator[TestClient]:
-    settings = load_settings(
-        data_dir=tmp_path / "data",
-        base_model={"path": "/nonexistent"},
-        database={"url": database_url, "connect_timeout_s": 1, "statement_timeout_s": 1},
-        vllm={"upstreams": [f"http://127.0.0.1:{unused_port()}"]},  # nobody listens there
-        gateway={"api_keys": [
-            {"principal": name, "sha256": hashlib.sha256(key.encode()).hexdigest(),
-             "scopes": ["infer", "feedback"]}
-            for name, key in KEYS.items()
-        ], **gateway_settings},
-        training={"anchor_fraction": 0.0},
-        evals={"general_suite": False},
-        schedule={"enabled": False},
-    )
-    with TestClient(create_app(settings), base_url="http://gateway") as client:
-        client.headers["Authorization"] = f"Bearer {KEYS['alice']}"
-        yield client
+def gateway(in_process_gateway, database_url: str, tmp_path: Path,
+            **gateway_settings) -> Iterator[TestClient]:
+    yield from in_process_gateway(
+        tmp_path / "data", KEYS, gateway=gateway_settings,
+        database={"url": database_url, "connect_timeout_s": 1, "statement_timeout_s": 1})
 
 
 @pytest.fixture
-def client(database: Database, tmp_path: Path) -> Iterator[TestClient]:
-    yield from gateway(database.url, tmp_path)
+def client(in_process_gateway, database: Database, tmp_path: Path) -> Iterator[TestClient]:
+    yield from gateway(in_process_gateway, database.url, tmp_path)
 
 
 @pytest.fixture
@@ -192,9 +170,10 @@ def relay(database: Database) -> Iterator[Relay]:
 
 
 @pytest.fixture
-def relayed_client(database: Database, relay: Relay, tmp_path: Path) -> Iterator[TestClient]:
+def relayed_client(in_process_gateway, database: Database, relay: Relay,
+                   tmp_path: Path) -> Iterator[TestClient]:
     # Every scrape reads the store (no cache), so one is sure to meet the hung database.
-    clients = gateway(relay.url(database.url), tmp_path, metrics_cache_s=0)
+    clients = gateway(in_process_gateway, relay.url(database.url), tmp_path, metrics_cache_s=0)
     yield next(clients)
     relay.frozen.clear()  # what still waits on the database finishes; shutdown does not hang
     # A failed test may have left calls waiting in the test client: shut down in a thread, so

@@ -8,16 +8,13 @@ passes them gets the 503 of a model server that is down.
 
 from __future__ import annotations
 
-import hashlib
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
-from lifelong.daemon.gateway.app import create_app
 from lifelong.daemon.gateway.rate_limit import RateLimited, RateLimiter
 from lifelong.daemon.settings import load_settings
 
@@ -26,41 +23,19 @@ HI = [{"role": "user", "content": "hi"}]
 CHAT = {"model": "lifelong", "messages": HI}
 
 
-def unused_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def gateway(tmp_path: Path, migrated_sqlite_file: Path, **sections: dict) -> Iterator[TestClient]:
+def gateway(in_process_gateway, tmp_path: Path, migrated_sqlite_file: Path,
+            **sections: dict) -> Iterator[TestClient]:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     shutil.copy(migrated_sqlite_file, data_dir / "lifelong.db")
-    settings = load_settings(
-        data_dir=data_dir,
-        base_model={"path": "/nonexistent"},
-        vllm={"upstreams": [f"http://127.0.0.1:{unused_port()}"]},  # nobody listens there
-        gateway={
-            "api_keys": [
-                {"principal": name, "sha256": hashlib.sha256(key.encode()).hexdigest(),
-                 "scopes": ["infer", "feedback"]}
-                for name, key in KEYS.items()
-            ],
-            "max_request_bytes": 64 * 1024,
-        },
-        training={"anchor_fraction": 0.0},
-        evals={"general_suite": False},
-        schedule={"enabled": False},
-        **sections,
-    )
-    with TestClient(create_app(settings), base_url="http://gateway") as client:
-        client.headers["Authorization"] = f"Bearer {KEYS['alice']}"
-        yield client
+    yield from in_process_gateway(data_dir, KEYS, gateway={"max_request_bytes": 64 * 1024},
+                                  **sections)
 
 
 @pytest.fixture
-def client(tmp_path: Path, migrated_sqlite_file: Path) -> Iterator[TestClient]:
-    yield from gateway(tmp_path, migrated_sqlite_file, database={"max_text_chars": 2000})
+def client(in_process_gateway, tmp_path: Path, migrated_sqlite_file: Path) -> Iterator[TestClient]:
+    yield from gateway(in_process_gateway, tmp_path, migrated_sqlite_file,
+                       database={"max_text_chars": 2000})
 
 
 def refused(response, status: int = 400) -> dict:
@@ -187,9 +162,10 @@ def test_a_down_model_server_is_a_503_that_names_no_internal_url(client):
 # --- rate limits -------------------------------------------------------------------------------
 
 def test_a_key_over_its_requests_per_minute_gets_a_429_with_retry_after(
-    tmp_path, migrated_sqlite_file
+    in_process_gateway, tmp_path, migrated_sqlite_file
 ):
-    for client in gateway(tmp_path, migrated_sqlite_file, limits={"requests_per_minute": 2}):
+    for client in gateway(in_process_gateway, tmp_path, migrated_sqlite_file,
+                          limits={"requests_per_minute": 2}):
         for _ in range(2):
             assert client.post("/v1/chat/completions", json=CHAT).status_code == 503
         response = client.post("/v1/chat/completions", json=CHAT)
