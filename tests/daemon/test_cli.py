@@ -217,7 +217,7 @@ def test_config_show_masks_every_form_of_secret(tmp_path):
 
 
 def test_the_data_dir_and_what_it_holds_are_the_owners_alone(tmp_path):
-    from lifelong.daemon.cli import private_data_dir
+    from lifelong.daemon.cli.serve import private_data_dir
 
     data_dir = tmp_path / "data"
     (data_dir / "logs").mkdir(parents=True, mode=0o755)

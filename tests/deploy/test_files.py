@@ -117,7 +117,7 @@ def test_the_package_builds_from_only_what_the_image_copies(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     (wheel,) = (tmp_path / "wheels").glob("lifelong-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"lifelong/daemon/cli.py", "lifelong/daemon/gateway/app.py",
+    assert {"lifelong/daemon/cli/__init__.py", "lifelong/daemon/gateway/app.py",
             "lifelong/feedback_store/migrations/script.py.mako"} <= names
 
 
