@@ -7,9 +7,10 @@ process can build several apps):
   time to first token, tokens, refused feedback; and, read at scrape time from the objects that
   hold them, upstream (vLLM) readiness and restarts and the interaction log's queue.
 - `StateCollector`: what the store knows (training runs, eval scores, gate decisions,
-  promotions, feedback and outcomes per version, the champion), read on scrape and cached for
-  `cache_s` seconds so a scrape costs a few small queries at most every `cache_s`. Its counters
-  are counts of store rows, so they are exact across daemon restarts.
+  promotions, feedback and outcomes per version, the champion), read on scrape as plain figures
+  (`feedback_store/stats.py`: the SQL is there) and cached for `cache_s` seconds so a scrape
+  costs a few small queries at most every `cache_s`. Its counters are counts of store rows, so
+  they are exact across daemon restarts.
 
 Adapter versions are label values, so they are bounded (`VersionLabels`): `base`, the champion,
 the 3 previous champions and the 3 newest adapters keep their names; every other version is
@@ -20,6 +21,9 @@ Suite names are label values too, and target suites are named by callers' `famil
 (`SuiteLabels`): every suite name keeps only `[A-Za-z0-9_.:+-]` (others become `_`) and at most
 64 characters; the 20 target suites with the most items keep their names, the rest are
 `target:other`, whose figures are the mean of theirs.
+
+One module past ~400 lines on purpose: every metric's name, labels and help text is defined here
+and nowhere else, so a dashboard author reads one file.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -43,26 +46,24 @@ from prometheus_client.core import (
     SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.daemon.catalog import ModelCatalog
 from lifelong.daemon.upstream import Upstream
-from lifelong.feedback_store.feedback import settled_max_id
 from lifelong.feedback_store.interaction_log import InteractionLog
-from lifelong.feedback_store.models import (
-    Adapter,
-    Feedback,
-    GateDecision,
-    Interaction,
-    Promotion,
-    Rollout,
-    TrainingRun,
+from lifelong.feedback_store.stats import (
+    BASE,
+    DecisionStats,
+    FeedbackTotals,
+    PromotionStats,
+    RolloutTotals,
+    TrainingStats,
+    read_stats,
+    recent_versions,
 )
 
 logger = logging.getLogger(__name__)
 
-BASE = "base"
 OTHER = "other"
 PREVIOUS_CHAMPIONS_KEPT = 3
 NEWEST_ADAPTERS_KEPT = 3
@@ -124,22 +125,10 @@ def _means(values: dict[tuple[str, ...], list[float]]) -> dict[tuple[str, ...], 
 
 def kept_versions(session: Session) -> frozenset[str]:
     """base, the champion, the 3 previous champions and the 3 newest adapters."""
-    champion = session.scalar(select(Adapter.version).where(Adapter.status == "champion"))
-    kept = {BASE} | ({champion} if champion else set())
-    previous: list[str] = []
-    moves = session.execute(
-        select(Promotion.from_version, Promotion.to_version).order_by(Promotion.id.desc()).limit(50)
-    )
-    for from_version, to_version in moves:
-        for version in (to_version, from_version):
-            if version and version != champion and version not in previous:
-                previous.append(version)
-    kept |= set(previous[:PREVIOUS_CHAMPIONS_KEPT])
-    newest = session.scalars(
-        select(Adapter.version).order_by(Adapter.created_at.desc(), Adapter.version.desc())
-        .limit(NEWEST_ADAPTERS_KEPT)
-    )
-    return frozenset(kept | set(newest))
+    recent = recent_versions(session, previous_champions=PREVIOUS_CHAMPIONS_KEPT,
+                             newest=NEWEST_ADAPTERS_KEPT)
+    champion = {recent.champion} if recent.champion else set()
+    return frozenset({BASE} | champion | set(recent.previous_champions) | set(recent.newest))
 
 
 class Watched(Protocol):
@@ -300,71 +289,6 @@ class _LiveServing(Collector):
                 "requests since the daemon started.", value=practice.pauses)
 
 
-@dataclass
-class _FeedbackTotals:
-    """Running feedback counts per (kind, version), advanced by reading only new rows."""
-
-    watermark: int = 0  # highest feedback id counted
-    items: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
-    passed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    failed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    reward_sum: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    reward_count: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-
-    def advance(self, session: Session) -> None:
-        # Only ids that no running transaction can still add below (PostgreSQL commits ids out
-        # of order), so no row is skipped and none is counted twice.
-        settled = settled_max_id(session)
-        if settled <= self.watermark:
-            return
-        version = func.coalesce(Interaction.adapter_version, BASE)
-        rows = session.execute(
-            select(
-                Feedback.kind, version, func.count(),
-                func.sum(case((Feedback.passed.is_(True), 1), else_=0)),
-                func.sum(case((Feedback.passed.is_(False), 1), else_=0)),
-                func.sum(Feedback.reward), func.count(Feedback.reward),
-            )
-            .join(Interaction, Interaction.id == Feedback.interaction_id)
-            .where(Feedback.id > self.watermark, Feedback.id <= settled)
-            .group_by(Feedback.kind, version)
-        )
-        for kind, ver, count, passed, failed, reward_sum, reward_count in rows:
-            self.items[(kind, ver)] += count
-            if kind == "outcome":
-                self.passed[ver] += passed or 0
-                self.failed[ver] += failed or 0
-                self.reward_sum[ver] += reward_sum or 0.0
-                self.reward_count[ver] += reward_count or 0
-        self.watermark = settled
-
-
-@dataclass
-class _RolloutTotals:
-    """Running rollout counts, advanced by reading only new rows. One run writes rollouts at a
-    time (the daemon's trainer), a round per transaction, so ids become visible in order."""
-
-    watermark: int = 0
-    passed: int = 0
-    failed: int = 0
-    reward_sum: float = 0.0
-
-    def advance(self, session: Session) -> None:
-        top = session.scalar(select(func.max(Rollout.id))) or 0
-        if top <= self.watermark:
-            return
-        rows = session.execute(
-            select(Rollout.passed, func.count(), func.sum(Rollout.reward))
-            .where(Rollout.id > self.watermark, Rollout.id <= top).group_by(Rollout.passed))
-        for passed, count, reward_sum in rows:
-            if passed:
-                self.passed += count
-            else:
-                self.failed += count
-            self.reward_sum += reward_sum or 0.0
-        self.watermark = top
-
-
 def _suites(details: dict[str, Any]) -> list[dict[str, Any]]:
     return list(details.get("suites") or [])
 
@@ -395,8 +319,8 @@ class StateCollector(Collector):
         self._lock = threading.Lock()
         self._cached: list[Metric] = []
         self._cached_at = float("-inf")
-        self._feedback = _FeedbackTotals()
-        self._rollouts = _RolloutTotals()
+        self._feedback = FeedbackTotals()
+        self._rollouts = RolloutTotals()
 
     def describe(self) -> Iterable[Metric]:
         return []  # collected on demand only: no store query when registered
@@ -429,136 +353,15 @@ class StateCollector(Collector):
             self.on_versions(kept)
             self._feedback.advance(session)
             self._rollouts.advance(session)
-            metrics = [
-                *self._training(session),
-                *self._practice(session),
-                *self._decisions(session),
-                *self._promotions(session),
-                *self._feedback_metrics(),
-            ]
-        return metrics
-
-    def _training(self, session: Session) -> Iterator[Metric]:
-        runs = CounterMetricFamily(
-            "lifelong_training_runs", "Training runs that ended, by result "
-            "(succeeded, failed, skipped, interrupted).", labels=["result"])
-        counts: dict[str, int] = dict(session.execute(
-            select(TrainingRun.status, func.count()).group_by(TrainingRun.status)).all())
-        for result in ("succeeded", "failed", "skipped", "interrupted"):
-            runs.add_metric([result], counts.get(result, 0))
-        yield runs
-        last = session.scalar(
-            select(TrainingRun).where(TrainingRun.status == "succeeded")
-            .order_by(TrainingRun.id.desc()).limit(1))
-        if last is not None and last.finished_at is not None:
-            yield GaugeMetricFamily(
-                "lifelong_training_last_run_duration_seconds",
-                "Wall time of the last successful training run.",
-                value=(last.finished_at - last.started_at).total_seconds())
-            loss = _final_loss(last.metrics or {})
-            if loss is not None:
-                yield GaugeMetricFamily(
-                    "lifelong_training_last_run_loss", "Final loss of the last successful "
-                    "training run (its last stage's; SFT and DPO losses are on other scales).",
-                    value=loss)
-        run_id = self.running_run()
-        active = run_id is not None
-        step = GaugeMetricFamily(
-            "lifelong_training_current_run_step",
-            "Optimizer steps done by the training run going on (0 when none is).", value=0)
-        current = session.get(TrainingRun, run_id) if active else None
-        history = ((current.metrics or {}).get("history") or {}) if current else {}
-        steps, losses = history.get("step") or [], history.get("loss") or []
-        if steps:
-            step = GaugeMetricFamily(step.name, step.documentation, value=steps[-1])
-        yield GaugeMetricFamily(
-            "lifelong_training_run_active", "1 while a training run goes on.", value=int(active))
-        yield step
-        if losses:
-            yield GaugeMetricFamily(
-                "lifelong_training_current_run_loss",
-                "Latest recorded loss of the training run going on.", value=losses[-1])
-
-    def _practice(self, session: Session) -> Iterator[Metric]:
-        totals = self._rollouts
-        rollouts = CounterMetricFamily(
-            "lifelong_rollouts", "GRPO samples graded by their task's verifier, by result "
-            "(passed, failed).", labels=["result"])
-        rollouts.add_metric(["passed"], totals.passed)
-        rollouts.add_metric(["failed"], totals.failed)
-        yield rollouts
-        yield CounterMetricFamily(
-            "lifelong_rollout_reward", "Sum of the rollouts' rewards (mean reward = rate of "
-            "this / rate of lifelong_rollouts_total).", value=totals.reward_sum)
-        last = session.scalar(
-            select(TrainingRun).where(TrainingRun.method.like("%grpo"))  # grpo, or a recipe's last
-            .order_by(TrainingRun.id.desc()).limit(1))
-        rounds = ((last.metrics or {}).get("rounds") or []) if last is not None else []
-        if rounds:
-            pass_rate = GaugeMetricFamily(
-                "lifelong_practice_round_pass_rate", "Share of the rollouts the verifier passed, "
-                "per round of the latest GRPO run (round 0 samples the starting weights).",
-                labels=["round"])
-            for row in rounds:
-                pass_rate.add_metric([str(row["round"])], row["pass_rate"])
-            yield pass_rate
-
-    def _decisions(self, session: Session) -> Iterator[Metric]:
-        decisions = CounterMetricFamily(
-            "lifelong_gate_decisions",
-            "Gate decisions, by result (approved, rejected, not_enough_evidence).",
-            labels=["result"])
-        counts: dict[str, int] = dict(session.execute(
-            select(GateDecision.status, func.count()).group_by(GateDecision.status)).all())
-        for result in ("approved", "rejected", "not_enough_evidence"):
-            decisions.add_metric([result], counts.get(result, 0))
-        yield decisions
-
-        recent = list(session.scalars(
-            select(GateDecision).order_by(GateDecision.id.desc()).limit(RECENT_DECISIONS_READ)))
-        suite_label = SuiteLabels(s for decision in recent for s in _suites(decision.details))
-        scores: dict[tuple[str, str, str], float] = {}
-        for decision in reversed(recent):  # oldest first: the latest score of each wins
-            for suite in _suites(decision.details):
-                for version, mean in ((decision.candidate_version, suite["candidate_mean"]),
-                                      (decision.champion_version, suite["champion_mean"])):
-                    scores[(self.versions(version), suite["suite"], suite["kind"])] = mean
-        merged: dict[tuple[str, ...], list[float]] = defaultdict(list)
-        for (version, name, kind), mean in scores.items():
-            merged[(version, suite_label(name, kind), kind)].append(mean)
-        eval_score = GaugeMetricFamily(
-            "lifelong_eval_score", "Mean score (pass rate for pass/fail suites) of a version on "
-            "an eval suite, from the latest gate decision that measured it.",
-            labels=["version", "suite", "kind"])
-        for labels, mean in _means(merged).items():
-            eval_score.add_metric(list(labels), mean)
-        yield eval_score
-        if recent:
-            yield from _last_decision(recent[0], suite_label)
-
-    def _promotions(self, session: Session) -> Iterator[Metric]:
-        rows = session.execute(
-            select(Promotion.kind, Promotion.forced, func.count())
-            .group_by(Promotion.kind, Promotion.forced)).all()
-        promoted = sum(n for kind, _, n in rows if kind == "promote")
-        forced = sum(n for kind, was_forced, n in rows if kind == "promote" and was_forced)
-        rolled_back = sum(n for kind, _, n in rows if kind == "rollback")
-        yield CounterMetricFamily(
-            "lifelong_adapter_promotions", "Promotions of an adapter to champion "
-            "(forced ones included).", value=promoted)
-        yield CounterMetricFamily(
-            "lifelong_adapter_forced_promotions",
-            "Promotions that skipped the gate (`promote --force`).", value=forced)
-        yield CounterMetricFamily(
-            "lifelong_adapter_rollbacks", "Rollbacks to a previous champion or the base model.",
-            value=rolled_back)
-        champion = session.scalar(select(Adapter).where(Adapter.status == "champion"))
-        info = InfoMetricFamily(
-            "lifelong_champion", "The version the public alias serves, and its parent.",
-            labels=[])
-        info.add_metric([], {"version": champion.version if champion else BASE,
-                             "parent": (champion.parent_version or BASE) if champion else ""})
-        yield info
+            stats = read_stats(session, running_run=self.running_run(),
+                               recent_decisions=RECENT_DECISIONS_READ)
+        return [
+            *_training(stats.training),
+            *_practice(self._rollouts, stats.training.latest_grpo_rounds),
+            *_decisions(stats.decisions_by_status, stats.recent_decisions, self.versions),
+            *_promotions(stats.promotions),
+            *self._feedback_metrics(),
+        ]
 
     def _feedback_metrics(self) -> Iterator[Metric]:
         totals = self._feedback
@@ -588,6 +391,110 @@ class StateCollector(Collector):
         yield reward
 
 
+def _training(stats: TrainingStats) -> Iterator[Metric]:
+    runs = CounterMetricFamily(
+        "lifelong_training_runs", "Training runs that ended, by result "
+        "(succeeded, failed, skipped, interrupted).", labels=["result"])
+    for result in ("succeeded", "failed", "skipped", "interrupted"):
+        runs.add_metric([result], stats.runs_by_status.get(result, 0))
+    yield runs
+    if stats.last_succeeded_seconds is not None:
+        yield GaugeMetricFamily(
+            "lifelong_training_last_run_duration_seconds",
+            "Wall time of the last successful training run.", value=stats.last_succeeded_seconds)
+        loss = _final_loss(stats.last_succeeded_metrics or {})
+        if loss is not None:
+            yield GaugeMetricFamily(
+                "lifelong_training_last_run_loss", "Final loss of the last successful "
+                "training run (its last stage's; SFT and DPO losses are on other scales).",
+                value=loss)
+    active = stats.running_run is not None
+    step = GaugeMetricFamily(
+        "lifelong_training_current_run_step",
+        "Optimizer steps done by the training run going on (0 when none is).", value=0)
+    history = (stats.current_metrics or {}).get("history") or {}
+    steps, losses = history.get("step") or [], history.get("loss") or []
+    if steps:
+        step = GaugeMetricFamily(step.name, step.documentation, value=steps[-1])
+    yield GaugeMetricFamily(
+        "lifelong_training_run_active", "1 while a training run goes on.", value=int(active))
+    yield step
+    if losses:
+        yield GaugeMetricFamily(
+            "lifelong_training_current_run_loss",
+            "Latest recorded loss of the training run going on.", value=losses[-1])
+
+
+def _practice(totals: RolloutTotals, rounds: list[dict[str, Any]]) -> Iterator[Metric]:
+    rollouts = CounterMetricFamily(
+        "lifelong_rollouts", "GRPO samples graded by their task's verifier, by result "
+        "(passed, failed).", labels=["result"])
+    rollouts.add_metric(["passed"], totals.passed)
+    rollouts.add_metric(["failed"], totals.failed)
+    yield rollouts
+    yield CounterMetricFamily(
+        "lifelong_rollout_reward", "Sum of the rollouts' rewards (mean reward = rate of "
+        "this / rate of lifelong_rollouts_total).", value=totals.reward_sum)
+    if rounds:
+        pass_rate = GaugeMetricFamily(
+            "lifelong_practice_round_pass_rate", "Share of the rollouts the verifier passed, "
+            "per round of the latest GRPO run (round 0 samples the starting weights).",
+            labels=["round"])
+        for row in rounds:
+            pass_rate.add_metric([str(row["round"])], row["pass_rate"])
+        yield pass_rate
+
+
+def _decisions(by_status: dict[str, int], recent: list[DecisionStats],
+               versions: VersionLabels) -> Iterator[Metric]:
+    decisions = CounterMetricFamily(
+        "lifelong_gate_decisions",
+        "Gate decisions, by result (approved, rejected, not_enough_evidence).",
+        labels=["result"])
+    for result in ("approved", "rejected", "not_enough_evidence"):
+        decisions.add_metric([result], by_status.get(result, 0))
+    yield decisions
+
+    suite_label = SuiteLabels(s for decision in recent for s in _suites(decision.details))
+    scores: dict[tuple[str, str, str], float] = {}
+    for decision in reversed(recent):  # oldest first: the latest score of each wins
+        for suite in _suites(decision.details):
+            for version, mean in ((decision.candidate_version, suite["candidate_mean"]),
+                                  (decision.champion_version, suite["champion_mean"])):
+                scores[(versions(version), suite["suite"], suite["kind"])] = mean
+    merged: dict[tuple[str, ...], list[float]] = defaultdict(list)
+    for (version, name, kind), mean in scores.items():
+        merged[(version, suite_label(name, kind), kind)].append(mean)
+    eval_score = GaugeMetricFamily(
+        "lifelong_eval_score", "Mean score (pass rate for pass/fail suites) of a version on "
+        "an eval suite, from the latest gate decision that measured it.",
+        labels=["version", "suite", "kind"])
+    for labels, mean in _means(merged).items():
+        eval_score.add_metric(list(labels), mean)
+    yield eval_score
+    if recent:
+        yield from _last_decision(recent[0], suite_label)
+
+
+def _promotions(stats: PromotionStats) -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        "lifelong_adapter_promotions", "Promotions of an adapter to champion "
+        "(forced ones included).", value=stats.promoted)
+    yield CounterMetricFamily(
+        "lifelong_adapter_forced_promotions",
+        "Promotions that skipped the gate (`promote --force`).", value=stats.forced)
+    yield CounterMetricFamily(
+        "lifelong_adapter_rollbacks", "Rollbacks to a previous champion or the base model.",
+        value=stats.rolled_back)
+    info = InfoMetricFamily(
+        "lifelong_champion", "The version the public alias serves, and its parent.",
+        labels=[])
+    champion = stats.champion
+    info.add_metric([], {"version": champion or BASE,
+                         "parent": (stats.champion_parent or BASE) if champion else ""})
+    yield info
+
+
 def _by_label(values: dict[str, Any], versions: VersionLabels) -> dict[str, Any]:
     merged: dict[str, Any] = defaultdict(int)
     for version, value in values.items():
@@ -603,7 +510,7 @@ def _final_loss(metrics: dict[str, Any]) -> float | None:
     return float(losses[-1]) if losses else None
 
 
-def _last_decision(decision: GateDecision, suite_label: SuiteLabels) -> Iterator[Metric]:
+def _last_decision(decision: DecisionStats, suite_label: SuiteLabels) -> Iterator[Metric]:
     """The latest decision's figures, per suite: why it went the way it did."""
     decided = GaugeMetricFamily(
         "lifelong_last_gate_decision_timestamp_seconds", "When the latest gate decision was "
