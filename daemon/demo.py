@@ -45,7 +45,9 @@ Every candidate so far was promoted at the first cycle; the general suite (simil
 answers to everyday prompts to the base model's, floor `evals.general_floor` 0.3) held at
 0.53-0.55. The users' own success on sums went from 0% to 40-50% within a minute of the swap.
 
-Everything goes through the public HTTP API, as it would for any client of the daemon.
+Everything goes through the public HTTP API, as it would for any client of the daemon. The users
+(the official `openai` client) and the PNG (matplotlib) need the `demo` extra
+(`pip install 'lifelong[demo]'`); the core install leaves them out.
 
 Past 400 lines on purpose: one story read top to bottom (plan, settings, users, watching, report),
 whose parts share the plan's names and nothing else uses.

@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour="${LIFELONG_VLLM_BUILD:-cpu}"
 python="${PYTHON:-python3}"
-extras="$flavour"
-[ "${LIFELONG_DEV:-0}" = "1" ] && extras="$flavour,dev"
+# demo: `make demo` runs `lifelong demo` next (its users are openai clients; its PNG, matplotlib).
+extras="$flavour,demo"
+[ "${LIFELONG_DEV:-0}" = "1" ] && extras="$flavour,demo,dev"
 
 if [ "${LIFELONG_DEV:-0}" = "1" ] && ! command -v promtool > /dev/null; then
     # The metrics tests start Debian's Prometheus server and check the exposition with promtool.
@@ -35,7 +36,7 @@ if [ "$flavour" = "cpu" ]; then
     # break `import transformers` ("operator torchvision::nms does not exist"). lifelong is text-only.
     .venv/bin/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 fi
-.venv/bin/python -c "import transformers, peft, vllm, lifelong.daemon.cli" \
+.venv/bin/python -c "import transformers, peft, vllm, openai, matplotlib, lifelong.daemon.cli" \
     || { echo "setup: the installed environment does not import; see the errors above" >&2; exit 1; }
 rm -f .venv/.installed-*
 touch "$stamp"

@@ -1,8 +1,9 @@
 """`lifelong demo`: the command around daemon/demo.py (which holds the story, the users and the
-report)."""
+report); needs the `demo` extra (openai for the users, matplotlib for the PNG)."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -20,6 +21,9 @@ from lifelong.daemon.cli.options import (
 if TYPE_CHECKING:
     from lifelong.daemon.demo import Demo
 
+EXTRA = ("openai", "matplotlib")  # what `pip install 'lifelong[demo]'` adds to the core install
+
+
 def demo(
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
@@ -35,6 +39,10 @@ def demo(
     outcomes and correct it; the daemon trains, judges and hot-swaps on its own. Prints each
     version's held-out accuracy on the sums and its general-suite score, the gate's decisions,
     and writes a PNG learning curve."""
+    # Before anything slow: twenty minutes in is no time to learn the PNG cannot be drawn.
+    if missing := [name for name in EXTRA if importlib.util.find_spec(name) is None]:
+        fail(f"the demo needs {' and '.join(missing)}, which the core install leaves out: "
+             "pip install 'lifelong[demo]' (make demo and scripts/setup.sh install it)")
     quiet_openmp()
     from lifelong.daemon import demo as demo_run
     from lifelong.feedback_store.database import make_engine, upgrade

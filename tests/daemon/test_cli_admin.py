@@ -1,5 +1,6 @@
 """The admin commands' typed client (daemon/cli/admin_client.py) and status text: they read what
-the real gateway answers, and fail in one line naming the fix."""
+the real gateway answers, and fail in one line naming the fix; `lifelong demo` without its extra
+says how to install it."""
 
 from __future__ import annotations
 
@@ -80,3 +81,13 @@ def test_an_unreachable_daemon_is_one_line_naming_the_fix(tmp_path: Path):
     assert done.returncode == 2 and "is `lifelong serve` running? (--url)" in done.stderr
     assert "Traceback" not in done.stderr
 
+
+def test_the_demo_without_its_extra_says_how_to_install_it(tmp_path: Path):
+    # As if matplotlib were not installed (a None in sys.modules hides it from find_spec).
+    code = ("import sys; sys.modules['matplotlib'] = None; "
+            f"sys.argv = ['lifelong', 'demo', '--data-dir', {str(tmp_path)!r}]; "
+            "from lifelong.daemon.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "matplotlib" in done.stderr and "pip install 'lifelong[demo]'" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
