@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -39,6 +39,34 @@ from lifelong.feedback_store.models import TrainingRun
 from lifelong.feedback_store.training_data import count_feedback_since
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class NotStarted(Exception):
+    """A background job ended before recording its run; `result` is what it returned."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__("ended before recording a run")
+        self.result = result
+
+
+async def start_in_background(
+    job: Callable[[Callable[[int], None]], Coroutine[Any, Any, T]],
+    background: set[asyncio.Task[Any]],
+) -> int:
+    """Start `job(on_started)` as a task and return the run id it passes to `on_started` as soon
+    as it does; the task goes on in `background` (which holds it until it ends). Raises what the
+    job raised, or NotStarted, if it ended before recording a run."""
+    started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(job(started.set_result))
+    either: set[asyncio.Future[Any]] = {task, started}
+    await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    if not started.done():
+        raise NotStarted(task.result())
+    background.add(task)
+    task.add_done_callback(background.discard)
+    return started.result()
 
 
 @dataclass
@@ -111,15 +139,12 @@ class LearningCycle:
         Raises TrainerBusy (a cycle is running), or what kept the trainer from starting."""
         if self._lock.locked():
             raise TrainerBusy(self.trainer.running_run)
-        started: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(self.run(request, on_started=started.set_result))
-        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-        if not started.done():
-            report = task.result()
-            raise TrainerBusy(None) if report is None else RuntimeError(report.reason)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return started.result()
+        try:
+            return await start_in_background(
+                lambda on_started: self.run(request, on_started=on_started), self._background)
+        except NotStarted as exc:
+            report = exc.result
+            raise TrainerBusy(None) if report is None else RuntimeError(report.reason) from None
 
     async def stop(self) -> None:
         for task in list(self._background):

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from lifelong.daemon.catalog import ModelCatalog
 from lifelong.daemon.gateway import errors
 from lifelong.daemon.gateway.admin.router import router as admin_router
+from lifelong.daemon.gateway.admin.service import AdminService
 from lifelong.daemon.gateway.auth import KeyRing
 from lifelong.daemon.gateway.body_limit import BodyLimit
 from lifelong.daemon.gateway.exposition import router as exposition_router
@@ -139,7 +140,10 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             state.trainer, state.judge = learning.trainer, learning.judge
             state.promoter, state.cycle = learning.promoter, learning.cycle
             state.practice, state.schedule = learning.practice, learning.schedule
-            state.background = learning.background
+            state.admin = AdminService(
+                sessions=sessions, catalog=catalog, trainer=learning.trainer, cycle=learning.cycle,
+                judge=learning.judge, promoter=learning.promoter, practice=learning.practice,
+                schedule=learning.schedule, background=learning.background)
             # One registry per app, not prometheus_client's global one: a process may build several.
             state.metrics_registry = CollectorRegistry()
             metrics = await _metrics(
