@@ -19,11 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import httpx
 
 from lifelong.adapters.pause_file import PauseFile
-from lifelong.evals.runner import EvalRequestFailed, client_session
 from lifelong.evals.verifiers import VerifierResult, get_verifier
+from lifelong.evals.vllm_client import (
+    CHAT,
+    COMPLETIONS,
+    AdapterLoadRefused,
+    client_session,
+    load_adapter,
+    post_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,29 +63,22 @@ class Group:
     samples: tuple[Sample, ...]
 
 
-class AdapterLoadRefused(RuntimeError):
-    """vLLM did not load an adapter (bad folder, rank above --max-lora-rank, LoRA off)."""
-
-
 async def _sample(http: aiohttp.ClientSession, base_url: str, policy: str, task: PracticeTask,
                   *, k: int, temperature: float, max_tokens: int,
                   slots: asyncio.Semaphore, pause: PauseFile | None) -> Group:
     body: dict[str, Any] = {"model": policy, "n": k, "temperature": temperature,
                             "max_tokens": max_tokens}
     if task.messages is not None:
-        url = f"{base_url}/v1/chat/completions"
+        url = f"{base_url}{CHAT}"
         body["messages"] = task.messages
     else:
-        url = f"{base_url}/v1/completions"
+        url = f"{base_url}{COMPLETIONS}"
         body["prompt"] = task.prompt
     async with slots:
         if pause is not None:
             await pause.wait_async()  # checked with a slot in hand: nothing queued behind it
-        async with http.post(url, json=body) as response:
-            if response.status != 200:
-                raise EvalRequestFailed(f"{url} answered {response.status} for {policy}: "
-                                        f"{(await response.text())[:300]}")
-            payload = await response.json()
+        # Not retried: a failed round fails the run (the trainer's cycle tries again later).
+        payload = await post_json(http, url, body, retries=0)
     choices = sorted(payload["choices"], key=lambda c: c["index"])
     texts = [(c["message"]["content"] or "") if task.messages is not None else c["text"]
              for c in choices]
@@ -110,7 +109,7 @@ async def sample_groups(
     requests in flight; none is sent while `pause` says the daemon's users come first.
 
     Raises ValueError for temperature 0 (k copies of one answer), EvalRequestFailed when vLLM
-    refuses a request, UnknownVerifier for a task whose verifier is not installed.
+    refuses a request or cannot be reached, UnknownVerifier for a task whose verifier is not installed.
     """
     if temperature <= 0:
         raise ValueError("rollouts need a temperature above 0: greedy gives one answer k times")
@@ -121,11 +120,5 @@ async def sample_groups(
                     max_tokens=max_tokens, slots=slots, pause=pause) for task in tasks)))
 
 
-def load_adapter(base_url: str, name: str, path: str, *, timeout_s: float = 120.0) -> None:
-    """Have vLLM serve the adapter folder `path` as `name` (a fresh name: vLLM keeps a name's
-    first weights). Raises AdapterLoadRefused."""
-    response = httpx.post(f"{base_url}/v1/load_lora_adapter",
-                          json={"lora_name": name, "lora_path": path}, timeout=timeout_s)
-    if response.status_code != 200:
-        raise AdapterLoadRefused(f"vLLM at {base_url} did not load {name} from {path}: "
-                                 f"{response.status_code} {response.text[:300]}")
+__all__ = ["AdapterLoadRefused", "Group", "PracticeTask", "Sample", "load_adapter",
+           "sample_groups"]

@@ -1,4 +1,5 @@
-"""Upstream vLLM servers, reached only through their HTTP API (OpenAI routes and LoRA loading).
+"""Upstream vLLM servers, reached only through their HTTP API (OpenAI routes and LoRA loading),
+whose routes and answers `evals/vllm_client.py` holds for every caller.
 
 vLLM's Python API changes between patch releases; its HTTP API is what stays stable, and it is
 the same for the CPU build, the CUDA build, or a fleet of servers behind the gateway. `Upstream` is
@@ -18,6 +19,16 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import aiohttp
+
+from lifelong.evals.vllm_client import (
+    HEALTH,
+    LOAD_ADAPTER,
+    MODELS,
+    UNLOAD_ADAPTER,
+    adapter_body,
+    served_models,
+    sse_data,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +142,7 @@ class HttpUpstream:
     async def health(self) -> bool:
         try:
             async with self.session.get(
-                "/health", timeout=aiohttp.ClientTimeout(total=5)
+                HEALTH, timeout=aiohttp.ClientTimeout(total=5)
             ) as response:
                 return response.status == 200
         except _FAILURES:
@@ -139,13 +150,13 @@ class HttpUpstream:
 
     async def loaded_adapters(self) -> set[str]:
         try:
-            async with self.session.get("/v1/models") as response:
+            async with self.session.get(MODELS) as response:
                 body = await response.read()
                 if response.status != 200:
                     raise UpstreamRejected(response.status, body)
         except _FAILURES as exc:
             raise _translate(exc, self.base_url) from exc
-        return {card["id"] for card in json.loads(body)["data"]} - {BASE_MODEL_NAME}
+        return served_models(body) - {BASE_MODEL_NAME}
 
     async def _post(self, route: str, body: dict[str, Any]) -> tuple[int, bytes]:
         session = self.session
@@ -163,16 +174,14 @@ class HttpUpstream:
 
         Raises AdapterLoadFailed when vLLM refuses, UpstreamUnavailable when it is unreachable.
         """
-        status, text = await self._post(
-            "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path}
-        )
+        status, text = await self._post(LOAD_ADAPTER, adapter_body(name, path))
         if status != 200:
             raise AdapterLoadFailed(f"{self.base_url} refused adapter {name}: {text.decode()}")
         self.adapters_registered += 1
         logger.info("adapter loaded", extra={"upstream": self.base_url, "adapter": name})
 
     async def unload_adapter(self, *, name: str) -> None:
-        status, text = await self._post("/v1/unload_lora_adapter", {"lora_name": name})
+        status, text = await self._post(UNLOAD_ADAPTER, adapter_body(name))
         if status not in (200, 404):
             raise AdapterLoadFailed(f"{self.base_url} refused to unload {name}: {text.decode()}")
 
@@ -191,7 +200,7 @@ class HttpUpstream:
             async with session.post(route, json=body) as response:
                 if response.status != 200:
                     raise UpstreamRejected(response.status, await response.read())
-                yield _sse_data(response)
+                yield sse_data(response)
         except _FAILURES as exc:
             raise _translate(exc, self.base_url) from exc
         finally:
@@ -204,12 +213,6 @@ class HttpUpstream:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
-
-
-async def _sse_data(response: aiohttp.ClientResponse) -> AsyncIterator[str]:
-    async for line in response.content:
-        if line.startswith(b"data: "):
-            yield line[6:].decode().rstrip("\r\n")
 
 
 class UpstreamPool:

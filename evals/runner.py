@@ -9,6 +9,7 @@ batches them; greedy (temperature 0) unless told otherwise, `n` samples per item
 An item's score is the mean of its samples' scores; it passes when at least half its samples
 pass (with one sample: when that one passes). An HTTP failure is not a wrong answer: after
 retries it stops the run (EvalRequestFailed), since a gate must not judge a model by its server.
+Requests go through `vllm_client.py`, the library layer's one client of vLLM's HTTP API.
 
 `compare` answers the same suites with the candidate and the champion at once, for the gate.
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -33,10 +33,13 @@ from lifelong.evals.statistics import mean_interval
 from lifelong.evals.suites import EvalItem, Suite, SuiteKind
 from lifelong.evals.verifier_pool import VerifierPool
 from lifelong.evals.verifiers import UnknownVerifier, VerifierResult, verifier_names
-
-logger = logging.getLogger(__name__)
-
-RETRIES = 2  # per request, on connection errors and 5xx (a restarting server), with backoff
+from lifelong.evals.vllm_client import (
+    CHAT,
+    COMPLETIONS,
+    EvalRequestFailed,
+    client_session,
+    post_json,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +114,6 @@ class Comparison:
     champion: SuiteRun
 
 
-class EvalRequestFailed(RuntimeError):
-    """vLLM could not answer an item (unknown model, server down after retries, bad response)."""
-
-
 def summarise(suite: Suite, model: str, results: Sequence[ItemResult]) -> SuiteSummary:
     """Mean, n and a 95% interval for one suite's results (all zeros when it has no items)."""
     n = len(results)
@@ -130,34 +129,14 @@ def summarise(suite: Suite, model: str, results: Sequence[ItemResult]) -> SuiteS
     )
 
 
-async def _post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> dict[str, Any]:
-    for attempt in range(RETRIES + 1):
-        try:
-            async with http.post(url, json=body) as response:
-                if response.status < 500:
-                    payload = await response.json(content_type=None)
-                    if response.status != 200:
-                        message = (payload.get("error") or {}).get("message", payload) \
-                            if isinstance(payload, dict) else payload
-                        raise EvalRequestFailed(f"{url} answered {response.status}: {message}")
-                    return payload  # type: ignore[no-any-return]
-                problem = f"{url} answered {response.status}: {(await response.text())[:300]}"
-        except (TimeoutError, aiohttp.ClientConnectionError) as error:
-            problem = f"{url}: {type(error).__name__}: {error}"
-        if attempt < RETRIES:
-            logger.warning("eval request failed (%s); retrying", problem)
-            await asyncio.sleep(0.5 * 2**attempt)
-    raise EvalRequestFailed(problem)
-
-
 Answers = tuple[list[list[str]], list[list[str | None]], float]  # per item: texts, finishes; latency
 
 
 async def _chat(http: aiohttp.ClientSession, base_url: str, model: str, item: EvalItem,
                 sampling: Sampling) -> Answers:
-    url = f"{base_url}/v1/chat/completions"
+    url = f"{base_url}{CHAT}"
     started = time.perf_counter()
-    payload = await _post(http, url, {"model": model, "messages": item.messages, **sampling.body()})
+    payload = await post_json(http, url, {"model": model, "messages": item.messages, **sampling.body()})
     latency = time.perf_counter() - started
     try:
         choices = sorted(payload["choices"], key=lambda c: c["index"])
@@ -171,9 +150,9 @@ async def _completions(http: aiohttp.ClientSession, base_url: str, model: str,
                        items: Sequence[EvalItem], sampling: Sampling) -> Answers:
     # One request for many prompts (a list prompt): vLLM schedules them together, and the
     # per-request cost (HTTP, parsing, a response) is paid once per chunk, not once per item.
-    url = f"{base_url}/v1/completions"
+    url = f"{base_url}{COMPLETIONS}"
     started = time.perf_counter()
-    payload = await _post(http, url, {"model": model, "prompt": [item.prompt for item in items],
+    payload = await post_json(http, url, {"model": model, "prompt": [item.prompt for item in items],
                                       **sampling.body()})
     latency = time.perf_counter() - started
     try:
@@ -239,14 +218,6 @@ async def run_suite(
     await asyncio.gather(*(ask(items) for items in requests))
     ordered = tuple(results[item.id] for item in suite.items)
     return SuiteRun(suite=suite, model=model, results=ordered, summary=summarise(suite, model, ordered))
-
-
-def client_session(concurrency: int = 64, timeout_s: float = 600.0) -> aiohttp.ClientSession:
-    """An HTTP session sized for `concurrency` requests; close it (async with) when done."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency),
-        timeout=aiohttp.ClientTimeout(total=timeout_s),
-    )
 
 
 @contextlib.contextmanager
