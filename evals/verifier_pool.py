@@ -3,7 +3,7 @@
 A verifier is CPU-bound Python (jsonschema, difflib's `agreement`, a plugin) or waits seconds on
 the sandbox (`python_tests`). Run on the gateway's threads it held the GIL the event loop needs,
 and on asyncio's default executor it took the threads the gateway's database reads wait for: with
-12 sandbox runs in flight, `GET /v1/interactions` and `POST /v1/tasks` took 15 s (issue 18). Here
+12 sandbox runs in flight, `GET /v1/interactions` and `POST /v1/tasks` took 15 s (measured). Here
 judgements run in a bounded `concurrent.futures` process pool; more of them wait in its queue,
 in front of nothing else. Measured on 2 cores: `agreement` on two 3,000-character answers (0.5 s
 of pure Python) left an asyncio loop 54 of its 5 ms ticks when run on a thread, 113 (as many as

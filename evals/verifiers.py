@@ -39,7 +39,7 @@ registered (`check_verifier`), so an unknown verifier never reaches an eval.
 Patterns come from API callers and run against model output, so they go to linear-time engines:
 RE2 for the regex verifier, the Rust `regex` crate (jsonschema-rs) for JSON Schema `pattern` and
 `patternProperties`. Python's backtracking `re` took 0.95 s on `(?:.|..)*X` and a 36-character
-answer, 1.3x more per character (issue 18); RE2 answers that in microseconds at any length. A
+answer, 1.3x more per character (measured); RE2 answers that in microseconds at any length. A
 compiled RE2 program is capped at MAX_PROGRAM_SIZE instructions, which bounds the work per answer
 character; `check_pattern_lengths` caps the pattern text (the daemon's setting).
 """

@@ -242,7 +242,7 @@ def test_grafana_is_provisioned_from_the_folders_it_mounts(compose: dict[str, An
 
 
 def test_provisioned_dashboards_parse_and_use_the_provisioned_datasource() -> None:
-    # The dashboards themselves are added by the observe issue; whatever is there must load.
+    # Every dashboard in the provisioned folder must load and name a provisioned datasource.
     for path in sorted((DEPLOY / "grafana" / "dashboards").glob("*.json")):
         dashboard = json.loads(path.read_text())
         uids = {source.get("uid") for source in _datasources(dashboard)}

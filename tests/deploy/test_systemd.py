@@ -110,7 +110,7 @@ def test_unit_leaves_out_the_hardening_that_breaks_cuda(unit: Unit) -> None:
 
 
 def test_unit_lets_the_sandbox_build_its_namespaces_and_no_others(unit: Unit) -> None:
-    # RestrictNamespaces=yes turned python_tests off on every systemd host (issue 18).
+    # RestrictNamespaces=yes turned python_tests off on every systemd host: the sandbox needs these.
     flags = {"user": sandbox_child.CLONE_NEWUSER, "mnt": sandbox_child.CLONE_NEWNS,
              "pid": sandbox_child.CLONE_NEWPID, "net": sandbox_child.CLONE_NEWNET,
              "ipc": sandbox_child.CLONE_NEWIPC, "uts": sandbox_child.CLONE_NEWUTS}

@@ -110,7 +110,7 @@ def test_correct_code_passes_its_tests(level):
     "import socket\nsocket.create_connection(('127.0.0.1', 5432), timeout=2)\n",
 ])
 def test_no_socket_of_any_family(level, code):
-    # The first is issue 18's probe: PostgreSQL's Unix socket answered from inside, as postgres.
+    # The first once reached PostgreSQL's Unix socket from inside the sandbox, as postgres.
     outcome = run_python_tests(code, "assert True\n", limits=QUICK)
     assert not outcome.passed and "PermissionError" in outcome.reason
 
@@ -347,7 +347,7 @@ def test_solution_that_exits_before_the_tests_fails(escape):
 
 
 FORGERIES = {
-    # Issue 18: the status descriptor's number was in sys.orig_argv; here every one is tried.
+    # The status descriptor's number was once readable in sys.orig_argv; here every one is tried.
     "status fd": "import os\nfor fd in range(3, 256):\n    try:\n        os.write(fd, b'ok')\n"
                  "    except OSError:\n        pass\nos._exit(0)\n",
     "unittest patched": "import unittest\nunittest.TestCase.assertEqual = lambda *a, **k: None\n"

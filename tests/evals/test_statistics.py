@@ -127,7 +127,7 @@ def test_min_detectable_difference_gives_about_the_asked_power():
 
 
 def test_three_points_need_about_a_thousand_items():
-    # The claim, for a typical discordant rate of 15%.
+    # About 1,000 paired items to detect 3 points, for a typical discordant rate of 15%.
     sd = math.sqrt(0.15)
     assert min_detectable_difference(1000, alpha=0.05, sd=sd, binary=True) == pytest.approx(0.03, abs=0.002)
     assert min_detectable_difference(100, alpha=0.05, sd=sd, binary=True) > 0.09

@@ -115,7 +115,7 @@ def test_a_full_pool_leaves_the_default_executor_free_for_database_reads(
 def test_a_suite_being_judged_leaves_database_reads_free(plugins, vllm_url, migrated_sqlite_file,
                                                          tmp_path):
     # The daemon's judge runs suites on the gateway's loop: its verifiers must not take the
-    # threads the gateway's reads need (issue 18: 12 sandbox runs made reads take 15 s).
+    # threads the gateway's reads need (12 sandbox runs on threads made reads take 15 s).
     release, started = tmp_path / "release", tmp_path / "started"
     started.mkdir()
     options = {"release": str(release), "started": str(started)}
