@@ -146,7 +146,10 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
                 chunks = client.chat.completions.create(
                     model="lifelong", messages=[{"role": "user", "content": "What is 1 + 2?"}],
                     max_tokens=4, stream=True)
-                assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+                # A complete stream, not necessarily a non-empty one: sampled at T=1, the tiny
+                # model may end its answer at once.
+                finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+                assert finishes and finishes[-1] in ("stop", "length"), finishes
 
         stream(2)
         answered = ask(12)
