@@ -1,6 +1,8 @@
 """The sandbox's inside: run as a script (`python -I -B sandbox_child.py CONFIG`), never imported.
 
-Stdlib only: it runs before, and outside, anything of ours. The parent (`sandbox.py`) says which
+Stdlib only: it runs before, and outside, anything of ours. Past 400 lines on purpose: `python
+-I` puts no folder of ours on the path, so confinement and the G/T harness cannot be split into
+modules it imports. The parent (`sandbox.py`) says which
 layers to apply; one it asked for that cannot be applied ends the run with exit code 125 rather
 than running the code less confined.
 

@@ -25,6 +25,9 @@ a score in [0, 1], passed, and a short reason a person can read. Built in:
   Options `timeout_s` and `memory_mb`, capped by the sandbox policy (settings `evals.sandbox`);
   refused where the sandbox's isolation level is not available.
 
+Past 400 lines on purpose: each built-in verifier sits beside the check of its options, and
+`check_verifier` beside both, so a verifier's contract is read in one place.
+
 Custom verifiers come from other installed packages through the entry point group
 `lifelong.verifiers`; the entry point's name is the verifier's name and its object a verifier
 function. In the other package's pyproject.toml:
