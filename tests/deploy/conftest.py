@@ -107,14 +107,19 @@ def _load_with_env(config_file: Path | None, env: Mapping[str, str],
 
 def lifelong_env(env: Mapping[str, Any] | list[dict[str, Any]]) -> dict[str, str]:
     """The LIFELONG_* variables of a Compose `environment` mapping or a Kubernetes `env` list
-    (a secretKeyRef stands for a value the test supplies: the key's name in angle brackets)."""
+    (a secretKeyRef or a downward-API fieldRef stands for a value the test supplies: the key's
+    name or the field's path in angle brackets)."""
     if isinstance(env, list):
         pairs = {}
         for item in env:
             value = item.get("value")
             if value is None:
-                ref = item["valueFrom"]["secretKeyRef"]
-                value = f"<secret {ref['name']}/{ref['key']}>"
+                source = item["valueFrom"]
+                if "fieldRef" in source:
+                    value = f"<field {source['fieldRef']['fieldPath']}>"
+                else:
+                    ref = source["secretKeyRef"]
+                    value = f"<secret {ref['name']}/{ref['key']}>"
             pairs[item["name"]] = value
         env = pairs
     return {name: str(value) for name, value in env.items() if name.startswith(ENV_PREFIX)}

@@ -1,29 +1,47 @@
 """deploy/kubernetes: every object valid against the Kubernetes OpenAPI schemas (strict: an
 unknown field fails), the kustomization complete, and the pods consistent with the code and
-with each other (adapter paths, ports, GPU, probes, settings).
+with each other: N gateway replicas, each talking to every vLLM server of the StatefulSet by its
+stable name, all of them seeing the shared adapters at one path (ports, GPU, probes, settings).
 
 Schemas come from kubernetes-validate (a dev dependency bundling the JSON schemas per Kubernetes
-release), so this runs offline and without a cluster.
+release), so this runs offline and without a cluster. vLLM's environment is read with the
+installed vLLM's own parser (the version of the image).
 """
 
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NamedTuple
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from lifelong.daemon.settings import Settings
+from lifelong.daemon.gateway.app import vllm_env
+from lifelong.daemon.settings import ENV_PREFIX, Settings
 from lifelong.daemon.upstream import BASE_MODEL_NAME
 
 KUBERNETES = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
 KUBERNETES_VERSION = "1.33.0"  # an older release than the newest bundled: stay portable
 Objects = dict[tuple[str, str], dict[str, Any]]
+
+# What the downward API would give one gateway pod.
+POD_FIELDS = {"metadata.name": "gateway-7c9d5b8f6-x4kqz", "metadata.namespace": "lifelong",
+              "status.podIP": "10.42.3.17"}
+ADAPTERS_CLAIM = "lifelong-adapters"
+RESOLVER_PLUGIN = "lora_filesystem_resolver"
+
+
+class Mount(NamedTuple):
+    source: str  # "pvc:<claim>", "configMap:<name>", "emptyDir"
+    sub_path: str
+    read_only: bool
 
 
 def flag(args: list[str], name: str) -> str:
@@ -31,8 +49,18 @@ def flag(args: list[str], name: str) -> str:
     return str(args[args.index(name) + 1])
 
 
+def workload(objects: Objects, name: str) -> dict[str, Any]:
+    (found,) = [obj for (kind, obj_name), obj in objects.items()
+                if obj_name == name and kind in ("Deployment", "StatefulSet")]
+    return found
+
+
 def pod(objects: Objects, name: str) -> dict[str, Any]:
-    return objects[("Deployment", name)]["spec"]["template"]["spec"]
+    return workload(objects, name)["spec"]["template"]["spec"]
+
+
+def pod_labels(objects: Objects, name: str) -> dict[str, str]:
+    return workload(objects, name)["spec"]["template"]["metadata"]["labels"]
 
 
 def container(objects: Objects, name: str) -> dict[str, Any]:
@@ -40,38 +68,69 @@ def container(objects: Objects, name: str) -> dict[str, Any]:
     return only
 
 
-def mounts(objects: Objects, name: str, entry: dict[str, Any] | None = None) -> dict[str, tuple[str, str]]:
-    """mountPath -> (claim or configMap name, subPath) of one container."""
-    volumes = {}
+def mounts(objects: Objects, name: str, entry: dict[str, Any] | None = None) -> dict[str, Mount]:
+    """mountPath -> Mount of one container (the pod's only one unless `entry` is given)."""
+    sources = {}
     for volume in pod(objects, name)["volumes"]:
-        source = (volume.get("persistentVolumeClaim", {}).get("claimName")
-                  or volume.get("configMap", {}).get("name") or volume["name"])
-        volumes[volume["name"]] = source
+        if "persistentVolumeClaim" in volume:
+            sources[volume["name"]] = f"pvc:{volume['persistentVolumeClaim']['claimName']}"
+        elif "configMap" in volume:
+            sources[volume["name"]] = f"configMap:{volume['configMap']['name']}"
+        else:
+            (kind,) = volume.keys() - {"name"}
+            sources[volume["name"]] = kind
     entry = entry or container(objects, name)
-    return {m["mountPath"]: (volumes[m["name"]], m.get("subPath", "")) for m in entry["volumeMounts"]}
+    return {m["mountPath"]: Mount(sources[m["name"]], m.get("subPath", ""), m.get("readOnly", False))
+            for m in entry["volumeMounts"]}
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert selector.keys() == {"matchLabels"}, "only matchLabels selectors are read here"
+    return selector["matchLabels"].items() <= labels.items()
+
+
+def resolved_env(entry: dict[str, Any], objects: Objects) -> dict[str, str]:
+    """The environment the kubelet gives `entry`: downward-API fields from POD_FIELDS, secret
+    keys from secret.yaml, and `$(NAME)` expanded from variables defined *earlier* in the list
+    (a later or unknown one stays as written, as in Kubernetes)."""
+    values: dict[str, str] = {}
+    for item in entry["env"]:
+        if "value" in item:
+            value = re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                           lambda m: values.get(m[1], m[0]), item["value"])
+        elif "fieldRef" in item["valueFrom"]:
+            value = POD_FIELDS[item["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            ref = item["valueFrom"]["secretKeyRef"]
+            value = objects[("Secret", ref["name"])]["stringData"][ref["key"]]
+        values[item["name"]] = value
+    return values
 
 
 @pytest.fixture
-def gateway_settings(kubernetes_objects: Objects, deploy_settings: Any, lifelong_env_of: Any,
-                     tmp_path: Path) -> Settings:
-    """The settings `lifelong serve` builds in the gateway pod: the ConfigMap's lifelong.yaml plus
-    the container's LIFELONG_* environment (the Secret's URL taken from secret.yaml)."""
+def gateway_settings(kubernetes_objects: Objects, deploy_settings: Any, tmp_path: Path) -> Settings:
+    """The settings `lifelong serve` builds in a gateway pod: the ConfigMap's lifelong.yaml plus
+    the container's LIFELONG_* environment as the kubelet resolves it."""
     config = tmp_path / "lifelong.yaml"
     config.write_text(kubernetes_objects[("ConfigMap", "lifelong-config")]["data"]["lifelong.yaml"])
-    url = kubernetes_objects[("Secret", "lifelong-db")]["stringData"]["url"]
-    env = {name: (url if value == "<secret lifelong-db/url>" else value)
-           for name, value in lifelong_env_of(container(kubernetes_objects, "gateway")["env"]).items()}
-    return deploy_settings(config, env)
+    env = resolved_env(container(kubernetes_objects, "gateway"), kubernetes_objects)
+    return deploy_settings(config, {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
+
+
+@pytest.fixture(scope="module")
+def vllm_envs() -> ModuleType:
+    """vLLM's own table of the environment variables it reads (imports torch: a few seconds)."""
+    return pytest.importorskip("vllm.envs", reason="vLLM is not installed in this environment")
 
 
 def test_every_object_is_valid_against_the_kubernetes_schemas(kubernetes_objects: Objects) -> None:
-    assert len(kubernetes_objects) >= 8
+    assert len(kubernetes_objects) >= 11
     for obj in kubernetes_objects.values():
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)  # raises, naming the field
 
 
 def test_the_schema_check_catches_a_misplaced_field(kubernetes_objects: Objects) -> None:
-    broken = copy.deepcopy(kubernetes_objects[("Deployment", "vllm")])
+    broken = copy.deepcopy(kubernetes_objects[("StatefulSet", "vllm")])
     broken["spec"]["template"]["spec"]["containers"][0]["gpu"] = 1
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
@@ -105,7 +164,9 @@ def test_vllm_serves_the_base_model_with_runtime_lora_on_a_gpu(kubernetes_object
     assert vllm["image"] == "vllm/vllm-openai:v0.32.0"
     assert vllm["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
     assert flag(args, "--served-model-name") == BASE_MODEL_NAME and "--enable-lora" in args
-    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "1"} in vllm["env"]
+    env = resolved_env(vllm, kubernetes_objects)
+    # What the daemon gives the vLLM it starts itself, so that it lets adapters be loaded.
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == vllm_env(Settings())["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
     port = int(flag(args, "--port"))
     assert vllm["ports"] == [{"name": "http", "containerPort": port}]
@@ -113,19 +174,91 @@ def test_vllm_serves_the_base_model_with_runtime_lora_on_a_gpu(kubernetes_object
         assert vllm[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
 
 
-def test_both_pods_see_adapters_and_base_model_at_the_same_paths(
+def test_vllm_servers_are_a_statefulset_behind_a_headless_service(kubernetes_objects: Objects) -> None:
+    statefulset = kubernetes_objects[("StatefulSet", "vllm")]["spec"]
+    service = kubernetes_objects[("Service", statefulset["serviceName"])]["spec"]
+    # Headless: a DNS name per pod (vllm-0.vllm), no virtual IP balancing between them.
+    assert service["clusterIP"] == "None"
+    # Names resolve before the pod is ready: the gateways' own health checks decide routing.
+    assert service["publishNotReadyAddresses"] is True
+    assert selects({"matchLabels": service["selector"]}, pod_labels(kubernetes_objects, "vllm"))
+    assert statefulset["replicas"] >= 2
+    # Every server loads the model for minutes at once, not one after another.
+    assert statefulset["podManagementPolicy"] == "Parallel"
+    assert ("Deployment", "vllm") not in kubernetes_objects
+
+
+def test_the_gateways_upstreams_are_exactly_the_statefulsets_pods(
+    kubernetes_objects: Objects, gateway_settings: Settings
+) -> None:
+    statefulset = kubernetes_objects[("StatefulSet", "vllm")]
+    service = kubernetes_objects[("Service", statefulset["spec"]["serviceName"])]
+    (port,) = service["spec"]["ports"]
+    assert port["port"] == int(flag(container(kubernetes_objects, "vllm")["args"], "--port"))
+    name, headless = statefulset["metadata"]["name"], service["metadata"]["name"]
+    expected = [f"http://{name}-{ordinal}.{headless}:{port['port']}"
+                for ordinal in range(statefulset["spec"]["replicas"])]
+    assert gateway_settings.vllm.upstreams == expected
+
+
+def test_every_pod_sees_the_shared_adapters_at_the_gateways_adapters_dir(
     kubernetes_objects: Objects, gateway_settings: Settings
 ) -> None:
     gateway, vllm = mounts(kubernetes_objects, "gateway"), mounts(kubernetes_objects, "vllm")
-    data_dir, model = str(gateway_settings.data_dir), str(gateway_settings.base_model_path)
-    assert str(gateway_settings.adapters_dir).startswith(data_dir + "/")
-    assert gateway[data_dir] == vllm[data_dir] == ("lifelong-data", "data")
+    adapters = str(gateway_settings.adapters_dir)
+    # The gateways send vLLM the adapter's folder path: it must name the same files there.
+    assert gateway[adapters] == Mount(f"pvc:{ADAPTERS_CLAIM}", "", read_only=False)  # the trainer writes
+    assert vllm[adapters] == Mount(f"pvc:{ADAPTERS_CLAIM}", "", read_only=True)
+    # The base model: what vLLM serves is what the trainer loads, and no pod writes it.
+    model = str(gateway_settings.base_model_path)
     model_mount = str(Path(model).parent)
     assert gateway[model_mount] == vllm[model_mount]
+    assert gateway[model_mount].source.startswith("pvc:") and gateway[model_mount].read_only
     assert flag(container(kubernetes_objects, "vllm")["args"], "--model") == model
-    # Two pods, possibly on two nodes, share the claim.
-    claim = kubernetes_objects[("PersistentVolumeClaim", "lifelong-data")]
+
+
+def test_the_rest_of_the_gateways_data_dir_is_its_own(
+    kubernetes_objects: Objects, gateway_settings: Settings
+) -> None:
+    # run/ (the trainer's settings, the practice pause file) and evals/ are one process's files:
+    # shared, replicas would overwrite each other's.
+    gateway = mounts(kubernetes_objects, "gateway")
+    data_dir = str(gateway_settings.data_dir)
+    assert gateway[data_dir].source == "emptyDir"
+    shared = [path for path, mount in gateway.items()
+              if mount.source.startswith("pvc:") and Path(path).is_relative_to(data_dir)]
+    assert shared == [str(gateway_settings.adapters_dir)]
+
+
+def test_the_shared_volumes_are_read_write_many(kubernetes_objects: Objects) -> None:
+    # Gateways and vLLM servers on several nodes mount the adapters at once, one of them writing.
+    claim = kubernetes_objects[("PersistentVolumeClaim", ADAPTERS_CLAIM)]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    for name in ("gateway", "vllm"):
+        for mount in mounts(kubernetes_objects, name).values():
+            if mount.source.startswith("pvc:"):
+                claim = kubernetes_objects[("PersistentVolumeClaim", mount.source[len("pvc:"):])]
+                assert set(claim["spec"]["accessModes"]) & {"ReadWriteMany", "ReadOnlyMany"}, mount
+
+
+def test_vllm_resolves_adapters_by_name_from_the_shared_folder(
+    kubernetes_objects: Objects, gateway_settings: Settings, vllm_envs: ModuleType,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A vLLM server that starts after a promotion can load the version by name: the filesystem
+    resolver plugin looks in its cache dir, which must be the adapters mount. Read through the
+    installed vLLM's own parser, so a misspelt variable (one vLLM never reads) fails."""
+    env = resolved_env(container(kubernetes_objects, "vllm"), kubernetes_objects)
+    for name, value in env.items():
+        assert name in vllm_envs.environment_variables or not name.startswith("VLLM_"), name
+        monkeypatch.setenv(name, value)
+    read = vllm_envs.environment_variables
+    assert read["VLLM_ALLOW_RUNTIME_LORA_UPDATING"]() is True  # the resolver is asked only then
+    assert RESOLVER_PLUGIN in read["VLLM_PLUGINS"]()
+    assert RESOLVER_PLUGIN in {ep.name for ep in entry_points(group="vllm.general_plugins")}
+    cache_dir = read["VLLM_LORA_RESOLVER_CACHE_DIR"]()
+    assert cache_dir == str(gateway_settings.adapters_dir)
+    assert mounts(kubernetes_objects, "vllm")[cache_dir].source == f"pvc:{ADAPTERS_CLAIM}"
 
 
 def test_vllm_flags_agree_with_the_gateways_settings(kubernetes_objects: Objects,
@@ -143,10 +276,18 @@ def test_gateway_environment_and_configmap_validate_through_the_daemons_settings
     for entry in gateway_pod["initContainers"] + gateway_pod["containers"]:
         for name in lifelong_env_of(entry["env"]):
             env_key(name)
-    service = kubernetes_objects[("Service", "vllm")]["spec"]["ports"][0]
-    assert gateway_settings.vllm.upstreams == [f"http://vllm:{service['port']}"]
     assert gateway_settings.database_url.startswith("postgresql+psycopg://")
     assert gateway_settings.gateway.host == "0.0.0.0" and gateway_settings.gateway.api_keys
+
+
+def test_each_gateway_replica_names_itself_from_the_downward_api(
+    kubernetes_objects: Objects, gateway_settings: Settings
+) -> None:
+    # The pod name is unique among replicas; the pod IP is where the others reach this one
+    # ($(POD_IP) expands only if POD_IP is defined earlier in the list).
+    assert gateway_settings.cluster.replica_id == POD_FIELDS["metadata.name"]
+    assert gateway_settings.cluster.advertise_url == (
+        f"http://{POD_FIELDS['status.podIP']}:{gateway_settings.gateway.port}")
 
 
 def test_gateway_migrates_first_then_serves_with_probes_and_drain_time(
@@ -158,19 +299,41 @@ def test_gateway_migrates_first_then_serves_with_probes_and_drain_time(
     assert migrate["command"][:3] == ["lifelong", "db", "upgrade"]
     assert gateway["command"][:2] == ["lifelong", "serve"]
     config_dir = str(Path(flag(gateway["command"], "--config")).parent)
-    assert mounts(kubernetes_objects, "gateway")[config_dir] == ("lifelong-config", "")
-    assert mounts(kubernetes_objects, "gateway", migrate)[config_dir] == ("lifelong-config", "")
+    assert mounts(kubernetes_objects, "gateway")[config_dir].source == "configMap:lifelong-config"
+    assert mounts(kubernetes_objects, "gateway", migrate)[config_dir].source == "configMap:lifelong-config"
     assert migrate["env"] == gateway["env"]
+    # Ready once a vLLM server answers with the champion loaded: every replica serves, leader
+    # or not, so readiness is /readyz and nothing about the lease.
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert gateway["ports"] == [{"name": "http", "containerPort": gateway_settings.gateway.port}]
     # Drain, then log and feedback writer flush (30 s each), trainer and vLLM stop (app.py).
     assert gateway_pod["terminationGracePeriodSeconds"] > gateway_settings.gateway.drain_timeout_s + 70
-    # One gateway, replaced not rolled: never two trainers writing adapters at once.
-    deployment = kubernetes_objects[("Deployment", "gateway")]["spec"]
-    assert deployment["replicas"] == 1 and deployment["strategy"]["type"] == "Recreate"
-    # The trainer is the gateway's child: the pod carries its GPU.
+    # The trainer is the leader's child and any replica may lead: every pod carries its GPU.
     assert gateway["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_gateway_replicas_roll_without_losing_capacity(kubernetes_objects: Objects) -> None:
+    deployment = kubernetes_objects[("Deployment", "gateway")]["spec"]
+    assert deployment["replicas"] >= 2
+    assert deployment["strategy"] == {"type": "RollingUpdate",
+                                      "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
+@pytest.mark.parametrize(("name", "other"), [("gateway", "vllm"), ("vllm", "gateway")])
+def test_disruption_budgets_select_their_pods_and_leave_one_serving(
+    kubernetes_objects: Objects, name: str, other: str
+) -> None:
+    budget = kubernetes_objects[("PodDisruptionBudget", name)]["spec"]
+    assert selects(budget["selector"], pod_labels(kubernetes_objects, name))
+    assert not selects(budget["selector"], pod_labels(kubernetes_objects, other))
+    replicas = workload(kubernetes_objects, name)["spec"]["replicas"]
+    # At least one pod stays, and at least one may go (else a node drain blocks for good).
+    allowed_down = (budget["maxUnavailable"] if "maxUnavailable" in budget
+                    else replicas - budget["minAvailable"])
+    assert 1 <= allowed_down < replicas
+    if name == "gateway":
+        assert budget["minAvailable"] == 1
 
 
 def test_gateway_runs_as_the_images_user_and_can_write_the_volume(kubernetes_objects: Objects) -> None:
@@ -183,13 +346,12 @@ def test_gateway_runs_as_the_images_user_and_can_write_the_volume(kubernetes_obj
 def test_services_select_their_pods_and_target_named_ports(kubernetes_objects: Objects) -> None:
     for name in ("gateway", "vllm"):
         service = kubernetes_objects[("Service", name)]["spec"]
-        labels = kubernetes_objects[("Deployment", name)]["spec"]["template"]["metadata"]["labels"]
-        assert service["selector"].items() <= labels.items()
+        assert selects({"matchLabels": service["selector"]}, pod_labels(kubernetes_objects, name))
         (port,) = service["ports"]
         (container_port,) = container(kubernetes_objects, name)["ports"]
         assert port["targetPort"] == container_port["name"]
         assert port["port"] == container_port["containerPort"]
-        annotations = kubernetes_objects[("Deployment", name)]["spec"]["template"]["metadata"]["annotations"]
+        annotations = workload(kubernetes_objects, name)["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/port"] == str(container_port["containerPort"])
 
 
