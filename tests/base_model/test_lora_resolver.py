@@ -149,6 +149,23 @@ def test_a_symlinked_folder_is_served_under_the_link_name(resolving, tiny_base_m
                                                               abs=0.05)
 
 
+def test_loading_a_name_the_resolver_loaded_is_refused_unless_in_place(resolving, tiny_base_model):
+    """A gateway that loads the champion into a server that already resolved that name gets
+    vLLM's 400 "has already been loaded", as for any name loaded twice."""
+    folder = write_adapter(resolving.cache / "v0006", tiny_base_model, seed=6)
+    assert resolving.complete("v0006").status_code == 200
+
+    again = httpx.post(f"{resolving.url}/v1/load_lora_adapter",
+                       json={"lora_name": "v0006", "lora_path": str(folder)}, timeout=60)
+    in_place = httpx.post(f"{resolving.url}/v1/load_lora_adapter",
+                          json={"lora_name": "v0006", "lora_path": str(folder),
+                                "load_inplace": True}, timeout=60)
+
+    assert again.status_code == 400, again.text
+    assert "has already been loaded" in again.json()["error"]["message"]
+    assert in_place.status_code == 200, in_place.text
+
+
 def test_a_name_with_no_folder_gets_404_model_does_not_exist(resolving):
     response = resolving.complete("v0404-000000000000")
 
