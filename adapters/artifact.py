@@ -140,6 +140,7 @@ def write_adapter(
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.staging-", dir=adapters_dir))
     try:
         model.save_pretrained(str(staging))
+        _name_base_model(staging / "adapter_config.json", base_model["path"])
         ids = json.dumps(feedback_ids, separators=(",", ":"))
         (staging / FEEDBACK_IDS).write_text(ids + "\n")
         manifest = Manifest(
@@ -172,6 +173,15 @@ def write_adapter(
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
     return final, manifest
+
+
+def _name_base_model(config_file: Path, path: str) -> None:
+    """The base model as vLLM's `--model` names it (the resolved folder): peft writes whatever
+    path the trainer was given (relative, or inherited from a parent adapter), and vLLM's
+    filesystem LoRA resolver serves an adapter only if this matches its `--model` exactly."""
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = path
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def manifest_checksum(folder: Path) -> str:

@@ -63,6 +63,10 @@ class Run:
     # What the row's metrics say if the run fails (besides "outcome": "failed"); the run sets it
     # to what it has learned so far.
     failure_metrics: Callable[[], dict[str, Any]] = dict
+    # The daemon that recorded the run and started this process (None: a person's `lifelong
+    # train`). If it died (its death signal is what stops us), the run was interrupted, not
+    # failed: the same end a restarted or new leader gives a run it finds orphaned.
+    daemon_pid: int | None = None
 
     def parent(self, *, parent_version: str | None, fresh: bool,
                base_model_dir: Path) -> Adapter | None:
@@ -139,11 +143,15 @@ class Run:
         """Finish the run `failed` with the error; a failure to say so is logged, not raised
         (the original error matters more)."""
         error = f"{type(exc).__name__}: {exc}"
-        logger.error("training run %s failed: %s", self.id, error)
+        status: Literal["failed", "interrupted"] = "failed"
+        if self.daemon_pid is not None and os.getppid() != self.daemon_pid:
+            status = "interrupted"
+            error = f"the daemon that started it (pid {self.daemon_pid}) died; {error}"
+        logger.error("training run %s %s: %s", self.id, status, error)
         try:
-            metrics = {"outcome": "failed", **self.failure_metrics()}
+            metrics = {"outcome": status, **self.failure_metrics()}
             with self.sessions.begin() as session:
-                finish_training_run(session, run_id=self.id, status="failed", error=error,
+                finish_training_run(session, run_id=self.id, status=status, error=error,
                                     metrics=metrics)
         except Exception:
             logger.exception("could not mark training run %s failed", self.id)
@@ -166,7 +174,8 @@ def opened_run(
         ensure_migrated(engine)
         sessions = sessionmaker(engine, expire_on_commit=False)
         run = Run(sessions, _open_run(sessions, run_id=run_id, recipe=recipe,
-                                     parent_version=parent_version, config=config))
+                                     parent_version=parent_version, config=config),
+                  daemon_pid=os.getppid() if run_id is not None else None)
         try:
             yield run
         except BaseException as exc:  # anything at all, Ctrl-C included

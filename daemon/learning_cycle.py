@@ -178,7 +178,7 @@ class LearningCycle:
         if not self.auto_promote:
             report.outcome, report.reason = "approved", "schedule.auto_promote is off"
             return
-        await self.promoter.promote(run.adapter_version, by="gate")
+        await self.promoter.promote(run.adapter_version, by="gate", leader_only=True)
         report.promoted, report.outcome = True, "promoted"
         report.steps.append(f"promoted {run.adapter_version}")
 
@@ -237,6 +237,9 @@ class Schedule:
                                       start_date=await asyncio.to_thread(self._anchor))
         else:
             trigger = None
+        # A new scheduler at each start: the leader's loop starts again after a lost and
+        # regained leadership.
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
         if trigger is not None:
             self.scheduler.add_job(self._scheduled, trigger, id="schedule", max_instances=1,
                                    coalesce=True, misfire_grace_time=None)
@@ -271,4 +274,5 @@ class Schedule:
         return job.next_run_time.isoformat() if job and job.next_run_time else None
 
     async def stop(self) -> None:
-        self.scheduler.shutdown(wait=False)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)

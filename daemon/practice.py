@@ -73,6 +73,7 @@ class Practice:
         self.last_check: str | None = None  # why the last idle check did not practise
         self._resumer: asyncio.Task[None] | None = None
         self._scheduler = AsyncIOScheduler(timezone=UTC)
+        self._listening = False
 
     # --- what the trainer asks ------------------------------------------------------------
 
@@ -92,8 +93,11 @@ class Practice:
     async def start(self) -> None:
         resume(self.pause_file)  # files left by a daemon (or a run) that died mid-pause
         waiting_marker(self.pause_file).unlink(missing_ok=True)
-        self.traffic.on_arrival(self._user_arrived)
+        if not self._listening:  # started again after a lost and regained leadership
+            self.traffic.on_arrival(self._user_arrived)
+            self._listening = True
         if self.trigger:
+            self._scheduler = AsyncIOScheduler(timezone=UTC)
             self._scheduler.add_job(self.check, IntervalTrigger(seconds=self.check_every_s),
                                     id="practice", max_instances=1, coalesce=True)
             self._scheduler.start()

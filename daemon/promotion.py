@@ -8,7 +8,14 @@ A promotion (or rollback) of version V:
    transaction: from here a crash restarts the daemon serving V;
 4. the gateway's catalog flips the alias to V. Requests resolve their route when they arrive,
    so those in flight finish on the version they started with, and every response names the
-   version that answered (`x-lifelong-adapter`).
+   version that answered (`x-lifelong-adapter`);
+5. with several gateway replicas, it waits until every live one routes the alias to V (each
+   follows the registry and loads V into its servers first: `daemon/cluster.py`), so once it
+   answers no replica serves the alias from the old version; one that lags past
+   `cluster.propagation_timeout_s` is named in the answer.
+
+A promotion by the gate (`leader_only`) checks in its own transaction that this replica still
+holds the learning lease: a deposed leader's late promotion is refused by the database.
 
 Versions are never unloaded (see the README's known limits): a rollback to a recent version is a
 catalog flip with its weights already in vLLM.
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +56,7 @@ class Promoted:
     version: str  # the new champion, or `base`
     previous: str  # the old one, or `base`
     forced: bool
+    lagging: tuple[str, ...] = ()  # replicas that did not follow within the timeout
 
 
 class Promoter:
@@ -60,23 +69,29 @@ class Promoter:
         catalog: ModelCatalog,
         upstreams: list[Upstream],
         base_model_dir: Path,
+        fence: Callable[[Session], None] = lambda session: None,
+        propagate: Callable[[str | None], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.sessions = sessions
         self.catalog = catalog
         self.upstreams = upstreams
         self.base_model_dir = base_model_dir
+        self.fence = fence  # raises NotLeader unless this replica holds the learning lease
+        self.propagate = propagate  # until the other replicas follow; those that did not
         self.lock = asyncio.Lock()
 
     async def promote(self, version: str, *, by: str, forced: bool = False,
-                      reason: str | None = None) -> Promoted:
+                      reason: str | None = None, leader_only: bool = False) -> Promoted:
         """Make `version` the champion. Unless `forced`, the gate must have approved it (or it is
-        a former champion that was not forced in).
+        a former champion that was not forced in). `leader_only`: only while this replica
+        leads the learning loop (the gate's promotions).
         Raises UnknownAdapter, PromotionRefused, AdapterError, AdapterLoadFailed,
-        UpstreamUnavailable; on any of them the champion is unchanged."""
+        UpstreamUnavailable, NotLeader; on any of them the champion is unchanged."""
         async with self.lock:
             path = await asyncio.to_thread(self._check, version, forced=forced)
-            return await self._move(version, path, by=by, forced=forced, kind="promote",
-                                    reason=reason)
+            moved = await self._move(version, path, by=by, forced=forced, kind="promote",
+                                     reason=reason, leader_only=leader_only)
+        return await self._propagated(moved)
 
     async def rollback(self, *, by: str, to: str | None = None,
                        reason: str | None = None) -> Promoted:
@@ -86,8 +101,20 @@ class Promoter:
             target = to or await asyncio.to_thread(self._previous)
             path = None if target == BASE_MODEL_NAME else await asyncio.to_thread(
                 self._check, target, forced=True)
-            return await self._move(target, path, by=by, forced=False, kind="rollback",
-                                    reason=reason)
+            moved = await self._move(target, path, by=by, forced=False, kind="rollback",
+                                     reason=reason)
+        return await self._propagated(moved)
+
+    async def _propagated(self, moved: Promoted) -> Promoted:
+        if self.propagate is None:
+            return moved
+        version = None if moved.version == BASE_MODEL_NAME else moved.version
+        lagging = await self.propagate(version)
+        if lagging:
+            logger.warning("replicas still serve the old champion",
+                           extra={"champion": moved.version, "lagging": lagging})
+        return Promoted(version=moved.version, previous=moved.previous, forced=moved.forced,
+                        lagging=tuple(lagging))
 
     def _previous(self) -> str:
         with self.sessions() as session:
@@ -110,14 +137,22 @@ class Promoter:
         return path
 
     async def _move(self, version: str, path: str | None, *, by: str, forced: bool, kind: str,
-                    reason: str | None) -> Promoted:
+                    reason: str | None, leader_only: bool = False) -> Promoted:
         if path is not None:
-            await asyncio.gather(*(self.load_and_warm(u, version, path) for u in self.upstreams))
+            # The servers that serve now; one that is (re)starting loads the registry's
+            # champion before it is routed to (`apply_adapters`).
+            ready = [u for u in self.upstreams if u.ready]
+            if not ready:
+                raise UpstreamUnavailable("no model server is ready to load the adapter into; "
+                                          "retry once one is")
+            await asyncio.gather(*(self.load_and_warm(u, version, path) for u in ready))
         previous = self.catalog.champion or BASE_MODEL_NAME
         adapter = None if version == BASE_MODEL_NAME else version
 
         def record() -> None:
             with self.sessions.begin() as session:
+                if leader_only:
+                    self.fence(session)
                 registry.set_champion(session, version=adapter, promoted_by=by, forced=forced,
                                       kind=kind, reason=reason)
 

@@ -17,6 +17,7 @@ import contextvars
 import dataclasses
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -597,6 +598,30 @@ class ScheduleSettings(Section):
         return value
 
 
+class ClusterSettings(Section):
+    """Many gateway replicas against one PostgreSQL: all serve; one (the lease holder) learns."""
+
+    replica_id: str = Field(
+        default_factory=lambda: socket.gethostname(), min_length=1, max_length=255,
+        description="This gateway replica's name, unique among replicas (Kubernetes: the pod "
+        "name). A restarted replica with the same name takes its lease back at once.")
+    advertise_url: str | None = Field(
+        default=None, description="Where other replicas and people reach this gateway (shown "
+        "as the leader's address in refusals and `lifelong status`).")
+    lease_s: float = Field(
+        default=15.0, ge=1.0, le=3600.0, description="The learning loop's leadership lease: "
+        "another replica takes over within about this long after the leader dies.")
+    sync_s: float = Field(
+        default=1.0, gt=0, le=60.0, description="How often a replica reads the registry's "
+        "champion and checks that every vLLM server it talks to serves it.")
+    heartbeat_s: float = Field(
+        default=5.0, gt=0, le=300.0, description="How often a replica writes what it serves "
+        "to the database (`lifelong status` lists replicas from it).")
+    propagation_timeout_s: float = Field(
+        default=60.0, ge=0, description="A promotion waits this long for every live replica "
+        "to route the alias to the new champion before it answers (and says which did not).")
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told. `lifelong config show` prints the effective values."""
 
@@ -608,6 +633,11 @@ class Settings(BaseSettings):
         default=Path("lifelong-data"), description="Adapters, the SQLite database, the base model."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    adapter_storage: Path | None = Field(
+        default=None,
+        description="Where adapters are written and read (default: data_dir/adapters). With "
+        "several gateway replicas: shared storage every gateway and vLLM server mounts at "
+        "this same path.")
     base_model: BaseModelSettings = Field(default_factory=BaseModelSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
@@ -616,6 +646,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     evals: EvalSettings = Field(default_factory=EvalSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
     @model_validator(mode="after")
     def _lora_fits_vllm(self) -> Settings:
@@ -651,9 +682,10 @@ class Settings(BaseSettings):
         """The vLLM servers the daemon answers through: the configured ones, else its own."""
         return self.vllm.upstreams or [f"http://127.0.0.1:{self.vllm.port}"]
 
+
     @property
     def adapters_dir(self) -> Path:
-        return self.data_dir / "adapters"
+        return self.adapter_storage or self.data_dir / "adapters"
 
     @property
     def database_url(self) -> str:

@@ -131,8 +131,10 @@ class Trainer:
         timeout_s: float,
         grace_s: float = 30.0,
         niceness: Callable[[TrainRequest], int] = lambda request: 0,
+        fence: Callable[[Session], None] = lambda session: None,
     ) -> None:
         self.sessions = sessions
+        self.fence = fence  # in the run's opening transaction: raises unless this replica leads
         self.command = command
         self.niceness = niceness  # added to the child's CPU niceness
         self.env = env
@@ -153,11 +155,13 @@ class Trainer:
         return self._child.request if self._child is not None else None
 
     async def recover(self) -> list[int]:
-        """Mark this host's runs whose process is gone as interrupted (call once at start)."""
+        """Mark the runs left by earlier leaders as interrupted: this host's whose process is
+        gone, and other hosts' daemon-started ones (call when this replica starts leading)."""
 
         def recover() -> list[int]:
             with self.sessions.begin() as session:
-                return interrupt_dead_training_runs(session, host=self.host, alive=pid_alive)
+                return interrupt_dead_training_runs(session, host=self.host, alive=pid_alive,
+                                                    other_hosts=True)
 
         ended = await asyncio.to_thread(recover)
         if ended:
@@ -228,6 +232,7 @@ class Trainer:
 
     def _open_run(self, request: TrainRequest) -> int:
         with self.sessions.begin() as session:
+            self.fence(session)
             return start_training_run(
                 session, method="+".join(request.methods) if request.methods else "recipe",
                 parent_version=None, config={"request": asdict(request)}, host=self.host,

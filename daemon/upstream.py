@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
@@ -31,6 +31,7 @@ from lifelong.evals.vllm_client import (
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BASE_MODEL_NAME = "base"  # vLLM's --served-model-name for the base model; adapters use versions
 
@@ -41,6 +42,11 @@ class UpstreamUnavailable(Exception):
     def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class UpstreamRefused(UpstreamUnavailable):
+    """The server refused the connection: the request never reached it, so another server may
+    take it (a server that died or restarts, before its health watch noticed)."""
 
 
 class UpstreamTimeout(Exception):
@@ -83,6 +89,8 @@ class Upstream(Protocol):
 
 
 def _translate(exc: Exception, base_url: str) -> Exception:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamRefused(f"{base_url} refused the connection: {type(exc).__name__}")
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError) and not isinstance(
         exc, aiohttp.ConnectionTimeoutError
     ):
@@ -234,6 +242,23 @@ class UpstreamPool:
         raise UpstreamUnavailable(
             "the model server is starting or restarting", retry_after_s=self.retry_after_s
         )
+
+    async def call(self, send: Callable[[Upstream], Awaitable[T]]) -> T:
+        """`send(upstream)` on a ready upstream; if that one refuses the connection (the
+        request never reached it), it leaves routing until its watch sees it healthy again,
+        and the next ready one is tried. Raises UpstreamUnavailable when none takes it."""
+        while True:
+            upstream = self.pick()
+            try:
+                return await send(upstream)
+            except UpstreamRefused:
+                if not upstream.ready:  # another request already took it out
+                    continue
+                upstream.ready = False
+                logger.warning("upstream refused a connection; out of routing until healthy",
+                               extra={"upstream": upstream.base_url})
+                if not self.any_ready:
+                    raise
 
     @property
     def any_ready(self) -> bool:

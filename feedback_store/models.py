@@ -368,3 +368,32 @@ class Rollout(Base):
         CheckConstraint("round >= 0", name="round_range"),
         Index("ix_rollouts_run_round", "training_run_id", "round"),
     )
+
+
+class Lease(Base):
+    """A named lease (the learning loop's leadership): its holder, fencing epoch and expiry in the
+    database's clock (seconds since 1970), so no replica's own clock decides who leads."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(255))  # a replica id
+    holder_url: Mapped[str | None] = mapped_column(String)  # where the holder answers
+    epoch: Mapped[int] = mapped_column(BigInteger)  # raised at every change of holder
+    expires_at: Mapped[float] = mapped_column(Double)
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Replica(Base):
+    """A gateway replica's last heartbeat: where it answers, whether it leads, the champion it
+    routes the alias to and what each vLLM server it talks to serves."""
+
+    __tablename__ = "replicas"
+
+    replica_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    url: Mapped[str | None] = mapped_column(String)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    seen_at: Mapped[float] = mapped_column(Double)  # the database's clock, seconds since 1970
+    leader: Mapped[bool] = mapped_column(Boolean)
+    champion: Mapped[str | None] = mapped_column(String)  # None: the base model
+    servers: Mapped[list[dict[str, Any]]] = mapped_column(Json)

@@ -139,19 +139,26 @@ def finish_eval_run(
 
 
 def interrupt_dead_training_runs(
-    session: Session, *, host: str, alive: Callable[[int], bool]
+    session: Session, *, host: str, alive: Callable[[int], bool], other_hosts: bool = False,
 ) -> list[int]:
     """Mark `interrupted` every running run on `host` whose process is gone (`alive(pid)` false,
-    or no pid yet). Runs on other hosts are left alone: only their own host can tell."""
-    rows = session.scalars(
-        select(TrainingRun).where(TrainingRun.status == "running", TrainingRun.host == host)
-    )
+    or no pid yet). Runs on other hosts are left alone (only their own host can tell), unless
+    `other_hosts`: a newly elected leader's, whose predecessor lost the lease with its runs;
+    even then only the runs a daemon started (a person's `lifelong train` elsewhere is theirs)."""
+    rows = session.scalars(select(TrainingRun).where(TrainingRun.status == "running"))
     ended = []
     for row in rows:
-        if row.pid is None or not alive(row.pid):
-            row.status, row.finished_at = "interrupted", datetime.now(UTC)
-            row.error = f"the trainer process ({row.pid or 'not started'}) ended with the daemon"
-            ended.append(row.id)
+        if row.host == host:
+            if row.pid is not None and alive(row.pid):
+                continue
+            error = f"the trainer process ({row.pid or 'not started'}) ended with the daemon"
+        elif other_hosts and "request" in (row.config or {}):
+            error = (f"the gateway on {row.host} that ran it no longer leads the learning loop; "
+                     "a new leader took over")
+        else:
+            continue
+        row.status, row.finished_at, row.error = "interrupted", datetime.now(UTC), error
+        ended.append(row.id)
     session.flush()
     return ended
 

@@ -67,6 +67,13 @@ def fresh_postgres_database(server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def new_postgres_database():
+    """`new_postgres_database(server_url)`: a context manager giving a fresh database's URL,
+    for a module whose processes need one of their own."""
+    return fresh_postgres_database
+
+
+@pytest.fixture(scope="session")
 def postgres_server_url() -> str:
     """The server to create test databases on; skips the test when it is unreachable."""
     probe = create_engine(POSTGRES_SERVER_URL, poolclass=NullPool)
@@ -171,17 +178,22 @@ STARTUP_TIMEOUT_S = 300  # about 30 s on 2 idle cores; far more when the machine
 
 
 @contextlib.contextmanager
-def serve_vllm(model: Path, log_dir: Path) -> Iterator[str]:
-    """A real vLLM OpenAI server on `model` (served as `base`, LoRA on); its URL while it runs."""
-    port = free_port()
+def serve_vllm(model: Path, log_dir: Path, *, port: int | None = None,
+               cores: str | None = None) -> Iterator[str]:
+    """A real vLLM OpenAI server on `model` (served as `base`, LoRA on); its URL while it runs.
+    `cores`: the CPUs its engine is bound to (VLLM_CPU_OMP_THREADS_BIND), for servers side by
+    side."""
+    port = port or free_port()
     log = log_dir / "vllm.log"
+    bind = {"VLLM_CPU_OMP_THREADS_BIND": cores} if cores else {}
     process = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
          "--model", str(model), "--served-model-name", "base",
          "--enable-lora", "--max-lora-rank", "8", "--max-loras", "4", "--max-model-len", "512",
          "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "VLLM_CPU_KVCACHE_SPACE": "1"},
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        env={**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
+             **bind},
+        stdout=log.open("ab"), stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group, so the engine workers go with it
     )
     url = f"http://127.0.0.1:{port}"
@@ -200,7 +212,8 @@ def serve_vllm(model: Path, log_dir: Path) -> Iterator[str]:
             time.sleep(1)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # a test may have killed it
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:

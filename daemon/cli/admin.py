@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from lifelong.daemon.cli.admin_client import AdminClient, AdminError
+from lifelong.daemon.cli.admin_client import AdminClient, AdminError, Promoted
 from lifelong.daemon.cli.keys import KEY_ON_ARGV, read_key
 from lifelong.daemon.cli.options import ConfigOption, DataDirOption, fail, settings_from
 from lifelong.daemon.cli.status import describe_status
@@ -56,7 +56,7 @@ def promote(
     except AdminError as exc:
         fail(str(exc))
     typer.echo(f"champion: {moved.champion} (was {moved.previous})"
-               + (" [forced]" if moved.forced else ""))
+               + (" [forced]" if moved.forced else "") + _lagging(moved))
 
 
 def rollback(
@@ -76,7 +76,12 @@ def rollback(
         moved = client.rollback(to=to, reason=reason)
     except AdminError as exc:
         fail(str(exc))
-    typer.echo(f"champion: {moved.champion} (was {moved.previous})")
+    typer.echo(f"champion: {moved.champion} (was {moved.previous})" + _lagging(moved))
+
+
+def _lagging(moved: Promoted) -> str:
+    return (f"; not yet followed by replicas {', '.join(moved.lagging)} (see `lifelong status`)"
+            if moved.lagging else "")
 
 
 def status(

@@ -24,6 +24,7 @@ class Promoted(_Answer):
     champion: str
     previous: str
     forced: bool
+    lagging: list[str] = []  # gateway replicas that had not followed when it answered
 
 
 class LastCycle(_Answer):
@@ -83,6 +84,39 @@ class Promotion(_Answer):
     forced: bool
 
 
+class Server(_Answer):
+    url: str
+    ready: bool
+    adapters: list[str] = []
+    serves_champion: bool | None = None
+    error: str | None = None
+
+
+class ReplicaRow(_Answer):
+    replica: str
+    url: str | None = None
+    alive: bool
+    seen_s_ago: float
+    leader: bool
+    champion: str
+    servers: list[Server]
+    agrees: bool
+
+
+class Leader(_Answer):
+    replica: str
+    url: str | None = None
+    epoch: int
+    expires_in_s: float
+
+
+class Cluster(_Answer):
+    replica: str
+    leading: bool
+    leader: Leader | None = None
+    replicas: list[ReplicaRow]
+
+
 class DaemonStatus(_Answer):
     """`GET /admin/status`: what the daemon serves, waits on, and has lately done."""
 
@@ -93,6 +127,7 @@ class DaemonStatus(_Answer):
     schedule: Schedule
     practice: Practice | None = None  # absent from daemons older than practice
     sandbox: Sandbox | None = None
+    cluster: Cluster | None = None  # absent from daemons older than replicas
     training_runs: list[TrainingRun]
     decisions: list[Decision]
     promotions: list[Promotion]

@@ -26,6 +26,20 @@ def describe_status(found: DaemonStatus) -> str:
     if box := found.sandbox:
         lines.append(f"sandbox:    {box.isolation}, python_tests {box.python_tests} "
                      f"({', '.join(box.layers)})" + (f": {box.reason}" if box.reason else ""))
+    if cluster := found.cluster:
+        leader = cluster.leader
+        where = f" at {leader.url}" if leader and leader.url else ""
+        lines.append(f"leader:     {leader.replica + where if leader else 'none now'} "
+                     f"(this gateway: {cluster.replica})")
+        lines.append("replicas:")
+        for r in cluster.replicas:
+            state = ("" if r.agrees else "  DISAGREES") if r.alive else \
+                f"  gone ({r.seen_s_ago:.0f} s silent)"
+            lines.append(f"  {r.replica}{' (leader)' if r.leader else ''}: alias -> "
+                         f"{r.champion}{state}")
+            lines += [f"    {s.url}: {'ready' if s.ready else 'OUT OF ROUTING'}, serves "
+                      f"{', '.join(s.adapters) or 'the base model only'}"
+                      + (f" ({s.error})" if s.error else "") for s in r.servers]
     if last := cycle.last:
         lines.append(f"last cycle: {last.outcome} ({last.trigger}, {last.started_at[:19]})"
                      + (f": {last.reason}" if last.reason else ""))

@@ -27,6 +27,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.daemon.catalog import ModelCatalog
+from lifelong.daemon.cluster import Replica
 from lifelong.daemon.gateway import errors
 from lifelong.daemon.gateway.admin.router import router as admin_router
 from lifelong.daemon.gateway.admin.service import AdminService
@@ -39,6 +40,7 @@ from lifelong.daemon.gateway.health import router as health_router
 from lifelong.daemon.gateway.inference.router import router as inference_router
 from lifelong.daemon.gateway.inference.service import InferenceService
 from lifelong.daemon.judge import Judge, build_judge
+from lifelong.daemon.leadership import Leadership
 from lifelong.daemon.learning_cycle import LearningCycle, Schedule
 from lifelong.daemon.metrics import ServingMetrics, StateCollector, VersionLabels
 from lifelong.daemon.practice import Practice
@@ -79,9 +81,14 @@ def vllm_command(settings: Settings, port: int | None = None) -> list[str]:
 def vllm_env(settings: Settings, port: int | None = None) -> dict[str, str]:
     """The environment of the local vLLM on `port` (None: any vLLM of these settings): only
     what it needs from ours (`child_environment`), never the database URL or keys."""
+    # vLLM's own filesystem LoRA resolver (a general plugin, on by default): a request for an
+    # adapter version it was never given loads `adapters_dir/<version>` by itself, as a
+    # replacement or a server started later must. The folder must exist when vLLM starts
+    # (made with the local vLLM's supervisor).
     env = {
         **child_environment(),
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
+        "VLLM_LORA_RESOLVER_CACHE_DIR": str(settings.adapters_dir.resolve()),
         "VLLM_CPU_KVCACHE_SPACE": str(settings.vllm.cpu_kvcache_space_gib),
     }
     if port is not None and CPU_BIND not in os.environ and (cores := cpu_cores(settings, port)):
@@ -130,20 +137,31 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             state.sessions = sessions = sessionmaker(engine, expire_on_commit=False)
             state.keyring = KeyRing(settings.gateway.api_keys)
             state.catalog = catalog = ModelCatalog(alias=settings.gateway.public_alias)
+            c = settings.cluster
+            # The learning loop runs while this replica holds the lease (`learning` is bound
+            # below, before the leadership starts).
+            learning: _LearningLoop
+            state.leadership = leadership = Leadership(
+                sessions=sessions, holder=c.replica_id, holder_url=c.advertise_url,
+                lease_s=c.lease_s, on_elected=lambda epoch: _lead(learning, settings, sessions),
+                on_deposed=lambda reason: _follow(learning))
             state.pool, state.watchers = await stack.enter_async_context(_upstreams(
                 settings, app, sessions=sessions, catalog=catalog,
                 on_fatal=on_fatal or (lambda reason: None)))
             state.interaction_log, committer = await stack.enter_async_context(
                 _writers(settings, engine))
             learning = await stack.enter_async_context(_learning(
-                settings, sessions=sessions, catalog=catalog, upstreams=state.pool.upstreams))
+                settings, sessions=sessions, catalog=catalog, upstreams=state.pool.upstreams,
+                leadership=leadership))
             state.trainer, state.judge = learning.trainer, learning.judge
             state.promoter, state.cycle = learning.promoter, learning.cycle
             state.practice, state.schedule = learning.practice, learning.schedule
+            state.replica = replica = learning.replica
             state.admin = AdminService(
                 sessions=sessions, catalog=catalog, trainer=learning.trainer, cycle=learning.cycle,
                 judge=learning.judge, promoter=learning.promoter, practice=learning.practice,
-                schedule=learning.schedule, background=learning.background)
+                schedule=learning.schedule, background=learning.background,
+                leadership=leadership, replica=replica)
             # One registry per app, not prometheus_client's global one: a process may build several.
             state.metrics_registry = CollectorRegistry()
             metrics = await _metrics(
@@ -168,18 +186,16 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
                 except Exception as exc:
                     logger.error("cannot start serving: %s", exc)
                     raise
-            if learning.schedule is not None:
-                await learning.schedule.start()
-                stack.push_async_callback(learning.schedule.stop)
-            await learning.practice.start()
-            stack.push_async_callback(learning.practice.stop)
-            if settings.evals.general_suite or settings.training.anchor_fraction > 0:
-                prepared = asyncio.create_task(_prepare(learning.judge, settings))
-                learning.background.add(prepared)
-                prepared.add_done_callback(learning.background.discard)
+            # Follow the registry's champion and report what this replica serves; then lead
+            # the learning loop if no other replica does.
+            await replica.start()
+            stack.push_async_callback(replica.stop)
+            stack.push_async_callback(leadership.stop)
+            await leadership.start()
             logger.info("gateway ready", extra={
                 "upstreams": settings.vllm_urls, "champion": catalog.champion,
-                "open": state.keyring.open,
+                "open": state.keyring.open, "replica": c.replica_id,
+                "leading": leadership.leading,
             })
             yield
 
@@ -256,21 +272,29 @@ async def _upstreams(
     # app.state when a replacement needs them, long after start-up.
     state = app.state
 
+    first: list[bool] = [True]
+
     async def apply_adapters(upstream: Upstream) -> None:
-        # The registry is the truth: after any (re)start, serve its champion, never the
-        # bare base model by accident.
+        # After any (re)start a server gets the champion this replica routes to and the
+        # registry's (another replica may have moved it; `Replica.follow` flips this one once
+        # every server has it), so the alias never reaches it without its adapter. The first
+        # server up sets what the alias means here: the registry is the truth.
         def read_champion() -> tuple[str, str] | None:
             with sessions() as session:
                 row = registry.champion(session)
                 return (row.version, row.path) if row is not None else None
 
         champion = await asyncio.to_thread(read_champion)
-        if champion is not None:
-            version, path = champion
-            if version not in await upstream.loaded_adapters():
-                await upstream.load_adapter(name=version, path=path)
-            catalog.live[version] = path
-        catalog.champion = champion[0] if champion else None
+        wanted = dict([champion] if champion else [])
+        if catalog.champion is not None:
+            wanted[catalog.champion] = catalog.live[catalog.champion]
+        for version, path in wanted.items():  # loaded and warmed, as a promotion does
+            await state.promoter.load_and_warm(upstream, version, path)
+        if first[0]:
+            first[0] = False
+            if champion is not None:
+                catalog.live[champion[0]] = champion[1]
+            catalog.champion = champion[0] if champion else None
         _note_vllm_url(settings, upstream.base_url)
 
     kept: dict[str, str] = {}
@@ -303,6 +327,7 @@ async def _upstreams(
     if settings.vllm.upstreams:
         watchers = [HealthWatch(upstream=u, on_ready=apply_adapters) for u in upstreams]
     else:
+        settings.adapters_dir.mkdir(parents=True, exist_ok=True)  # vLLM's resolver needs it
         watchers = [
             Supervisor(
                 command=lambda port: vllm_command(settings, port),
@@ -338,15 +363,42 @@ class _LearningLoop:
     promoter: Promoter
     cycle: LearningCycle
     practice: Practice
-    schedule: Schedule | None  # started by the lifespan, once serving
+    schedule: Schedule | None  # started while this replica leads
     traffic: UserTraffic
     background: set[asyncio.Task[None]]  # tasks the API started (evals), kept until they end
+    replica: Replica
+
+
+async def _lead(learning: _LearningLoop, settings: Settings,
+                sessions: sessionmaker[Session]) -> None:
+    """This replica now leads: what earlier leaders left running is marked interrupted, then
+    the triggers start."""
+    await learning.trainer.recover()
+    await asyncio.to_thread(_interrupt_eval_runs, sessions)
+    if learning.schedule is not None:
+        await learning.schedule.start()
+    await learning.practice.start()
+    if settings.evals.general_suite or settings.training.anchor_fraction > 0:
+        prepared = asyncio.create_task(_prepare(learning.judge, settings))
+        learning.background.add(prepared)
+        prepared.add_done_callback(learning.background.discard)
+
+
+async def _follow(learning: _LearningLoop) -> None:
+    """This replica no longer leads: triggers stopped, the running cycle and evals cancelled,
+    the training run marked interrupted and its child stopped. Serving goes on."""
+    if learning.schedule is not None:
+        await learning.schedule.stop()
+    await learning.practice.stop()
+    await learning.cycle.stop()
+    await _cancel(learning.background)
+    await learning.trainer.stop()
 
 
 @asynccontextmanager
 async def _learning(
     settings: Settings, *, sessions: sessionmaker[Session], catalog: ModelCatalog,
-    upstreams: list[Upstream],
+    upstreams: list[Upstream], leadership: Leadership,
 ) -> AsyncIterator[_LearningLoop]:
     """The trainer (its runs left by the last shutdown marked interrupted), the judge with its
     verifier workers, the promoter, the learning cycle and its triggers (started later, by the
@@ -364,10 +416,9 @@ async def _learning(
             log_dir=settings.data_dir / "logs",
             timeout_s=settings.training.timeout_s,
             niceness=lambda request: practice[0].niceness(request),
+            fence=leadership.check,
         )
         stack.push_async_callback(trainer.stop)
-        await trainer.recover()
-        await asyncio.to_thread(_interrupt_eval_runs, sessions)
         # Evals answer through the first server: every server holds the same model.
         # Verifiers run in worker processes of their own (started on first use), never on this
         # loop or its default executor, which the database reads use.
@@ -375,8 +426,17 @@ async def _learning(
         stack.push_async_callback(asyncio.to_thread, verifiers.close)
         judge = build_judge(settings, sessions=sessions, upstream=upstreams[0],
                             verifiers=verifiers)
-        promoter = Promoter(sessions=sessions, catalog=catalog, upstreams=list(upstreams),
-                            base_model_dir=settings.base_model_path)
+        c = settings.cluster
+        replicas: list[Replica] = []  # made below: it needs the promoter, which waits on it
+        promoter = Promoter(
+            sessions=sessions, catalog=catalog, upstreams=list(upstreams),
+            base_model_dir=settings.base_model_path, fence=leadership.check,
+            propagate=lambda version: replicas[0].wait_for(version, c.propagation_timeout_s))
+        replicas.append(Replica(
+            replica_id=c.replica_id, url=c.advertise_url, sessions=sessions, catalog=catalog,
+            upstreams=list(upstreams), promoter_lock=promoter.lock,
+            load_and_warm=promoter.load_and_warm, leading=lambda: leadership.leading,
+            sync_s=c.sync_s, heartbeat_s=c.heartbeat_s))
         background: set[asyncio.Task[None]] = set()
         stack.push_async_callback(_cancel, background)
         cycle = LearningCycle(sessions=sessions, trainer=trainer, judge=judge, promoter=promoter,
@@ -395,7 +455,7 @@ async def _learning(
             min_new_feedback=s.min_new_feedback, check_every_s=s.check_every_s,
         ) if s.enabled else None
         yield _LearningLoop(trainer, judge, promoter, cycle, practice[0], schedule, traffic,
-                            background)
+                            background, replicas[0])
 
 
 async def _cancel(tasks: set[asyncio.Task[None]]) -> None:

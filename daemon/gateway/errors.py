@@ -24,6 +24,7 @@ from lifelong.daemon.gateway.rate_limit import RateLimited
 from lifelong.daemon.upstream import UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from lifelong.evals.verifiers import InvalidVerifierOptions
 from lifelong.feedback_store import errors as store_errors
+from lifelong.feedback_store.leases import NotLeader
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ class Answer:
 
 # Every class `answer_for` translates (a handler is registered for each).
 TYPED = (UnknownModel, store_errors.StoreError, *DATABASE_DOWN, InvalidVerifierOptions,
-         UpstreamUnavailable, UpstreamTimeout, RateLimited)
+         UpstreamUnavailable, UpstreamTimeout, RateLimited, NotLeader)
 
 
 def answer_for(exc: Exception) -> Answer | None:
@@ -140,6 +141,11 @@ def answer_for(exc: Exception) -> Answer | None:
         case RateLimited():
             return Answer(429, str(exc), "rate_limit_error", code="rate_limit_exceeded",
                           headers={"Retry-After": str(exc.retry_after_s)})
+        case NotLeader():
+            where = (f"; the leader is {exc.holder}" + (f" at {exc.holder_url}"
+                                                         if exc.holder_url else "")
+                     if exc.holder else "; no replica leads now, retry shortly")
+            return Answer(409, f"{exc}{where}", "invalid_request_error", code="not_leader")
     return None
 
 

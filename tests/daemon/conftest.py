@@ -97,7 +97,10 @@ def write_config(tmp: Path, model: Path, **extra: object) -> Path:
         "schedule": {"enabled": False},
     }
     for section, values in extra.items():
-        config.setdefault(section, {}).update(values)  # type: ignore[union-attr]
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)  # type: ignore[union-attr]
+        else:  # a top-level value (adapter_storage)
+            config[section] = values
     path = tmp / "lifelong.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

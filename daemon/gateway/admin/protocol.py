@@ -94,3 +94,6 @@ class PromotedOut(BaseModel):
     champion: str = Field(description="The version now behind the public alias, or `base`.")
     previous: str
     forced: bool
+    lagging: list[str] = Field(
+        default_factory=list, description="Gateway replicas that did not route the alias to the "
+        "new champion within cluster.propagation_timeout_s.")

@@ -15,14 +15,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.daemon.adapter_report import adapter_detail, adapter_rows, learning_status
 from lifelong.daemon.catalog import ModelCatalog
+from lifelong.daemon.cluster import Replica
 from lifelong.daemon.gateway.admin.protocol import EvalRunOut, PromotedOut, TrainingRunOut
 from lifelong.daemon.judge import Judge
+from lifelong.daemon.leadership import Leadership
 from lifelong.daemon.learning_cycle import LearningCycle, Schedule, start_in_background
 from lifelong.daemon.practice import Practice
 from lifelong.daemon.promotion import Promoted, Promoter
 from lifelong.daemon.trainer import Trainer, TrainRequest, describe_run
 from lifelong.evals import sandbox
 from lifelong.feedback_store.eval_results import gate_decision_for_run
+from lifelong.feedback_store.leases import NotLeader
 from lifelong.feedback_store.models import EvalRun, TrainingRun
 
 
@@ -39,6 +42,8 @@ class AdminService:
         practice: Practice,
         schedule: Schedule | None,
         background: set[asyncio.Task[Any]],  # the evals started here, held until they end
+        leadership: Leadership,
+        replica: Replica,
     ) -> None:
         self.sessions = sessions
         self.catalog = catalog
@@ -49,9 +54,25 @@ class AdminService:
         self.practice = practice
         self.schedule = schedule
         self.background = background
+        self.leadership = leadership
+        self.replica = replica
+
+    async def _lead(self) -> None:
+        """Raises NotLeader (naming the leader) unless this replica runs the learning loop:
+        cycles, evals and their cancellation happen on the leader only."""
+        if self.leadership.leading:
+            return
+        lease = await asyncio.to_thread(self.leadership.current)
+        alive = lease is not None and lease.expires_in_s > 0
+        raise NotLeader(
+            f"this gateway (replica {self.leadership.holder}) does not run the learning loop",
+            holder=lease.holder if alive and lease else None,
+            holder_url=lease.holder_url if alive and lease else None)
 
     async def train(self, request: TrainRequest) -> int:
-        """Start a learning cycle; its training run's id once recorded. Raises TrainerBusy."""
+        """Start a learning cycle; its training run's id once recorded. Raises TrainerBusy,
+        NotLeader."""
+        await self._lead()
         return await self.cycle.start(request)
 
     async def status(self) -> dict[str, Any]:
@@ -74,6 +95,25 @@ class AdminService:
             "practice": self.practice.status(),
             # Which isolation python_tests runs under here, or why it is off (probed once).
             "sandbox": await asyncio.to_thread(sandbox.describe),
+            "cluster": await asyncio.to_thread(self._cluster),
+        }
+
+    def _cluster(self) -> dict[str, Any]:
+        """Who leads, and every replica with what each of its vLLM servers serves."""
+        lease = self.leadership.current()
+        stale_s = self.replica.stale_s
+        return {
+            "replica": self.leadership.holder, "leading": self.leadership.leading,
+            "leader": ({"replica": lease.holder, "url": lease.holder_url, "epoch": lease.epoch,
+                        "expires_in_s": round(lease.expires_in_s, 1)}
+                       if lease is not None and lease.expires_in_s > 0 else None),
+            "replicas": [
+                {"replica": p.replica_id, "url": p.url, "alive": p.alive(stale_s),
+                 "seen_s_ago": round(p.seen_s_ago, 1), "leader": p.leader,
+                 "champion": p.champion or "base", "servers": p.servers,
+                 "agrees": p.champion == self.catalog.champion
+                 and all(s.get("serves_champion", False) for s in p.servers)}
+                for p in self.replica.peers()],
         }
 
     async def training_run(self, run_id: int) -> TrainingRunOut | None:
@@ -86,7 +126,8 @@ class AdminService:
         return TrainingRunOut(**found) if found is not None else None
 
     async def cancel(self, run_id: int) -> None:
-        """Ask the running run `run_id` to stop. Raises NotTheRunningRun."""
+        """Ask the running run `run_id` to stop. Raises NotTheRunningRun, NotLeader."""
+        await self._lead()
         await self.trainer.cancel(run_id)
 
     async def adapters(self) -> list[dict[str, Any]]:
@@ -108,7 +149,8 @@ class AdminService:
     async def evaluate(self, candidate: str, *, against: str | None) -> int:
         """Start judging `candidate`; its eval run's id once recorded, the judging going on in
         the background. Raises what refused it before a run was recorded (UnknownAdapter,
-        NothingToJudge, AdapterError, SuiteError)."""
+        NothingToJudge, AdapterError, SuiteError, NotLeader)."""
+        await self._lead()
         return await start_in_background(
             lambda on_started: self.judge.judge(candidate, against=against, on_started=on_started),
             self.background)
@@ -141,4 +183,5 @@ class AdminService:
 
 
 def _moved(done: Promoted) -> PromotedOut:
-    return PromotedOut(champion=done.version, previous=done.previous, forced=done.forced)
+    return PromotedOut(champion=done.version, previous=done.previous, forced=done.forced,
+                       lagging=list(done.lagging))

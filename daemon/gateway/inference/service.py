@@ -186,9 +186,10 @@ class InferenceService:
         started = time.perf_counter()
         created_at = datetime.now(UTC)
         route = self.catalog.resolve(body["model"])
-        upstream = self.pool.pick()
         interaction_id = endpoint.id_prefix + uuid.uuid4().hex
-        answer = await upstream.complete(endpoint.route, self._upstream_body(endpoint, body, route))
+        upstream_body = self._upstream_body(endpoint, body, route)
+        answer = await self.pool.call(lambda upstream: upstream.complete(endpoint.route,
+                                                                         upstream_body))
         answer["id"] = interaction_id
         answer["model"] = route.requested
         first = answer["choices"][0] if answer.get("choices") else {}
@@ -213,7 +214,6 @@ class InferenceService:
         started = time.perf_counter()
         created_at = datetime.now(UTC)
         route = self.catalog.resolve(body["model"])
-        upstream = self.pool.pick()
         interaction_id = endpoint.id_prefix + uuid.uuid4().hex
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         # Always ask vLLM for the usage chunk: the interaction log needs the token counts.
@@ -222,7 +222,8 @@ class InferenceService:
             "stream_options": {**(body.get("stream_options") or {}), "include_usage": True},
         }
         exits = contextlib.AsyncExitStack()
-        events = await exits.enter_async_context(upstream.stream(endpoint.route, upstream_body))
+        events = await self.pool.call(lambda upstream: exits.enter_async_context(
+            upstream.stream(endpoint.route, upstream_body)))
 
         async def relay() -> AsyncIterator[bytes]:
             parts: list[str] = []

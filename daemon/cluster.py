@@ -1,0 +1,187 @@
+"""This gateway replica among its peers: it follows the registry's champion, checks that every vLLM
+server it talks to serves it, and tells the database what it serves.
+
+The registry is the one truth about the champion. Every `sync_s` a replica reads it; when it moved
+(a promotion or rollback by any replica), the replica loads and warms the new champion into every
+ready server it talks to *before* it routes the alias there, so no request reaches a server that
+lacks it. Every `heartbeat_s` (and at once after a flip) it writes its row in `replicas`: whether
+it leads, the champion it routes to, and each server's adapters as the server itself lists them.
+A server that does not list the champion the replica routes to (restarted behind its back, or
+its adapter dropped) is taken out of routing until the champion is loaded into it again.
+
+A promotion waits (`wait_for`) until every live replica routes the alias to the new champion, so
+once it answers, no replica answers from the old one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from lifelong.daemon.catalog import ModelCatalog
+from lifelong.daemon.upstream import BASE_MODEL_NAME, Upstream
+from lifelong.feedback_store import registry, replicas
+from lifelong.feedback_store.replicas import ReplicaView
+
+logger = logging.getLogger(__name__)
+
+STALE_BEATS = 3  # a replica silent for this many heartbeats is taken as gone
+
+
+class Replica:
+    def __init__(
+        self,
+        *,
+        replica_id: str,
+        url: str | None,
+        sessions: sessionmaker[Session],
+        catalog: ModelCatalog,
+        upstreams: list[Upstream],
+        promoter_lock: asyncio.Lock,
+        load_and_warm: Callable[[Upstream, str, str], Any],
+        leading: Callable[[], bool],
+        sync_s: float,
+        heartbeat_s: float,
+    ) -> None:
+        self.replica_id = replica_id
+        self.url = url
+        self.sessions = sessions
+        self.catalog = catalog
+        self.upstreams = upstreams
+        self.promoter_lock = promoter_lock
+        self.load_and_warm = load_and_warm
+        self.leading = leading
+        self.sync_s = sync_s
+        self.heartbeat_s = heartbeat_s
+        self.started_at = datetime.now(UTC)
+        self.servers: list[dict[str, Any]] = []
+        self.last_error: str | None = None
+        self._next_beat = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def stale_s(self) -> float:
+        return STALE_BEATS * self.heartbeat_s
+
+    async def start(self) -> None:
+        await self._beat()
+        self._task = asyncio.create_task(self._run(), name="replica")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+        def forget() -> None:
+            with self.sessions.begin() as session:
+                replicas.forget(session, replica_id=self.replica_id)
+
+        with contextlib.suppress(Exception):  # a stale row ages out by itself
+            await asyncio.to_thread(forget)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.sync_s)
+            try:
+                flipped = await self.follow()
+                if flipped or time.monotonic() >= self._next_beat:
+                    await self._verify()
+                    await self._beat()
+                self.last_error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database or a server is away: serve on, try again
+                if str(exc) != self.last_error:
+                    logger.warning("replica sync failed", extra={"error": str(exc)[:500]})
+                self.last_error = str(exc)
+
+    def _read_champion(self) -> tuple[str, str] | None:
+        with self.sessions() as session:
+            row = registry.champion(session)
+            return (row.version, row.path) if row is not None else None
+
+    async def follow(self) -> bool:
+        """Route the alias to the registry's champion if it moved; whether it did."""
+        champion = await asyncio.to_thread(self._read_champion)
+        version = champion[0] if champion else None
+        if version == self.catalog.champion:
+            return False
+        async with self.promoter_lock:  # never beside this replica's own promotion
+            champion = await asyncio.to_thread(self._read_champion)
+            version = champion[0] if champion else None
+            if version == self.catalog.champion:
+                return False
+            if champion is not None:
+                name, path = champion
+                await asyncio.gather(*(self.load_and_warm(u, name, path)
+                                       for u in self.upstreams if u.ready))
+                self.catalog.live[name] = path
+            previous = self.catalog.champion
+            self.catalog.champion = version
+        logger.info("champion followed", extra={"from": previous or BASE_MODEL_NAME,
+                                                "to": version or BASE_MODEL_NAME})
+        return True
+
+    async def _verify(self) -> None:
+        """Each server's own list of adapters; one that lacks the champion leaves routing until
+        it has it again."""
+        champion = self.catalog.champion
+        servers = []
+        for upstream in self.upstreams:
+            entry: dict[str, Any] = {"url": upstream.base_url, "ready": upstream.ready}
+            try:
+                served = await upstream.loaded_adapters()
+            except Exception as exc:
+                entry.update(error=f"{type(exc).__name__}: {exc}"[:300], adapters=[])
+                servers.append(entry)
+                continue
+            if upstream.ready and champion is not None and champion not in served:
+                upstream.ready = False
+                logger.error("a vLLM server does not serve the champion; out of routing until "
+                             "it does", extra={"upstream": upstream.base_url,
+                                               "champion": champion})
+                try:
+                    await self.load_and_warm(upstream, champion, self.catalog.live[champion])
+                    served = await upstream.loaded_adapters()
+                    upstream.ready = True
+                except Exception as exc:
+                    entry["error"] = f"cannot load the champion: {exc}"[:300]
+            entry.update(ready=upstream.ready, adapters=sorted(served),
+                         serves_champion=champion is None or champion in served)
+            servers.append(entry)
+        self.servers = servers
+
+    async def _beat(self) -> None:
+        self._next_beat = time.monotonic() + self.heartbeat_s
+
+        def beat() -> None:
+            with self.sessions.begin() as session:
+                replicas.beat(session, replica_id=self.replica_id, url=self.url,
+                              started_at=self.started_at, leader=self.leading(),
+                              champion=self.catalog.champion, servers=self.servers)
+
+        await asyncio.to_thread(beat)
+
+    def peers(self) -> list[ReplicaView]:
+        with self.sessions() as session:
+            return replicas.listed(session)
+
+    async def wait_for(self, version: str | None, timeout_s: float) -> list[str]:
+        """Until every live replica routes the alias to `version` (None: the base model), up to
+        `timeout_s`; the replicas that still do not."""
+        await self._beat()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lagging = [p.replica_id for p in await asyncio.to_thread(self.peers)
+                       if p.alive(self.stale_s) and p.champion != version]
+            if not lagging or time.monotonic() >= deadline:
+                return lagging
+            await asyncio.sleep(min(self.sync_s, 0.5))
