@@ -71,6 +71,7 @@ class Replica:
         return STALE_BEATS * self.heartbeat_s
 
     async def start(self) -> None:
+        await self._verify()
         await self._beat()
         self._task = asyncio.create_task(self._run(), name="replica")
 

@@ -50,7 +50,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.daemon.catalog import ModelCatalog
 from lifelong.daemon.upstream import Upstream
+from lifelong.feedback_store import registry, replicas
 from lifelong.feedback_store.interaction_log import InteractionLog
+from lifelong.feedback_store.replicas import ReplicaView
 from lifelong.feedback_store.stats import (
     BASE,
     DecisionStats,
@@ -309,8 +311,10 @@ class StateCollector(Collector):
         on_versions: Callable[[frozenset[str]], None] = lambda kept: None,
         cache_s: float = 5.0,
         wait_s: float = 5.0,
+        replica_stale_s: float = 15.0,
     ) -> None:
         self.sessions = sessions
+        self.replica_stale_s = replica_stale_s  # a replica silent this long is down
         self.wait_s = wait_s
         self.versions = versions
         self.running_run = running_run  # () -> the id of the training run going on, or None
@@ -355,7 +359,10 @@ class StateCollector(Collector):
             self._rollouts.advance(session)
             stats = read_stats(session, running_run=self.running_run(),
                                recent_decisions=RECENT_DECISIONS_READ)
+            peers = replicas.listed(session)
+            champion = registry.champion(session)
         return [
+            *_replicas(peers, champion.version if champion else None, self.replica_stale_s),
             *_training(stats.training),
             *_practice(self._rollouts, stats.training.latest_grpo_rounds),
             *_decisions(stats.decisions_by_status, stats.recent_decisions, self.versions),
@@ -389,6 +396,39 @@ class StateCollector(Collector):
             reward.add_metric([version], count_value=count, sum_value=sums.get(version, 0.0))
         yield outcomes
         yield reward
+
+
+def _replicas(peers: list[ReplicaView], champion: str | None,
+              stale_s: float) -> Iterator[Metric]:
+    """Every gateway replica as the database has it (its own heartbeats): alive, leading,
+    and whether each vLLM server it talks to serves the registry's champion. Every replica
+    exports the same figures: aggregate with max by (replica[, server])."""
+    up = GaugeMetricFamily("lifelong_replica_up", "1 while a gateway replica writes its "
+                           "heartbeat, 0 once it has been silent for 3 heartbeats.",
+                           labels=["replica"])
+    leader = GaugeMetricFamily("lifelong_replica_leader", "1 for the replica that runs the "
+                               "learning loop (by its last heartbeat).", labels=["replica"])
+    agrees = GaugeMetricFamily(
+        "lifelong_replica_serves_champion", "1 while the replica routes the alias to the "
+        "registry's champion and every vLLM server it talks to is ready and serves it; 0 for "
+        "a replica that disagrees (or is down).", labels=["replica"])
+    servers = GaugeMetricFamily(
+        "lifelong_server_serves_champion", "1 while a vLLM server, as a replica sees it, is "
+        "ready and lists the registry's champion (any server, while the base model serves).",
+        labels=["replica", "server"])
+    for peer in peers:
+        alive = peer.alive(stale_s)
+        up.add_metric([peer.replica_id], float(alive))
+        leader.add_metric([peer.replica_id], float(alive and peer.leader))
+        fine = []
+        for server in peer.servers:
+            ok = bool(server.get("ready")) and (
+                champion is None or champion in server.get("adapters", ()))
+            fine.append(ok)
+            servers.add_metric([peer.replica_id, str(server.get("url"))], float(alive and ok))
+        agrees.add_metric([peer.replica_id],
+                          float(alive and peer.champion == champion and all(fine)))
+    yield from (up, leader, agrees, servers)
 
 
 def _training(stats: TrainingStats) -> Iterator[Metric]:

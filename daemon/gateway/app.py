@@ -479,7 +479,8 @@ async def _metrics(
     collector = StateCollector(sessions=sessions, versions=versions,
                                running_run=lambda: trainer.running_run,
                                on_versions=metrics.forget_versions,
-                               cache_s=settings.gateway.metrics_cache_s)
+                               cache_s=settings.gateway.metrics_cache_s,
+                               replica_stale_s=learning.replica.stale_s)
     await asyncio.to_thread(collector.refresh)
     registry.register(collector)
     return metrics

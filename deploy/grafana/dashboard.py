@@ -191,6 +191,23 @@ def build() -> dashboard.Dashboard:
         "second.", query("lifelong_practice_paused", "paused", ref="A"),
         query(f"rate(lifelong_practice_pauses_total{rate_of})", "pauses/s", ref="B"), span=8))
 
+    board = board.with_row(dashboard.Row(
+        "Replicas: does every gateway and vLLM server serve the champion?"))
+    board = board.with_panel(facts(
+        "Gateway replicas", "Each gateway replica by its heartbeat: up, leading the learning "
+        "loop, and routing the alias to the registry's champion with every vLLM server it "
+        "talks to serving it (0: out of step; that server is out of its routing).",
+        query("max by (replica) (lifelong_replica_up)", ref="A", instant=True),
+        query("max by (replica) (lifelong_replica_leader)", ref="B", instant=True),
+        query("max by (replica) (lifelong_replica_serves_champion)", ref="C", instant=True),
+        span=12))
+    board = board.with_panel(graph(
+        "vLLM servers serving the champion", "Per replica and server: 1 while the server is "
+        "ready and lists the champion. A dip after a promotion is the load and warm-up; one "
+        "that stays at 0 is a server the replica took out of routing.",
+        query("max by (replica, server) (lifelong_server_serves_champion)",
+              "{{replica}} {{server}}"), span=12))
+
     board = board.with_row(dashboard.Row("Serving health"))
     board = board.with_panel(graph(
         "Requests", "Completion requests per second, by endpoint and version.",

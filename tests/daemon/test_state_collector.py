@@ -280,3 +280,39 @@ def test_suite_names_from_family_tags_are_cleaned_and_bounded_in_labels(engine: 
     checked = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"],
                              input=exposition, capture_output=True, timeout=30)
     assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
+
+
+def test_replicas_say_who_is_up_who_leads_and_which_server_lacks_the_champion(engine: Engine):
+    import time
+
+    from lifelong.feedback_store import replicas
+
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    with sessions.begin() as session:
+        register_adapters(session, "v0001")
+        registry.set_champion(session, version="v0001", promoted_by="ops")
+        servers = [{"url": "http://vllm-0", "ready": True, "adapters": ["v0001"]},
+                   {"url": "http://vllm-1", "ready": True, "adapters": []}]  # lost it
+        replicas.beat(session, replica_id="gw-a", url=None, started_at=datetime.now(UTC),
+                      leader=True, champion="v0001", servers=servers[:1])
+        replicas.beat(session, replica_id="gw-b", url=None, started_at=datetime.now(UTC),
+                      leader=False, champion="v0001", servers=servers)
+        replicas.beat(session, replica_id="gw-c", url=None, started_at=datetime.now(UTC),
+                      leader=True, champion="v0001", servers=servers[:1])
+    time.sleep(0.6)
+    with sessions.begin() as session:  # gw-c falls silent; the others beat again
+        for name, served in (("gw-a", servers[:1]), ("gw-b", servers)):
+            replicas.beat(session, replica_id=name, url=None, started_at=datetime.now(UTC),
+                          leader=name == "gw-a", champion="v0001", servers=served)
+    collector, metrics_registry = collector_on(engine, replica_stale_s=0.5)
+    value = metrics_registry.get_sample_value
+    assert [value("lifelong_replica_up", {"replica": r}) for r in ("gw-a", "gw-b", "gw-c")] == [
+        1.0, 1.0, 0.0]
+    assert [value("lifelong_replica_leader", {"replica": r}) for r in ("gw-a", "gw-c")] == [
+        1.0, 0.0]  # a silent replica leads nothing
+    assert value("lifelong_replica_serves_champion", {"replica": "gw-a"}) == 1.0
+    assert value("lifelong_replica_serves_champion", {"replica": "gw-b"}) == 0.0
+    assert value("lifelong_server_serves_champion",
+                 {"replica": "gw-b", "server": "http://vllm-1"}) == 0.0
+    assert value("lifelong_server_serves_champion",
+                 {"replica": "gw-b", "server": "http://vllm-0"}) == 1.0

@@ -43,6 +43,7 @@ def test_the_dashboard_has_the_review_rows_and_unique_panel_ids() -> None:
         "Feedback volume",
         "Training",
         "Practice (GRPO on verifiable tasks)",
+        "Replicas: does every gateway and vLLM server serve the champion?",
         "Serving health",
     ]
     ids = [panel["id"] for panel in dashboard["panels"]]
