@@ -392,7 +392,21 @@ class TrainingSettings(Section):
     )
     timeout_s: float = Field(
         default=3600.0, gt=0,
-        description="The daemon kills a trainer process still running after this long.",
+        description="The daemon kills a trainer process still running after this long (runner "
+        "worker: counted from when the run was queued, waiting for a worker included).",
+    )
+    runner: Literal["child", "worker"] = Field(
+        default="child",
+        description="child: the leading gateway runs each training run as a child process on its "
+        "own machine. worker: it only records the run; a `lifelong trainer` process (its own "
+        "pod or GPU node, with the same database, base model and adapter storage) takes it "
+        "from the database and runs it.",
+    )
+    worker_lease_s: float = Field(
+        default=30.0, ge=1.0, le=3600.0,
+        description="A trainer worker renews its claim on the run it carries out every second "
+        "(a third of this, if less); the leader marks the run interrupted once the claim went "
+        "this long without renewal (the worker died with its process, or lost the database).",
     )
     device: str = Field(default="auto", description="auto (GPU if any), cpu, cuda, cuda:1, ...")
 

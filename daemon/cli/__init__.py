@@ -1,9 +1,10 @@
 """The `lifelong` command line: builds settings once, then calls the libraries with plain values.
 
 One module per room, and this one as the table of contents (the order is `lifelong --help`'s):
-serve (vLLM and the gateway), train, evaluate (`eval`), admin (`promote`, `rollback`, `status`
-through the running daemon's admin API: admin_client, status), demo, and the groups config, adapters,
-db, base and keys. options holds what every command shares.
+serve (vLLM and the gateway), train, trainer (a worker training the runs the gateways queue),
+evaluate (`eval`), admin (`promote`, `rollback`, `status` through the running daemon's admin API:
+admin_client, status), demo, and the groups config, adapters, db, base and keys. options holds
+what every command shares.
 
 Every failure a user can fix ends as one line on stderr naming the fix, and exit status 2.
 Importing this package imports no torch, vLLM or SQLAlchemy: each command imports what it runs,
@@ -17,7 +18,19 @@ import sys
 
 import typer
 
-from lifelong.daemon.cli import adapters, admin, base, config, db, demo, evaluate, keys, serve, train
+from lifelong.daemon.cli import (
+    adapters,
+    admin,
+    base,
+    config,
+    db,
+    demo,
+    evaluate,
+    keys,
+    serve,
+    train,
+    trainer,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -26,6 +39,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.command("train")(train.train)
+app.command("trainer")(trainer.trainer)
 app.command("eval")(evaluate.eval_)
 app.command("promote")(admin.promote)
 app.command("rollback")(admin.rollback)

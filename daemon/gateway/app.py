@@ -47,7 +47,14 @@ from lifelong.daemon.practice import Practice
 from lifelong.daemon.promotion import Promoter
 from lifelong.daemon.settings import Settings, write_settings_file
 from lifelong.daemon.supervisor import HealthWatch, Supervisor, child_environment
-from lifelong.daemon.trainer import Trainer, trainer_command, trainer_env
+from lifelong.daemon.trainer import (
+    ChildRunner,
+    Runner,
+    Trainer,
+    WorkerRunner,
+    trainer_command,
+    trainer_env,
+)
 from lifelong.daemon.upstream import BASE_MODEL_NAME, HttpUpstream, Upstream, UpstreamPool
 from lifelong.daemon.user_traffic import UserTraffic
 from lifelong.evals.verifier_pool import VerifierPool
@@ -406,18 +413,23 @@ async def _learning(
     training child stopped."""
     async with AsyncExitStack() as stack:
         practice: list[Practice] = []  # made below: it needs the trainer, which asks it
-        trainer = Trainer(
-            sessions=sessions,
-            command=trainer_command(
-                write_settings_file(settings, settings.data_dir / "run" / "trainer-settings.yaml"),
-                extra=lambda request: practice[0].arguments(request),
-            ),
-            env=trainer_env(),
-            log_dir=settings.data_dir / "logs",
-            timeout_s=settings.training.timeout_s,
-            niceness=lambda request: practice[0].niceness(request),
-            fence=leadership.check,
-        )
+        t = settings.training
+        runner: Runner
+        if t.runner == "worker":  # a `lifelong trainer` elsewhere takes the runs from the database
+            runner = WorkerRunner(sessions=sessions, timeout_s=t.timeout_s)
+        else:
+            runner = ChildRunner(
+                sessions=sessions,
+                command=trainer_command(
+                    write_settings_file(settings, settings.data_dir / "run" / "trainer-settings.yaml"),
+                    extra=lambda request: practice[0].arguments(request),
+                ),
+                env=trainer_env(),
+                log_dir=settings.data_dir / "logs",
+                timeout_s=t.timeout_s,
+                niceness=lambda request: practice[0].niceness(request),
+            )
+        trainer = Trainer(sessions=sessions, runner=runner, fence=leadership.check)
         stack.push_async_callback(trainer.stop)
         # Evals answer through the first server: every server holds the same model.
         # Verifiers run in worker processes of their own (started on first use), never on this

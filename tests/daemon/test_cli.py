@@ -22,7 +22,7 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
 def test_every_command_has_help():
     for command in (["config", "show"], ["db", "upgrade"], ["base", "build"], ["base", "import"],
                     ["base", "ask"],
-                    ["keys", "hash"], ["serve"], ["demo"], ["train"], ["eval"],
+                    ["keys", "hash"], ["serve"], ["demo"], ["train"], ["trainer"], ["eval"],
                     ["adapters", "list"], ["adapters", "show"]):
         done = run(*command, "--help")
         assert done.returncode == 0 and "Usage" in done.stdout, command
@@ -119,6 +119,22 @@ def test_serve_refuses_an_unmigrated_database_the_user_named_then_upgrade_fixes_
     assert revision(database) is None
     done = run("db", "upgrade", *args)
     assert done.returncode == 0 and "database at revision" in done.stdout
+
+
+def test_the_trainer_worker_refuses_a_database_behind_the_gateways_and_never_upgrades_it(tmp_path):
+    # A worker shares the gateways' database: their `lifelong db upgrade` migrates it, not it.
+    from lifelong.feedback_store.database import make_engine, upgrade
+
+    database = tmp_path / "d" / "lifelong.db"
+    engine = make_engine(f"sqlite:///{database}")
+    upgrade(engine, "0007")
+    engine.dispose()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"base_model:\n  path: {chat_model_folder(tmp_path)}\n"
+                      "training:\n  runner: worker\n")
+    done = run("trainer", "--config", str(config), "--data-dir", str(tmp_path / "d"))
+    assert done.returncode == 2 and "behind" in done.stderr and "lifelong db upgrade" in done.stderr
+    assert revision(database) == "0007"
 
 
 def test_serve_refuses_eval_suites_with_mistakes_naming_each_file_and_line(tmp_path):

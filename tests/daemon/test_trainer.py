@@ -10,15 +10,28 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import sessionmaker
 
-from lifelong.daemon.trainer import NotTheRunningRun, Trainer, TrainerBusy, TrainRequest
+from lifelong.daemon.trainer import (
+    ChildRunner,
+    NotTheRunningRun,
+    Trainer,
+    TrainerBusy,
+    TrainRequest,
+    WorkerRunner,
+)
 from lifelong.feedback_store.database import make_engine, upgrade
 from lifelong.feedback_store.models import TrainingRun
-from lifelong.feedback_store.runs import finish_training_run, start_training_run
+from lifelong.feedback_store.runs import (
+    claim_training_run,
+    finish_training_run,
+    start_training_run,
+    worker_run_state,
+)
 
 
 @pytest.fixture
@@ -30,10 +43,10 @@ def sessions(tmp_path: Path):
 
 
 def trainer(sessions, tmp_path: Path, program: str, **kwargs) -> Trainer:
-    return Trainer(
+    return Trainer(sessions=sessions, runner=ChildRunner(
         sessions=sessions, command=lambda run_id, request: [sys.executable, "-c", program],
         env={}, log_dir=tmp_path / "logs", timeout_s=kwargs.pop("timeout_s", 60), **kwargs,
-    )
+    ))
 
 
 def run(sessions, run_id: int) -> TrainingRun:
@@ -80,8 +93,8 @@ engine = make_engine("sqlite:///{tmp_path / 'lifelong.db'}")
 with Session(engine) as session, session.begin():
     finish_training_run(session, run_id={run_id}, status="skipped", metrics={{"reason": "no data"}})
 """]
-        own = Trainer(sessions=sessions, command=finish_in_child, env={}, log_dir=tmp_path,
-                      timeout_s=120)
+        own = Trainer(sessions=sessions, runner=ChildRunner(
+            sessions=sessions, command=finish_in_child, env={}, log_dir=tmp_path, timeout_s=120))
         return await run_to_end(own)
 
     row = run(sessions, asyncio.run(scenario()))
@@ -170,3 +183,78 @@ def test_a_child_deaf_to_sigterm_is_killed_after_the_grace_period_on_cancel_and_
     assert run(sessions, first).error.startswith("cancelled: the trainer process was killed by SIGKILL")
     assert (run(sessions, second).status, run(sessions, second).error) == (
         "interrupted", "the daemon stopped during training")
+
+
+# --- training.runner: worker (the worker's side, with real processes: test_trainer_worker.py) ---
+
+
+def queueing(sessions, **kwargs) -> Trainer:
+    return Trainer(sessions=sessions, runner=WorkerRunner(
+        sessions=sessions, timeout_s=kwargs.pop("timeout_s", 60), poll_s=0.1))
+
+
+def test_a_run_for_a_worker_is_recorded_unclaimed_with_its_request(sessions):
+    async def scenario() -> int:
+        leader = queueing(sessions)
+        run_id = await leader.start(TrainRequest(requested_by="ops", methods=("sft",), now=True))
+        with pytest.raises(TrainerBusy):
+            await leader.start(TrainRequest(requested_by="ops"))
+        assert leader.running_request == TrainRequest("ops", ("sft",), now=True)
+        await leader.stop()
+        return run_id
+
+    row = run(sessions, asyncio.run(scenario()))
+    assert (row.host, row.pid, row.config["runner"]) == (None, None, "worker")
+    assert TrainRequest.of_run(row.config) == TrainRequest("ops", ("sft",), now=True)
+    assert (row.status, row.error) == ("interrupted", "the daemon stopped during training")
+
+
+def test_a_run_no_worker_takes_times_out_naming_the_command_that_would_have(sessions):
+    async def scenario() -> tuple[int, float]:
+        leader = queueing(sessions, timeout_s=1)
+        started = time.monotonic()
+        run_id = await leader.start(TrainRequest(requested_by="ops"))
+        await leader.wait()
+        assert leader.running_run is None
+        return run_id, time.monotonic() - started
+
+    run_id, waited = asyncio.run(scenario())
+    row = run(sessions, run_id)
+    assert row.status == "failed" and 1 <= waited < 5
+    assert row.error.startswith("timed out after 1 s (training.timeout_s) waiting for a trainer "
+                                "worker: none took the run"), row.error
+    assert "start one with `lifelong trainer`" in row.error
+
+
+def test_cancel_ends_a_workers_run_in_the_database(sessions):
+    async def scenario() -> int:
+        leader = queueing(sessions)
+        run_id = await leader.start(TrainRequest(requested_by="ops"))
+        with pytest.raises(NotTheRunningRun):
+            await leader.cancel(run_id + 1)
+        await leader.cancel(run_id)
+        await leader.wait()
+        return run_id
+
+    row = run(sessions, asyncio.run(scenario()))
+    assert (row.status, row.error) == ("failed", "cancelled (the trainer worker stops its process)")
+
+
+def test_a_claimed_run_whose_worker_stops_renewing_its_claim_is_interrupted(sessions):
+    # The worker here is the claim alone, never renewed: a worker that died with its child.
+    async def scenario() -> tuple[int, float]:
+        leader = queueing(sessions)
+        run_id = await leader.start(TrainRequest(requested_by="ops"))
+        with sessions.begin() as session:
+            claim_training_run(session, holder="gpu-1/42", host="gpu-1", pid=42, lease_s=1)
+        claimed = time.monotonic()
+        await leader.wait()
+        return run_id, time.monotonic() - claimed
+
+    run_id, after = asyncio.run(scenario())
+    row = run(sessions, run_id)
+    assert row.status == "interrupted" and 1 <= after < 3, after
+    assert row.error == ("the trainer worker gpu-1/42 on gpu-1 stopped renewing its claim "
+                         "(training.worker_lease_s): it died, or lost the database")
+    with sessions() as session:
+        assert worker_run_state(session, run_id=run_id).claim is None  # released by the leader
