@@ -172,6 +172,11 @@ def write_adapter(
         _fsync(adapters_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
+    # The served name as a link beside the folder: vLLM's filesystem LoRA resolver, asked for
+    # that name by a server that was never given the adapter, loads it from here.
+    link = adapters_dir / served_name(version, manifest_checksum(final))
+    if not link.is_symlink():
+        link.symlink_to(version)
     return final, manifest
 
 
@@ -182,6 +187,13 @@ def _name_base_model(config_file: Path, path: str) -> None:
     config = json.loads(config_file.read_text())
     config["base_model_name_or_path"] = path
     config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def served_name(version: str, checksum: str) -> str:
+    """The name vLLM serves an adapter under: its version and the start of its checksum, so a
+    server that kept a same-named adapter from another registry (a database started afresh, a
+    second deployment) can never answer with those weights under this name."""
+    return f"{version}-{checksum.removeprefix('sha256:')[:12]}"
 
 
 def manifest_checksum(folder: Path) -> str:

@@ -24,24 +24,38 @@ class UnknownModel(Exception):
 @dataclass(frozen=True)
 class Route:
     requested: str  # what the client asked for, echoed back in `model`
-    upstream_model: str  # what vLLM calls it: `base` or the adapter version
+    upstream_model: str  # what vLLM calls it: `base` or the adapter's served name
     version: str  # what answered: `base` or the adapter version
+
+
+@dataclass(frozen=True)
+class Served:
+    """An adapter version as vLLM serves it: its folder, and the name it is loaded under (the
+    version and the start of its checksum: `adapters.served_name`)."""
+
+    path: str
+    name: str
 
 
 @dataclass
 class ModelCatalog:
     alias: str
     champion: str | None = None
-    live: dict[str, str] = field(default_factory=dict)  # adapter version -> folder
+    live: dict[str, Served] = field(default_factory=dict)  # adapter version -> how it is served
 
     def resolve(self, name: str) -> Route:
         """The route for model `name`. Raises UnknownModel."""
-        if name == self.alias:
-            version = self.champion or BASE_MODEL_NAME
-            return Route(requested=name, upstream_model=version, version=version)
-        if name == BASE_MODEL_NAME or name in self.live:
-            return Route(requested=name, upstream_model=name, version=name)
+        version = (self.champion or BASE_MODEL_NAME) if name == self.alias else name
+        if version == BASE_MODEL_NAME:
+            return Route(requested=name, upstream_model=BASE_MODEL_NAME, version=version)
+        if version in self.live:
+            return Route(requested=name, upstream_model=self.live[version].name,
+                         version=version)
         raise UnknownModel(name)
+
+    def served_champion(self) -> str | None:
+        """The name vLLM serves the champion under (None while the base model is champion)."""
+        return self.live[self.champion].name if self.champion is not None else None
 
     def names(self) -> list[str]:
         return [self.alias, BASE_MODEL_NAME, *sorted(self.live)]

@@ -19,13 +19,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from lifelong.daemon.catalog import ModelCatalog
+from lifelong.adapters.artifact import served_name
+from lifelong.daemon.catalog import ModelCatalog, Served
 from lifelong.daemon.upstream import BASE_MODEL_NAME, Upstream
 from lifelong.feedback_store import registry, replicas
 from lifelong.feedback_store.replicas import ReplicaView
@@ -33,6 +34,14 @@ from lifelong.feedback_store.replicas import ReplicaView
 logger = logging.getLogger(__name__)
 
 STALE_BEATS = 3  # a replica silent for this many heartbeats is taken as gone
+
+
+def registry_champion(session: Session) -> tuple[str, Served] | None:
+    """The registry's champion and how vLLM serves it (None: the base model)."""
+    row = registry.champion(session)
+    if row is None:
+        return None
+    return row.version, Served(path=row.path, name=served_name(row.version, row.checksum))
 
 
 class Replica:
@@ -45,7 +54,7 @@ class Replica:
         catalog: ModelCatalog,
         upstreams: list[Upstream],
         promoter_lock: asyncio.Lock,
-        load_and_warm: Callable[[Upstream, str, str], Any],
+        load_and_warm: Callable[[Upstream, Served], Awaitable[None]],
         leading: Callable[[], bool],
         sync_s: float,
         heartbeat_s: float,
@@ -61,6 +70,7 @@ class Replica:
         self.sync_s = sync_s
         self.heartbeat_s = heartbeat_s
         self.started_at = datetime.now(UTC)
+        self.others_alive = False  # other live replicas, at the last heartbeat
         self.servers: list[dict[str, Any]] = []
         self.last_error: str | None = None
         self._next_beat = 0.0
@@ -104,10 +114,9 @@ class Replica:
                     logger.warning("replica sync failed", extra={"error": str(exc)[:500]})
                 self.last_error = str(exc)
 
-    def _read_champion(self) -> tuple[str, str] | None:
+    def _read_champion(self) -> tuple[str, Served] | None:
         with self.sessions() as session:
-            row = registry.champion(session)
-            return (row.version, row.path) if row is not None else None
+            return registry_champion(session)
 
     async def follow(self) -> bool:
         """Route the alias to the registry's champion if it moved; whether it did."""
@@ -121,10 +130,10 @@ class Replica:
             if version == self.catalog.champion:
                 return False
             if champion is not None:
-                name, path = champion
-                await asyncio.gather(*(self.load_and_warm(u, name, path)
+                name, served = champion
+                await asyncio.gather(*(self.load_and_warm(u, served)
                                        for u in self.upstreams if u.ready))
-                self.catalog.live[name] = path
+                self.catalog.live[name] = served
             previous = self.catalog.champion
             self.catalog.champion = version
         logger.info("champion followed", extra={"from": previous or BASE_MODEL_NAME,
@@ -135,6 +144,7 @@ class Replica:
         """Each server's own list of adapters; one that lacks the champion leaves routing until
         it has it again."""
         champion = self.catalog.champion
+        name = self.catalog.served_champion()  # what each server must list
         servers = []
         for upstream in self.upstreams:
             entry: dict[str, Any] = {"url": upstream.base_url, "ready": upstream.ready}
@@ -144,32 +154,34 @@ class Replica:
                 entry.update(error=f"{type(exc).__name__}: {exc}"[:300], adapters=[])
                 servers.append(entry)
                 continue
-            if upstream.ready and champion is not None and champion not in served:
+            if upstream.ready and champion is not None and name not in served:
                 upstream.ready = False
                 logger.error("a vLLM server does not serve the champion; out of routing until "
                              "it does", extra={"upstream": upstream.base_url,
-                                               "champion": champion})
+                                               "champion": name})
                 try:
-                    await self.load_and_warm(upstream, champion, self.catalog.live[champion])
+                    await self.load_and_warm(upstream, self.catalog.live[champion])
                     served = await upstream.loaded_adapters()
                     upstream.ready = True
                 except Exception as exc:
                     entry["error"] = f"cannot load the champion: {exc}"[:300]
             entry.update(ready=upstream.ready, adapters=sorted(served),
-                         serves_champion=champion is None or champion in served)
+                         serves_champion=name is None or name in served)
             servers.append(entry)
         self.servers = servers
 
     async def _beat(self) -> None:
         self._next_beat = time.monotonic() + self.heartbeat_s
 
-        def beat() -> None:
+        def beat() -> bool:
             with self.sessions.begin() as session:
                 replicas.beat(session, replica_id=self.replica_id, url=self.url,
                               started_at=self.started_at, leader=self.leading(),
                               champion=self.catalog.champion, servers=self.servers)
+                return any(p.replica_id != self.replica_id and p.alive(self.stale_s)
+                           for p in replicas.listed(session))
 
-        await asyncio.to_thread(beat)
+        self.others_alive = await asyncio.to_thread(beat)
 
     def peers(self) -> list[ReplicaView]:
         with self.sessions() as session:

@@ -48,6 +48,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
+from lifelong.adapters.artifact import served_name
 from lifelong.daemon.catalog import ModelCatalog
 from lifelong.daemon.upstream import Upstream
 from lifelong.feedback_store import registry, replicas
@@ -362,7 +363,8 @@ class StateCollector(Collector):
             peers = replicas.listed(session)
             champion = registry.champion(session)
         return [
-            *_replicas(peers, champion.version if champion else None, self.replica_stale_s),
+            *_replicas(peers, champion and (champion.version, served_name(
+                champion.version, champion.checksum)), self.replica_stale_s),
             *_training(stats.training),
             *_practice(self._rollouts, stats.training.latest_grpo_rounds),
             *_decisions(stats.decisions_by_status, stats.recent_decisions, self.versions),
@@ -398,7 +400,7 @@ class StateCollector(Collector):
         yield reward
 
 
-def _replicas(peers: list[ReplicaView], champion: str | None,
+def _replicas(peers: list[ReplicaView], champion: tuple[str, str] | None,
               stale_s: float) -> Iterator[Metric]:
     """Every gateway replica as the database has it (its own heartbeats): alive, leading,
     and whether each vLLM server it talks to serves the registry's champion. Every replica
@@ -421,13 +423,14 @@ def _replicas(peers: list[ReplicaView], champion: str | None,
         up.add_metric([peer.replica_id], float(alive))
         leader.add_metric([peer.replica_id], float(alive and peer.leader))
         fine = []
-        for server in peer.servers:
+        for server in peer.servers:  # champion: (version, the name servers list it under)
             ok = bool(server.get("ready")) and (
-                champion is None or champion in server.get("adapters", ()))
+                champion is None or champion[1] in server.get("adapters", ()))
             fine.append(ok)
             servers.add_metric([peer.replica_id, str(server.get("url"))], float(alive and ok))
+        version = champion[0] if champion else None
         agrees.add_metric([peer.replica_id],
-                          float(alive and peer.champion == champion and all(fine)))
+                          float(alive and peer.champion == version and all(fine)))
     yield from (up, leader, agrees, servers)
 
 

@@ -32,7 +32,8 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.adapters import verify
-from lifelong.daemon.catalog import ModelCatalog
+from lifelong.adapters.artifact import served_name
+from lifelong.daemon.catalog import ModelCatalog, Served
 from lifelong.daemon.upstream import (
     BASE_MODEL_NAME,
     AdapterLoadFailed,
@@ -88,8 +89,8 @@ class Promoter:
         Raises UnknownAdapter, PromotionRefused, AdapterError, AdapterLoadFailed,
         UpstreamUnavailable, NotLeader; on any of them the champion is unchanged."""
         async with self.lock:
-            path = await asyncio.to_thread(self._check, version, forced=forced)
-            moved = await self._move(version, path, by=by, forced=forced, kind="promote",
+            served = await asyncio.to_thread(self._check, version, forced=forced)
+            moved = await self._move(version, served, by=by, forced=forced, kind="promote",
                                      reason=reason, leader_only=leader_only)
         return await self._propagated(moved)
 
@@ -99,9 +100,9 @@ class Promoter:
         Raises NothingToRollBack, UnknownAdapter, AdapterError, AdapterLoadFailed."""
         async with self.lock:
             target = to or await asyncio.to_thread(self._previous)
-            path = None if target == BASE_MODEL_NAME else await asyncio.to_thread(
+            served = None if target == BASE_MODEL_NAME else await asyncio.to_thread(
                 self._check, target, forced=True)
-            moved = await self._move(target, path, by=by, forced=False, kind="rollback",
+            moved = await self._move(target, served, by=by, forced=False, kind="rollback",
                                      reason=reason)
         return await self._propagated(moved)
 
@@ -120,7 +121,7 @@ class Promoter:
         with self.sessions() as session:
             return registry.previous_champion(session) or BASE_MODEL_NAME
 
-    def _check(self, version: str, *, forced: bool) -> str:
+    def _check(self, version: str, *, forced: bool) -> Served:
         with self.sessions() as session:
             row = registry.get(session, version=version)
             if row.status == "champion":
@@ -134,18 +135,18 @@ class Promoter:
                 )
             path, checksum = row.path, row.checksum
         verify(Path(path), self.base_model_dir, checksum=checksum)
-        return path
+        return Served(path=path, name=served_name(version, checksum))
 
-    async def _move(self, version: str, path: str | None, *, by: str, forced: bool, kind: str,
-                    reason: str | None, leader_only: bool = False) -> Promoted:
-        if path is not None:
+    async def _move(self, version: str, served: Served | None, *, by: str, forced: bool,
+                    kind: str, reason: str | None, leader_only: bool = False) -> Promoted:
+        if served is not None:
             # The servers that serve now; one that is (re)starting loads the registry's
             # champion before it is routed to (`apply_adapters`).
             ready = [u for u in self.upstreams if u.ready]
             if not ready:
                 raise UpstreamUnavailable("no model server is ready to load the adapter into; "
                                           "retry once one is")
-            await asyncio.gather(*(self.load_and_warm(u, version, path) for u in ready))
+            await asyncio.gather(*(self.load_and_warm(u, served) for u in ready))
         previous = self.catalog.champion or BASE_MODEL_NAME
         adapter = None if version == BASE_MODEL_NAME else version
 
@@ -158,14 +159,17 @@ class Promoter:
 
         await asyncio.to_thread(record)
         # The flip: two assignments with no await between them, so no request sees half of it.
-        if path is not None:
-            self.catalog.live[version] = path
+        if served is not None:
+            self.catalog.live[version] = served
         self.catalog.champion = adapter
         logger.info("champion changed", extra={"kind": kind, "from": previous, "to": version,
                                                "by": by, "forced": forced})
         return Promoted(version=version, previous=previous, forced=forced)
 
-    async def load_and_warm(self, upstream: Upstream, version: str, path: str) -> None:
+    async def load_and_warm(self, upstream: Upstream, served: Served) -> None:
+        """Load `served` into `upstream` under its served name (unless it is there already,
+        put by this or another gateway, or by vLLM's resolver) and answer one request with it."""
+        version, path = served.name, served.path
         if version not in await upstream.loaded_adapters():
             for attempt in range(1, LOAD_ATTEMPTS + 1):
                 try:
@@ -175,6 +179,12 @@ class Promoter:
                     if attempt == LOAD_ATTEMPTS:
                         raise
                     await asyncio.sleep(attempt)
+                except AdapterLoadFailed:
+                    # Another gateway (or vLLM's resolver) loaded it meanwhile: vLLM refuses a
+                    # name twice. Anything else is a real refusal.
+                    if version in await upstream.loaded_adapters():
+                        break
+                    raise
         # The first request on a new adapter is slow (its weights move into the LoRA slots):
         # pay it here, not in a user's request, and check that it answers at all.
         try:

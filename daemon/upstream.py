@@ -45,8 +45,10 @@ class UpstreamUnavailable(Exception):
 
 
 class UpstreamRefused(UpstreamUnavailable):
-    """The server refused the connection: the request never reached it, so another server may
-    take it (a server that died or restarts, before its health watch noticed)."""
+    """The connection failed before any answer came back (refused, reset, or a kept-alive
+    connection found closed): the server died or restarts and its health watch has not noticed
+    yet. Another server may take the request: an inference request has no side effect on a
+    server, so at worst it is computed twice."""
 
 
 class UpstreamTimeout(Exception):
@@ -89,8 +91,9 @@ class Upstream(Protocol):
 
 
 def _translate(exc: Exception, base_url: str) -> Exception:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamRefused(f"{base_url} refused the connection: {type(exc).__name__}")
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError
+                  | aiohttp.ClientOSError):
+        return UpstreamRefused(f"{base_url} dropped the connection: {type(exc).__name__}")
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError) and not isinstance(
         exc, aiohttp.ConnectionTimeoutError
     ):
@@ -255,7 +258,7 @@ class UpstreamPool:
                 if not upstream.ready:  # another request already took it out
                     continue
                 upstream.ready = False
-                logger.warning("upstream refused a connection; out of routing until healthy",
+                logger.warning("upstream dropped a connection; out of routing until healthy",
                                extra={"upstream": upstream.base_url})
                 if not self.any_ready:
                     raise

@@ -26,8 +26,8 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from lifelong.daemon.catalog import ModelCatalog
-from lifelong.daemon.cluster import Replica
+from lifelong.daemon.catalog import ModelCatalog, Served
+from lifelong.daemon.cluster import Replica, registry_champion
 from lifelong.daemon.gateway import errors
 from lifelong.daemon.gateway.admin.router import router as admin_router
 from lifelong.daemon.gateway.admin.service import AdminService
@@ -58,7 +58,6 @@ from lifelong.daemon.trainer import (
 from lifelong.daemon.upstream import BASE_MODEL_NAME, HttpUpstream, Upstream, UpstreamPool
 from lifelong.daemon.user_traffic import UserTraffic
 from lifelong.evals.verifier_pool import VerifierPool
-from lifelong.feedback_store import registry
 from lifelong.feedback_store.database import DatabaseWatch, ensure_migrated, make_engine
 from lifelong.feedback_store.feedback_committer import FeedbackCommitter
 from lifelong.feedback_store.interaction_log import InteractionLog
@@ -183,6 +182,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             state.feedback = FeedbackService(
                 sessions=sessions, committer=committer, interaction_log=state.interaction_log,
                 feedback_wait_s=settings.gateway.feedback_wait_s,
+                other_replicas=lambda: replica.others_alive,
                 heldout_fraction=db.heldout_fraction, max_text_chars=db.max_text_chars,
                 metrics=metrics, max_pattern_chars=settings.evals.verifiers.max_pattern_chars,
                 database_timeout_s=db.connect_timeout_s + db.statement_timeout_s,
@@ -286,17 +286,16 @@ async def _upstreams(
         # registry's (another replica may have moved it; `Replica.follow` flips this one once
         # every server has it), so the alias never reaches it without its adapter. The first
         # server up sets what the alias means here: the registry is the truth.
-        def read_champion() -> tuple[str, str] | None:
+        def read_champion() -> tuple[str, Served] | None:
             with sessions() as session:
-                row = registry.champion(session)
-                return (row.version, row.path) if row is not None else None
+                return registry_champion(session)
 
         champion = await asyncio.to_thread(read_champion)
         wanted = dict([champion] if champion else [])
         if catalog.champion is not None:
             wanted[catalog.champion] = catalog.live[catalog.champion]
-        for version, path in wanted.items():  # loaded and warmed, as a promotion does
-            await state.promoter.load_and_warm(upstream, version, path)
+        for served in wanted.values():  # loaded and warmed, as a promotion does
+            await state.promoter.load_and_warm(upstream, served)
         if first[0]:
             first[0] = False
             if champion is not None:
@@ -304,7 +303,7 @@ async def _upstreams(
             catalog.champion = champion[0] if champion else None
         _note_vllm_url(settings, upstream.base_url)
 
-    kept: dict[str, str] = {}
+    kept: dict[str, Served] = {}
 
     async def ready_replacement(upstream: Upstream) -> None:
         # The champion, and the versions served last (rollback stays instant), warmed.
@@ -315,7 +314,7 @@ async def _upstreams(
         kept.clear()
         for version in [*keep, *([catalog.champion] if catalog.champion else [])]:
             kept[version] = catalog.live[version]
-            await state.promoter.load_and_warm(upstream, version, kept[version])
+            await state.promoter.load_and_warm(upstream, kept[version])
 
     def replaced() -> None:
         # Versions not carried over are no longer served by name (rollback reloads them).

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from lifelong.adapters import (
     verify,
     write_adapter,
 )
+from lifelong.adapters.artifact import served_name
 
 
 @pytest.fixture
@@ -142,7 +145,8 @@ def test_a_taken_version_is_refused_and_nothing_is_left_behind(write, tmp_path):
     write("v0001")
     with pytest.raises(VersionTaken):
         write("v0001")
-    assert [p.name for p in (tmp_path / "adapters").iterdir()] == ["v0001"]
+    folders = [p.name for p in (tmp_path / "adapters").iterdir() if not p.is_symlink()]
+    assert folders == ["v0001"]
 
 
 def test_a_write_that_fails_midway_leaves_no_folder(write, model, monkeypatch, tmp_path):
@@ -154,3 +158,16 @@ def test_a_write_that_fails_midway_leaves_no_folder(write, model, monkeypatch, t
     with pytest.raises(OSError, match="disk full"):
         write("v0001")
     assert list((tmp_path / "adapters").iterdir()) == []
+
+
+def test_the_served_name_carries_the_checksum_and_links_to_the_folder(write, tmp_path):
+    folder, _ = write("v0001")
+    name = served_name("v0001", manifest_checksum(folder))
+    assert re.fullmatch(r"v0001-[0-9a-f]{12}", name)
+    link = tmp_path / "adapters" / name
+    # vLLM's filesystem resolver loads `<its cache dir>/<served name>`: a relative link, so the
+    # shared volume may be mounted anywhere.
+    assert link.is_symlink() and os.readlink(link) == "v0001"
+    assert link.resolve() == folder.resolve()
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(Path(config["base_model_name_or_path"]).resolve())

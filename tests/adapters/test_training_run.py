@@ -63,7 +63,8 @@ def adapters(store) -> list[Adapter]:
 
 def version_folders(tmp_path) -> list[str]:
     folder = tmp_path / "adapters"
-    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    return sorted(p.name for p in folder.iterdir() if not p.is_symlink()) \
+        if folder.exists() else []
 
 
 def test_a_run_trains_writes_and_registers_a_candidate(store, train, tiny_base_model, small):

@@ -74,6 +74,27 @@ async def queued_interaction_waits(service, log, path, metrics):
                                     {"kind": "rating", "result": "committed"}) == 1
 
 
+def test_feedback_on_an_interaction_another_replica_is_still_writing_waits_for_it(parts):
+    """Behind a load balancer, feedback may reach a gateway that did not answer: the
+    interaction arrives in the database from the other replica's log a moment later."""
+    service, _, path, _ = parts
+    service.other_replicas = lambda: True
+
+    async def main() -> None:
+        pending = asyncio.create_task(service.add(
+            [RatingIn(interaction_id="chatcmpl-elsewhere", kind="rating", score=1)],
+            Principal(None, ALL_SCOPES)))
+        await asyncio.sleep(0.3)
+        assert not pending.done()
+        other = InteractionLog(make_engine(f"sqlite:///{path}"), heldout_fraction=0.1)
+        assert other.submit(interaction("chatcmpl-elsewhere"))
+        await asyncio.to_thread(other.close, 5)
+        (stored,) = await asyncio.wait_for(pending, 5)
+        assert stored.interaction_id == "chatcmpl-elsewhere"
+
+    asyncio.run(main())
+
+
 def test_feedback_on_a_never_seen_interaction_is_unknown_at_once(parts):
     service, _, _, metrics = parts
     with pytest.raises(UnknownInteraction):

@@ -5,6 +5,7 @@ version a vLLM server refuses changes nothing."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -211,7 +212,10 @@ def test_a_vllm_that_registered_many_adapters_is_replaced_with_no_failed_request
             os.kill(before["pid"], 0)
         # The replacement holds the champion and the one version kept for rollback, no more.
         served = httpx.get(f"http://127.0.0.1:{port + 1}/v1/models").json()["data"]
-        assert {card["id"] for card in served} == {"base", "v0003", "v0004"}
+        # Served as `<version>-<checksum start>`.
+        assert {card["id"].split("-")[0] for card in served} == {"base", "v0003", "v0004"}
+        assert all(re.fullmatch(r"v\d{4}-[0-9a-f]{12}", card["id"]) for card in served
+                   if card["id"] != "base")
         models = {card["id"] for card in httpx.get(
             f"{daemon.url}/v1/models", headers=daemon.headers("alice")).json()["data"]}
         assert "v0001" not in models and {"v0003", "v0004"} <= models

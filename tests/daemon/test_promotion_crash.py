@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -58,8 +59,10 @@ def store_state(daemon) -> tuple[list[str], int]:
 
 
 def vllm_models(daemon) -> set[str]:
+    """The versions vLLM serves (served as `<version>-<checksum start>`)."""
     port = yaml.safe_load(daemon.config.read_text())["vllm"]["port"]
-    return {m["id"] for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]}
+    return {re.sub(r"-[0-9a-f]{12}$", "", m["id"])
+            for m in httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]}
 
 
 def answered_by(daemon) -> str:

@@ -285,14 +285,17 @@ def test_suite_names_from_family_tags_are_cleaned_and_bounded_in_labels(engine: 
 def test_replicas_say_who_is_up_who_leads_and_which_server_lacks_the_champion(engine: Engine):
     import time
 
+    from lifelong.adapters.artifact import served_name
     from lifelong.feedback_store import replicas
 
     sessions = sessionmaker(engine, expire_on_commit=False)
     with sessions.begin() as session:
         register_adapters(session, "v0001")
         registry.set_champion(session, version="v0001", promoted_by="ops")
-        servers = [{"url": "http://vllm-0", "ready": True, "adapters": ["v0001"]},
-                   {"url": "http://vllm-1", "ready": True, "adapters": []}]  # lost it
+        served = served_name("v0001", "x")  # as vLLM lists it
+        servers = [{"url": "http://vllm-0", "ready": True, "adapters": [served, "v0001"]},
+                   # Lost it; a same-named adapter of other weights does not count.
+                   {"url": "http://vllm-1", "ready": True, "adapters": ["v0001"]}]
         replicas.beat(session, replica_id="gw-a", url=None, started_at=datetime.now(UTC),
                       leader=True, champion="v0001", servers=servers[:1])
         replicas.beat(session, replica_id="gw-b", url=None, started_at=datetime.now(UTC),

@@ -10,6 +10,7 @@ DatabaseUnavailable (a 503) and may retry, with its idempotency key, without dup
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -30,13 +31,14 @@ from lifelong.daemon.gateway.feedback.protocol import (
 from lifelong.daemon.metrics import ServingMetrics
 from lifelong.evals.verifiers import check_pattern_lengths
 from lifelong.feedback_store import records, tasks
-from lifelong.feedback_store.errors import DatabaseUnavailable
+from lifelong.feedback_store.errors import DatabaseUnavailable, UnknownInteraction
 from lifelong.feedback_store.feedback_committer import FeedbackCommitter
 from lifelong.feedback_store.interaction_log import InteractionLog
 from lifelong.feedback_store.interactions import get_interaction
 from lifelong.feedback_store.models import Feedback
 
 T = TypeVar("T")
+OTHER_REPLICA_WAIT_S = 1.0  # how long an unknown interaction may still be on its way
 
 
 def to_record(item: FeedbackIn) -> records.FeedbackItem:
@@ -71,6 +73,7 @@ class FeedbackService:
         committer: FeedbackCommitter,
         interaction_log: InteractionLog,
         feedback_wait_s: float,
+        other_replicas: Callable[[], bool] = lambda: False,
         heldout_fraction: float,
         max_text_chars: int,
         metrics: ServingMetrics,
@@ -83,6 +86,7 @@ class FeedbackService:
         self.committer = committer
         self.interaction_log = interaction_log
         self.feedback_wait_s = feedback_wait_s
+        self.other_replicas = other_replicas  # whether other gateway replicas are alive
         self.heldout_fraction = heldout_fraction
         self.max_text_chars = max_text_chars
         self.max_pattern_chars = max_pattern_chars
@@ -128,12 +132,26 @@ class FeedbackService:
         referenced |= {i.preferred_over for i in batch if isinstance(i, records.Preference)} - {None}
         await self._wait_until_logged(referenced)  # type: ignore[arg-type]
         kinds = [item.kind for item in items]
+        # Behind a load balancer the interaction may have been answered by another gateway
+        # replica whose log has not written it yet (it writes within milliseconds): with other
+        # replicas alive, an unknown interaction is asked for again for a moment before it is
+        # a 404.
+        wait_s = min(self.feedback_wait_s, OTHER_REPLICA_WAIT_S) if self.other_replicas() else 0
+        other_replica_until = time.monotonic() + wait_s
         try:
-            future = self.committer.submit(batch, principal=principal.name, admin=principal.admin,
-                                           idempotency_key=idempotency_key)
-            # A timeout cancels the batch if it is still queued; if it is being committed, the
-            # client's retry with the same key gets its rows.
-            rows = await self._bounded(asyncio.wrap_future(future))
+            while True:
+                future = self.committer.submit(batch, principal=principal.name,
+                                               admin=principal.admin,
+                                               idempotency_key=idempotency_key)
+                try:
+                    # A timeout cancels the batch if it is still queued; if it is being
+                    # committed, the client's retry with the same key gets its rows.
+                    rows = await self._bounded(asyncio.wrap_future(future))
+                    break
+                except UnknownInteraction:
+                    if time.monotonic() >= other_replica_until:
+                        raise
+                    await asyncio.sleep(0.1)
         except Exception:
             self.metrics.feedback_received(kinds, committed=False)
             raise
