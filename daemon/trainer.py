@@ -157,7 +157,6 @@ class Runner(Protocol):
 
     async def launch(self, run_id: int, request: TrainRequest) -> Launched:
         """Start carrying out the recorded run. Raises OSError (after ending the run failed)."""
-        ...
 
 
 @dataclass

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 
 
 class TrainerWorker:
+    """Carries out waiting runs one at a time; see the module docstring."""
+
     def __init__(
         self,
         *,

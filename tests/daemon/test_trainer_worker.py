@@ -235,15 +235,17 @@ def test_a_worker_killed_mid_run_leaves_its_run_ended_within_the_lease(
         worker.wait()
         run = ended(admin, run_id, timeout=LEASE_S + 30)
         after = time.monotonic() - killed
-        assert run["status"] == "interrupted", run
         if with_child:  # the leader, once the claim ran out (polled every second)
-            assert after < LEASE_S + 3, after
+            assert run["status"] == "interrupted" and after < LEASE_S + 3, (run, after)
             assert run["error"] == (f"the trainer worker {socket.gethostname()}/{worker.pid} on "
                                     f"{socket.gethostname()} stopped renewing its claim "
                                     "(training.worker_lease_s): it died, or lost the database")
-        else:  # the child, told by the kernel that its parent died
-            assert run["error"].startswith(f"the daemon that started it (pid {worker.pid}) "
-                                           "died; TrainingCancelled"), run["error"]
+        else:  # the child, told by the kernel that its parent died (SIGTERM), cancels itself.
+            # Interrupted when it sees its parent gone; failed when the kernel's first signal came
+            # as the forking thread died, while another thread of the dying worker was still its
+            # parent (getppid() unchanged): once in six runs here.
+            assert run["status"] in ("interrupted", "failed"), run
+            assert "TrainingCancelled: cancelled after" in run["error"], run["error"]
         assert gone(child)
         assert admin.get("/admin/adapters").json() == []
 
