@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from lifelong.feedback_store.runs import (
 )
 
 logger = logging.getLogger(__name__)
+ORPHAN_WAIT_S = 1.0  # how long a cancelled run looks for its daemon's death
 
 
 class TrainingCancelled(Exception):
@@ -139,12 +141,26 @@ class Run:
         logger.info("training run %s made adapter %s in %.0f s", self.id, version, seconds)
         return RunOutcome(self.id, "succeeded", version, path, None, metrics)
 
+    def _orphaned(self, *, cancelled: bool) -> bool:
+        """Whether the daemon that started this process died. Its death signal can come while
+        it is still dying (the kernel sends it when the parent *thread* ends, and hands this
+        process to another thread of the same daemon first), so a cancellation waits a moment
+        for the new parent to show."""
+        if self.daemon_pid is None:
+            return False
+        deadline = time.monotonic() + (ORPHAN_WAIT_S if cancelled else 0.0)
+        while os.getppid() == self.daemon_pid:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
     def fail(self, exc: BaseException) -> None:
         """Finish the run `failed` with the error; a failure to say so is logged, not raised
         (the original error matters more)."""
         error = f"{type(exc).__name__}: {exc}"
         status: Literal["failed", "interrupted"] = "failed"
-        if self.daemon_pid is not None and os.getppid() != self.daemon_pid:
+        if self._orphaned(cancelled=isinstance(exc, TrainingCancelled)):
             status = "interrupted"
             error = f"the daemon that started it (pid {self.daemon_pid}) died; {error}"
         logger.error("training run %s %s: %s", self.id, status, error)

@@ -240,11 +240,11 @@ def test_a_worker_killed_mid_run_leaves_its_run_ended_within_the_lease(
             assert run["error"] == (f"the trainer worker {socket.gethostname()}/{worker.pid} on "
                                     f"{socket.gethostname()} stopped renewing its claim "
                                     "(training.worker_lease_s): it died, or lost the database")
-        else:  # the child, told by the kernel that its parent died (SIGTERM), cancels itself.
-            # Interrupted when it sees its parent gone; failed when the kernel's first signal came
-            # as the forking thread died, while another thread of the dying worker was still its
-            # parent (getppid() unchanged): once in six runs here.
-            assert run["status"] in ("interrupted", "failed"), run
+        else:  # the child, told by the kernel that its parent died (SIGTERM), cancels itself
+            # and records the run interrupted: the signal can come as the forking thread dies,
+            # while another thread of the dying worker is still its parent, so it waits a moment
+            # for the new parent (run_lifecycle.ORPHAN_WAIT_S; without it, 1 run in 6 said failed).
+            assert run["status"] == "interrupted", run
             assert "TrainingCancelled: cancelled after" in run["error"], run["error"]
         assert gone(child)
         assert admin.get("/admin/adapters").json() == []
