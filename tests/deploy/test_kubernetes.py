@@ -1,7 +1,8 @@
 """deploy/kubernetes: every object valid against the Kubernetes OpenAPI schemas (strict: an
 unknown field fails), the kustomization complete, and the pods consistent with the code and
 with each other: N gateway replicas, each talking to every vLLM server of the StatefulSet by its
-stable name, all of them seeing the shared adapters at one path (ports, GPU, probes, settings).
+stable name, a trainer Deployment (`lifelong trainer`) taking the runs the leader queues, all of
+them seeing the shared adapters at one path (ports, GPU, probes, settings).
 
 Schemas come from kubernetes-validate (a dev dependency bundling the JSON schemas per Kubernetes
 release), so this runs offline and without a cluster. vLLM's environment is read with the
@@ -11,6 +12,7 @@ installed vLLM's own parser (the version of the image).
 from __future__ import annotations
 
 import copy
+import inspect
 import re
 import shutil
 import subprocess
@@ -21,10 +23,14 @@ from typing import Any, NamedTuple
 
 import kubernetes_validate
 import pytest
+import typer
 import yaml
 
+from lifelong.daemon import cli
+from lifelong.daemon.cli import trainer as trainer_cli
 from lifelong.daemon.gateway.app import vllm_env
 from lifelong.daemon.settings import ENV_PREFIX, Settings
+from lifelong.daemon.trainer import ChildRunner
 from lifelong.daemon.upstream import BASE_MODEL_NAME
 
 KUBERNETES = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
@@ -107,14 +113,25 @@ def resolved_env(entry: dict[str, Any], objects: Objects) -> dict[str, str]:
     return values
 
 
+def pod_settings(objects: Objects, name: str, deploy_settings: Any, tmp_path: Path) -> Settings:
+    """The settings the pod's container builds: the ConfigMap's lifelong.yaml plus the
+    container's LIFELONG_* environment as the kubelet resolves it, through the daemon's loader."""
+    config = tmp_path / f"{name}-lifelong.yaml"
+    config.write_text(objects[("ConfigMap", "lifelong-config")]["data"]["lifelong.yaml"])
+    env = resolved_env(container(objects, name), objects)
+    return deploy_settings(config, {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
+
+
 @pytest.fixture
 def gateway_settings(kubernetes_objects: Objects, deploy_settings: Any, tmp_path: Path) -> Settings:
-    """The settings `lifelong serve` builds in a gateway pod: the ConfigMap's lifelong.yaml plus
-    the container's LIFELONG_* environment as the kubelet resolves it."""
-    config = tmp_path / "lifelong.yaml"
-    config.write_text(kubernetes_objects[("ConfigMap", "lifelong-config")]["data"]["lifelong.yaml"])
-    env = resolved_env(container(kubernetes_objects, "gateway"), kubernetes_objects)
-    return deploy_settings(config, {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)})
+    """The settings `lifelong serve` builds in a gateway pod."""
+    return pod_settings(kubernetes_objects, "gateway", deploy_settings, tmp_path)
+
+
+@pytest.fixture
+def trainer_settings(kubernetes_objects: Objects, deploy_settings: Any, tmp_path: Path) -> Settings:
+    """The settings `lifelong trainer` builds in the trainer pod."""
+    return pod_settings(kubernetes_objects, "trainer", deploy_settings, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +141,7 @@ def vllm_envs() -> ModuleType:
 
 
 def test_every_object_is_valid_against_the_kubernetes_schemas(kubernetes_objects: Objects) -> None:
-    assert len(kubernetes_objects) >= 11
+    assert len(kubernetes_objects) >= 12
     for obj in kubernetes_objects.values():
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)  # raises, naming the field
 
@@ -150,10 +167,11 @@ def test_kubectl_kustomize_builds_the_manifests() -> None:
                            text=True, timeout=60, check=True).stdout
     objects = [doc for doc in yaml.safe_load_all(built) if doc]
     assert {obj["metadata"].get("namespace") for obj in objects if obj["kind"] != "Namespace"} == {"lifelong"}
-    gateway = next(o for o in objects if (o["kind"], o["metadata"]["name"]) == ("Deployment", "gateway"))
-    images = {c["image"] for c in gateway["spec"]["template"]["spec"]["initContainers"]
-              + gateway["spec"]["template"]["spec"]["containers"]}
-    assert images == {"registry.example.com/lifelong-gateway:0.1.0"}
+    for name in ("gateway", "trainer"):
+        deployment = next(o for o in objects if (o["kind"], o["metadata"]["name"]) == ("Deployment", name))
+        images = {c["image"] for c in deployment["spec"]["template"]["spec"]["initContainers"]
+                  + deployment["spec"]["template"]["spec"]["containers"]}
+        assert images == {"registry.example.com/lifelong-gateway:0.1.0"}, name
     for obj in objects:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
 
@@ -207,7 +225,7 @@ def test_every_pod_sees_the_shared_adapters_at_the_gateways_adapters_dir(
     gateway, vllm = mounts(kubernetes_objects, "gateway"), mounts(kubernetes_objects, "vllm")
     adapters = str(gateway_settings.adapters_dir)
     # The gateways send vLLM the adapter's folder path: it must name the same files there.
-    assert gateway[adapters] == Mount(f"pvc:{ADAPTERS_CLAIM}", "", read_only=False)  # the trainer writes
+    assert gateway[adapters] == Mount(f"pvc:{ADAPTERS_CLAIM}", "", read_only=False)
     assert vllm[adapters] == Mount(f"pvc:{ADAPTERS_CLAIM}", "", read_only=True)
     # The base model: what vLLM serves is what the trainer loads, and no pod writes it.
     model = str(gateway_settings.base_model_path)
@@ -234,7 +252,7 @@ def test_the_shared_volumes_are_read_write_many(kubernetes_objects: Objects) -> 
     # Gateways and vLLM servers on several nodes mount the adapters at once, one of them writing.
     claim = kubernetes_objects[("PersistentVolumeClaim", ADAPTERS_CLAIM)]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
-    for name in ("gateway", "vllm"):
+    for name in ("gateway", "vllm", "trainer"):
         for mount in mounts(kubernetes_objects, name).values():
             if mount.source.startswith("pvc:"):
                 claim = kubernetes_objects[("PersistentVolumeClaim", mount.source[len("pvc:"):])]
@@ -309,8 +327,6 @@ def test_gateway_migrates_first_then_serves_with_probes_and_drain_time(
     assert gateway["ports"] == [{"name": "http", "containerPort": gateway_settings.gateway.port}]
     # Drain, then log and feedback writer flush (30 s each), trainer and vLLM stop (app.py).
     assert gateway_pod["terminationGracePeriodSeconds"] > gateway_settings.gateway.drain_timeout_s + 70
-    # The trainer is the leader's child and any replica may lead: every pod carries its GPU.
-    assert gateway["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
 def test_gateway_replicas_roll_without_losing_capacity(kubernetes_objects: Objects) -> None:
@@ -336,8 +352,11 @@ def test_disruption_budgets_select_their_pods_and_leave_one_serving(
         assert budget["minAvailable"] == 1
 
 
-def test_gateway_runs_as_the_images_user_and_can_write_the_volume(kubernetes_objects: Objects) -> None:
-    context = pod(kubernetes_objects, "gateway")["securityContext"]
+@pytest.mark.parametrize("name", ["gateway", "trainer"])
+def test_lifelong_pods_run_as_the_images_user_and_can_write_the_volume(
+    kubernetes_objects: Objects, name: str
+) -> None:
+    context = pod(kubernetes_objects, name)["securityContext"]
     dockerfile = (KUBERNETES.parent / "Dockerfile").read_text()
     assert f"--uid {context['runAsUser']} " in dockerfile
     assert context["fsGroup"] == context["runAsUser"] and context["runAsNonRoot"] is True
@@ -358,3 +377,119 @@ def test_services_select_their_pods_and_target_named_ports(kubernetes_objects: O
 def test_the_secret_is_the_only_place_holding_the_database_url(kubernetes_objects: Objects) -> None:
     config = yaml.safe_load(kubernetes_objects[("ConfigMap", "lifelong-config")]["data"]["lifelong.yaml"])
     assert "url" not in config.get("database", {})
+
+
+# --- the trainer: its own Deployment, off the serving path ---------------------------------
+
+
+def test_gateways_queue_training_runs_and_the_trainer_takes_them(
+    kubernetes_objects: Objects, gateway_settings: Settings, trainer_settings: Settings,
+    lifelong_env_of: Any, env_key: Any
+) -> None:
+    # runner child would make the leading gateway train on its own (GPU-less) pod, and no run
+    # would ever reach the trainer.
+    assert gateway_settings.training.runner == "worker"
+    assert trainer_settings.training.runner == "worker"
+    trainer_pod = pod(kubernetes_objects, "trainer")
+    for entry in trainer_pod["initContainers"] + trainer_pod["containers"]:
+        for name in lifelong_env_of(entry["env"]):
+            env_key(name)
+    # The runs are rows in the gateways' database: the trainer must read the same one.
+    assert trainer_settings.database_url == gateway_settings.database_url
+    assert trainer_settings.database_url.startswith("postgresql+psycopg://")
+
+
+def test_the_trainer_runs_lifelong_trainer_after_migrating(kubernetes_objects: Objects) -> None:
+    (migrate,) = pod(kubernetes_objects, "trainer")["initContainers"]
+    trainer = container(kubernetes_objects, "trainer")
+    assert trainer["command"][:2] == ["lifelong", "trainer"]
+    assert migrate["command"][:3] == ["lifelong", "db", "upgrade"]
+    # The command and its option exist in the CLI the image installs.
+    group = typer.main.get_command(cli.app)
+    assert isinstance(group, typer.core.TyperGroup)
+    command = group.commands["trainer"]
+    assert "--config" in {opt for param in command.params for opt in param.opts}
+    config_dir = str(Path(flag(trainer["command"], "--config")).parent)
+    assert mounts(kubernetes_objects, "trainer")[config_dir].source == "configMap:lifelong-config"
+    assert mounts(kubernetes_objects, "trainer", migrate)[config_dir].source == "configMap:lifelong-config"
+    assert migrate["env"] == trainer["env"]
+
+
+def test_the_trainer_writes_adapters_where_the_gateways_and_vllm_read_them(
+    kubernetes_objects: Objects, gateway_settings: Settings, trainer_settings: Settings
+) -> None:
+    trainer, gateway = mounts(kubernetes_objects, "trainer"), mounts(kubernetes_objects, "gateway")
+    vllm = mounts(kubernetes_objects, "vllm")
+    adapters = str(trainer_settings.adapters_dir)
+    # It registers `adapters_dir/vNNNN`; the gateways hand vLLM that very path.
+    assert adapters == str(gateway_settings.adapters_dir)
+    assert trainer[adapters] == Mount(f"pvc:{ADAPTERS_CLAIM}", "", read_only=False)
+    assert gateway[adapters].source == vllm[adapters].source == trainer[adapters].source
+    # It trains on what vLLM serves (the adapters name it as their base model), read-only.
+    model = str(trainer_settings.base_model_path)
+    assert model == str(gateway_settings.base_model_path)
+    assert flag(container(kubernetes_objects, "vllm")["args"], "--model") == model
+    model_mount = str(Path(model).parent)
+    assert trainer[model_mount] == vllm[model_mount]
+    assert trainer[model_mount].source.startswith("pvc:") and trainer[model_mount].read_only
+    # Its logs, settings file and anchors' answers are its own.
+    data_dir = str(trainer_settings.data_dir)
+    assert trainer[data_dir].source == "emptyDir"
+    shared = [path for path, mount in trainer.items()
+              if mount.source.startswith("pvc:") and Path(path).is_relative_to(data_dir)]
+    assert shared == [adapters]
+
+
+def test_the_trainer_practises_through_the_gateways_vllm_servers(
+    gateway_settings: Settings, trainer_settings: Settings
+) -> None:
+    # GRPO samples from vllm.upstreams; without them it would ask a vLLM on its own pod.
+    assert trainer_settings.vllm.upstreams == gateway_settings.vllm.upstreams
+    assert trainer_settings.vllm.upstreams
+    # python_tests practice tasks: the same sandbox as the judge's.
+    assert trainer_settings.evals.sandbox == gateway_settings.evals.sandbox
+
+
+def test_the_trainer_has_the_database_secret_and_serves_nothing(kubernetes_objects: Objects) -> None:
+    trainer = container(kubernetes_objects, "trainer")
+    (database,) = [item for item in trainer["env"] if item["name"] == "LIFELONG_DATABASE__URL"]
+    assert database["valueFrom"] == {"secretKeyRef": {"name": "lifelong-db", "key": "url"}}
+    labels = pod_labels(kubernetes_objects, "trainer")
+    for (kind, name), obj in kubernetes_objects.items():
+        if kind == "Service":
+            assert not selects({"matchLabels": obj["spec"]["selector"]}, labels), name
+        if kind == "PodDisruptionBudget":  # nothing to keep available: it serves nobody
+            assert not selects(obj["spec"]["selector"], labels), name
+    assert not {"ports", "readinessProbe", "livenessProbe", "startupProbe"} & trainer.keys()
+
+
+def test_only_the_trainer_and_vllm_request_gpus(kubernetes_objects: Objects,
+                                                trainer_settings: Settings) -> None:
+    gateway_pod = pod(kubernetes_objects, "gateway")
+    for entry in gateway_pod["initContainers"] + gateway_pod["containers"]:
+        resources = entry.get("resources", {})
+        for amounts in (resources.get("requests", {}), resources.get("limits", {})):
+            assert "nvidia.com/gpu" not in amounts, entry["name"]
+    trainer = container(kubernetes_objects, "trainer")
+    assert trainer["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert trainer_settings.training.device != "cpu"
+
+
+def test_one_trainer_that_needs_no_second_gpu_while_it_rolls(kubernetes_objects: Objects) -> None:
+    deployment = kubernetes_objects[("Deployment", "trainer")]["spec"]
+    # The leader trains one run at a time: a second trainer would only wait.
+    assert deployment["replicas"] == 1
+    # A surge pod would wait for a free GPU: the old trainer goes first.
+    assert deployment["strategy"] == {"type": "Recreate"}
+    assert selects(deployment["selector"], pod_labels(kubernetes_objects, "trainer"))
+
+
+def test_the_trainer_outlives_its_childs_kill_grace(kubernetes_objects: Objects,
+                                                   trainer_settings: Settings) -> None:
+    """SIGTERM: the worker marks its run interrupted, SIGTERMs its child and SIGKILLs it after
+    ChildRunner's grace_s, records the child's end and releases its claim. The kubelet must not
+    kill it first: three database writes on top of the grace."""
+    grace_s = inspect.signature(ChildRunner).parameters["grace_s"].default
+    assert "grace_s" not in inspect.getsource(trainer_cli)  # `lifelong trainer` keeps the default
+    period = pod(kubernetes_objects, "trainer")["terminationGracePeriodSeconds"]
+    assert period >= grace_s + 3 * trainer_settings.database.connect_timeout_s
