@@ -175,9 +175,11 @@ def test_a_name_with_no_folder_gets_404_model_does_not_exist(resolving):
 
 def test_the_resolver_matches_base_model_name_or_path_to_the_model_path_not_the_served_name(
         resolving, tiny_base_model, monkeypatch):
-    """vLLM compares adapter_config.json's base_model_name_or_path with --model as a string;
-    an adapter written as our trainer writes it, from a relative base model path (the settings'
-    default data_dir is relative), is refused with the plain 404, as is one naming `base`."""
+    """vLLM compares adapter_config.json's base_model_name_or_path with --model as a string:
+    one naming `base` (the served name) is refused with the plain 404. Our trainer writes the
+    resolved folder there whatever path it was given (the settings' default data_dir is
+    relative; peft wrote it as given, and no daemon-trained adapter resolved), so both of its
+    adapters are served."""
     from lifelong.adapters import LoraTrainingConfig
     from lifelong.adapters.artifact import base_model_identity
     from lifelong.adapters.artifact import write_adapter as write_artifact
@@ -201,12 +203,12 @@ def test_the_resolver_matches_base_model_name_or_path_to_the_model_path_not_the_
     (served_name / "adapter_config.json").write_text(
         json.dumps({**config, "base_model_name_or_path": "base"}))
 
-    assert base_model_name_or_path(relative) == tiny_base_model.name
-    assert base_model_name_or_path(same_path) == str(tiny_base_model)
-    assert_not_found(resolving.complete("v0003"), "v0003")
+    resolved = str(tiny_base_model.resolve())
+    assert base_model_name_or_path(relative) == base_model_name_or_path(same_path) == resolved
     assert_not_found(resolving.complete("named-base"), "named-base")
+    assert resolving.complete("v0003").status_code == 200
     assert resolving.complete("v0004").status_code == 200
-    assert resolving.resolutions("v0003") == resolving.resolutions("named-base") == 0
+    assert resolving.resolutions("named-base") == 0
 
 
 def test_simultaneous_first_requests_are_all_served_and_load_the_adapter_once(
