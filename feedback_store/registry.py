@@ -74,8 +74,17 @@ def set_champion(
     gate's approval. Raises UnknownAdapter."""
     if session.get_bind().dialect.name == "postgresql":
         # Concurrent promotions take turns, so the last one wins instead of one failing on the
-        # unique index. (SQLite transactions already write one at a time.)
+        # unique index.
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PROMOTION_LOCK})
+    else:
+        # SQLite writes one at a time, but pysqlite runs reads before a transaction's first
+        # write outside it: take the write lock first (a write that changes nothing still
+        # takes it), then read afresh. Without it two promotions racing read the same champion,
+        # and one left none (its in-memory row already said "champion", so no UPDATE was sent;
+        # 0 champions once in a CI run).
+        session.execute(update(Adapter).where(text("0")).values(status=Adapter.status)
+                        .execution_options(synchronize_session=False))
+        session.expire_all()
     row = get(session, version=version) if version is not None else None
     current = champion(session)
     if current is not None and row is current:
