@@ -82,9 +82,11 @@ def set_champion(
         # takes it), then read afresh. Without it two promotions racing read the same champion,
         # and one left none (its in-memory row already said "champion", so no UPDATE was sent;
         # 0 champions once in a CI run).
+        session.flush()  # the caller's pending changes first: expiring must not drop them
         session.execute(update(Adapter).where(text("0")).values(status=Adapter.status)
                         .execution_options(synchronize_session=False))
-        session.expire_all()
+        for held in [o for o in session.identity_map.values() if isinstance(o, Adapter)]:
+            session.expire(held)
     row = get(session, version=version) if version is not None else None
     current = champion(session)
     if current is not None and row is current:
