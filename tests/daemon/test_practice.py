@@ -81,12 +81,15 @@ def test_the_daemon_practises_when_users_are_quiet_and_makes_way_when_they_come(
                     return row
 
             deadline = time.monotonic() + 180
-            while not (run().metrics or {}).get("rounds"):  # the first round is done
+            while run().pid is None:  # its process is up
                 assert run().status == "running" and time.monotonic() < deadline, run().error
                 time.sleep(0.2)
             assert run().method == "grpo" and niceness(run().pid) == 19
 
             # Users come back while it practises: it pauses for them; every request answered.
+            # They come as soon as the run's process is up, not after its first round: a tiny
+            # model's rounds take about a second, and once a busy CI host finished all four
+            # before the first user request reached the gateway.
             # They stay until the run has stopped at a safe point (the niced run can take
             # seconds to reach one on a busy CPU: once a CI run never got there in 4 s), then
             # 2 s longer, so the run's own account must show that much waiting.
