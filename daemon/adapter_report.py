@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from lifelong.adapters import AdapterError, read_manifest, verify
-from lifelong.feedback_store import registry
+from lifelong.feedback_store import canaries, registry
 from lifelong.feedback_store.eval_results import latest_gate_decision
 from lifelong.feedback_store.models import Adapter, GateDecision, TrainingRun
 
@@ -115,6 +115,13 @@ def adapter_detail(session: Session, *, version: str, base_model_dir: Path | Non
                 for suite in decision.details.get("suites", [])
             ],
         }
+    # Its live trials: canaries and watches, with their decisions and numbers.
+    detail["trials"] = [
+        {"id": t.id, "kind": t.kind, "against": t.baseline_version or "base", "share": t.share,
+         "started_at": t.started_at.isoformat(),
+         "ended_at": t.ended_at.isoformat() if t.ended_at else None, "decision": t.decision,
+         "reason": t.reason, "stats": t.stats}
+        for t in canaries.trials(session, version=version, limit=20)]
     if run is not None:
         metrics = run.metrics or {}
         detail["training_run"] = {

@@ -11,6 +11,11 @@ its adapter dropped) is taken out of routing until the champion is loaded into i
 
 A promotion waits (`wait_for`) until every live replica routes the alias to the new champion, so
 once it answers, no replica answers from the old one.
+
+The open canary is followed the same way: its candidate loaded and warmed into every ready server
+before the replica sends the canary's share of users to it; the heartbeat carries the canary it
+routes to with what it counted (requests and server failures per version), which the leader
+adds up (`wait_for_canary` waits until every live replica routes to it, or to none).
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.adapters.artifact import served_name
-from lifelong.daemon.catalog import ModelCatalog, Served
+from lifelong.daemon.catalog import CanaryRoute, ModelCatalog, Served
 from lifelong.daemon.upstream import BASE_MODEL_NAME, Upstream
-from lifelong.feedback_store import registry, replicas
+from lifelong.feedback_store import canaries, registry, replicas
 from lifelong.feedback_store.replicas import ReplicaView
 
 logger = logging.getLogger(__name__)
@@ -42,6 +47,17 @@ def registry_champion(session: Session) -> tuple[str, Served] | None:
     if row is None:
         return None
     return row.version, Served(path=row.path, name=served_name(row.version, row.checksum))
+
+
+def open_canary(session: Session) -> CanaryRoute | None:
+    """The open canary (not a watch) as a route, its candidate as vLLM serves it."""
+    row = canaries.open_trial(session)
+    if row is None or row.kind != "canary":
+        return None
+    adapter = registry.get(session, version=row.version)
+    return CanaryRoute(id=row.id, version=row.version, share=row.share,
+                       served=Served(path=adapter.path,
+                                     name=served_name(adapter.version, adapter.checksum)))
 
 
 class Replica:
@@ -103,6 +119,7 @@ class Replica:
             await asyncio.sleep(self.sync_s)
             try:
                 flipped = await self.follow()
+                flipped = await self.follow_canary() or flipped
                 if flipped or time.monotonic() >= self._next_beat:
                     await self._verify()
                     await self._beat()
@@ -139,6 +156,43 @@ class Replica:
         logger.info("champion followed", extra={"from": previous or BASE_MODEL_NAME,
                                                 "to": version or BASE_MODEL_NAME})
         return True
+
+    def _read_canary(self) -> CanaryRoute | None:
+        with self.sessions() as session:
+            return open_canary(session)
+
+    async def follow_canary(self) -> bool:
+        """Route the open canary's share to its candidate, or stop when it ended; whether that
+        changed. The candidate is loaded and warmed into every ready server first."""
+        wanted = await asyncio.to_thread(self._read_canary)
+        current = self.catalog.canary
+        if (wanted.id if wanted else None) == (current.id if current else None):
+            return False
+        async with self.promoter_lock:
+            wanted = await asyncio.to_thread(self._read_canary)
+            current = self.catalog.canary
+            if (wanted.id if wanted else None) == (current.id if current else None):
+                return False
+            if wanted is not None:
+                await asyncio.gather(*(self.load_and_warm(u, wanted.served)
+                                       for u in self.upstreams if u.ready))
+                self.catalog.live[wanted.version] = wanted.served
+            self.catalog.canary = wanted
+        logger.info("canary followed", extra={"canary": wanted.version if wanted else None,
+                                              "share": wanted.share if wanted else 0})
+        return True
+
+    async def wait_for_canary(self, trial_id: int | None, timeout_s: float) -> list[str]:
+        """Until every live replica routes to canary `trial_id` (None: to no canary), up to
+        `timeout_s`; the replicas that still do not."""
+        await self._beat()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            lagging = [p.replica_id for p in await asyncio.to_thread(self.peers)
+                       if p.alive(self.stale_s) and (p.canary or {}).get("id") != trial_id]
+            if not lagging or time.monotonic() >= deadline:
+                return lagging
+            await asyncio.sleep(min(self.sync_s, 0.5))
 
     async def _verify(self) -> None:
         """Each server's own list of adapters; one that lacks the champion leaves routing until
@@ -177,7 +231,9 @@ class Replica:
             with self.sessions.begin() as session:
                 replicas.beat(session, replica_id=self.replica_id, url=self.url,
                               started_at=self.started_at, leader=self.leading(),
-                              champion=self.catalog.champion, servers=self.servers)
+                              champion=self.catalog.champion, servers=self.servers,
+                              canary=canary.tallies() if (canary := self.catalog.canary)
+                              else None)
                 return any(p.replica_id != self.replica_id and p.alive(self.stale_s)
                            for p in replicas.listed(session))
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -31,6 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from lifelong.daemon.canary import CanaryRefused
 from lifelong.daemon.judge import Judge, NothingToJudge
 from lifelong.daemon.promotion import Promoter
 from lifelong.daemon.trainer import Trainer, TrainerBusy, TrainRequest
@@ -79,7 +80,7 @@ class CycleReport:
     eval_run_id: int | None = None
     decision: str | None = None
     promoted: bool = False
-    outcome: str = "running"  # running | promoted | approved | rejected | skipped | failed | ...
+    outcome: str = "running"  # running | promoted | canary | approved | rejected | skipped | ...
     reason: str | None = None
     steps: list[str] = field(default_factory=list)
 
@@ -93,12 +94,14 @@ class LearningCycle:
         judge: Judge,
         promoter: Promoter,
         auto_promote: bool,
+        canary: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self.sessions = sessions
         self.trainer = trainer
         self.judge = judge
         self.promoter = promoter
         self.auto_promote = auto_promote
+        self.canary = canary  # tries an approved candidate on a share of users first
         self.last: CycleReport | None = None
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[CycleReport | None]] = set()
@@ -177,6 +180,15 @@ class LearningCycle:
             return
         if not self.auto_promote:
             report.outcome, report.reason = "approved", "schedule.auto_promote is off"
+            return
+        if self.canary is not None:
+            try:
+                await self.canary(run.adapter_version)
+            except CanaryRefused as exc:  # another canary is still deciding
+                report.outcome, report.reason = "approved", str(exc)
+                return
+            report.outcome = "canary"
+            report.steps.append(f"canary of {run.adapter_version} started")
             return
         await self.promoter.promote(run.adapter_version, by="gate", leader_only=True)
         report.promoted, report.outcome = True, "promoted"

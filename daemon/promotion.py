@@ -17,6 +17,10 @@ A promotion (or rollback) of version V:
 A promotion by the gate (`leader_only`) checks in its own transaction that this replica still
 holds the learning lease: a deposed leader's late promotion is refused by the database.
 
+Every move ends the open canary or watch in its own transaction (as the trial decided, or
+"aborted": superseded by the move), and a promotion opens the watch of the new champion
+(`promotion.watch`): no trial outlives the champion it was about, and none is half-applied.
+
 Versions are never unloaded (see the README's known limits): a rollback to a recent version is a
 catalog flip with its weights already in vLLM.
 """
@@ -28,6 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -41,7 +46,7 @@ from lifelong.daemon.upstream import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from lifelong.feedback_store import registry
+from lifelong.feedback_store import canaries, registry
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +65,15 @@ class Promoted:
     lagging: tuple[str, ...] = ()  # replicas that did not follow within the timeout
 
 
+@dataclass(frozen=True)
+class TrialEnd:
+    """How a move ends the open canary or watch (its own decision, when it made the move)."""
+
+    decision: str
+    reason: str
+    stats: dict[str, Any] | None = None
+
+
 class Promoter:
     """Moves the public alias between versions, one move at a time."""
 
@@ -72,6 +86,7 @@ class Promoter:
         base_model_dir: Path,
         fence: Callable[[Session], None] = lambda session: None,
         propagate: Callable[[str | None], Awaitable[list[str]]] | None = None,
+        watch: bool = False,
     ) -> None:
         self.sessions = sessions
         self.catalog = catalog
@@ -79,31 +94,37 @@ class Promoter:
         self.base_model_dir = base_model_dir
         self.fence = fence  # raises NotLeader unless this replica holds the learning lease
         self.propagate = propagate  # until the other replicas follow; those that did not
+        self.watch = watch  # open a watch of each new champion (promotion.watch)
         self.lock = asyncio.Lock()
 
     async def promote(self, version: str, *, by: str, forced: bool = False,
-                      reason: str | None = None, leader_only: bool = False) -> Promoted:
+                      reason: str | None = None, leader_only: bool = False,
+                      trial_end: TrialEnd | None = None) -> Promoted:
         """Make `version` the champion. Unless `forced`, the gate must have approved it (or it is
         a former champion that was not forced in). `leader_only`: only while this replica
-        leads the learning loop (the gate's promotions).
+        leads the learning loop (the gate's and the canary's promotions).
         Raises UnknownAdapter, PromotionRefused, AdapterError, AdapterLoadFailed,
         UpstreamUnavailable, NotLeader; on any of them the champion is unchanged."""
         async with self.lock:
             served = await asyncio.to_thread(self._check, version, forced=forced)
             moved = await self._move(version, served, by=by, forced=forced, kind="promote",
-                                     reason=reason, leader_only=leader_only)
+                                     reason=reason, leader_only=leader_only,
+                                     trial_end=trial_end)
         return await self._propagated(moved)
 
-    async def rollback(self, *, by: str, to: str | None = None,
-                       reason: str | None = None) -> Promoted:
+    async def rollback(self, *, by: str, to: str | None = None, reason: str | None = None,
+                       leader_only: bool = False, trial_end: TrialEnd | None = None,
+                       reject: bool = False) -> Promoted:
         """Return to the champion before the current one, or to `to` (a version or `base`).
+        `reject`: the champion left is marked rejected (never promoted again by itself).
         Raises NothingToRollBack, UnknownAdapter, AdapterError, AdapterLoadFailed."""
         async with self.lock:
-            target = to or await asyncio.to_thread(self._previous)
+            target: str = to if to else await asyncio.to_thread(self._previous)
             served = None if target == BASE_MODEL_NAME else await asyncio.to_thread(
                 self._check, target, forced=True)
             moved = await self._move(target, served, by=by, forced=False, kind="rollback",
-                                     reason=reason)
+                                     reason=reason, leader_only=leader_only,
+                                     trial_end=trial_end, reject=reject)
         return await self._propagated(moved)
 
     async def _propagated(self, moved: Promoted) -> Promoted:
@@ -134,11 +155,16 @@ class Promoter:
                     "(`lifelong eval`) or promote with --force"
                 )
             path, checksum = row.path, row.checksum
+        return self.verified(version, path=path, checksum=checksum)
+
+    def verified(self, version: str, *, path: str, checksum: str) -> Served:
+        """How vLLM serves `version` once its folder checks out. Raises AdapterError."""
         verify(Path(path), self.base_model_dir, checksum=checksum)
         return Served(path=path, name=served_name(version, checksum))
 
     async def _move(self, version: str, served: Served | None, *, by: str, forced: bool,
-                    kind: str, reason: str | None, leader_only: bool = False) -> Promoted:
+                    kind: str, reason: str | None, leader_only: bool = False,
+                    trial_end: TrialEnd | None = None, reject: bool = False) -> Promoted:
         if served is not None:
             # The servers that serve now; one that is (re)starting loads the registry's
             # champion before it is routed to (`apply_adapters`).
@@ -154,14 +180,27 @@ class Promoter:
             with self.sessions.begin() as session:
                 if leader_only:
                     self.fence(session)
+                if (trial := canaries.open_trial(session)) is not None:
+                    end = trial_end or TrialEnd(
+                        "aborted", f"superseded: {kind} to {version} by {by}")
+                    canaries.end(session, trial, decision=end.decision, reason=end.reason,
+                                 stats=end.stats)
+                left = registry.champion(session)
                 registry.set_champion(session, version=adapter, promoted_by=by, forced=forced,
                                       kind=kind, reason=reason)
+                if reject and left is not None and left.version != adapter:
+                    registry.reject(session, version=left.version)
+                if self.watch and kind == "promote" and adapter is not None:
+                    canaries.start(session, kind="watch", version=adapter,
+                                   baseline_version=left.version if left else None,
+                                   share=1.0, by=by)
 
         await asyncio.to_thread(record)
-        # The flip: two assignments with no await between them, so no request sees half of it.
+        # The flip: assignments with no await between them, so no request sees half of it.
         if served is not None:
             self.catalog.live[version] = served
         self.catalog.champion = adapter
+        self.catalog.canary = None  # ended with the move
         logger.info("champion changed", extra={"kind": kind, "from": previous, "to": version,
                                                "by": by, "forced": forced})
         return Promoted(version=version, previous=previous, forced=forced)

@@ -44,6 +44,7 @@ from pydantic_settings import (
 from lifelong.adapters.grpo_config import GrpoConfig
 from lifelong.adapters.lora_config import BOUNDS, LoraTrainingConfig, Precision
 from lifelong.adapters.recipe import DEFAULT_RECIPE, Method, check_recipe
+from lifelong.evals.canary_policy import CanaryPolicy
 from lifelong.evals.gate_policy import GatePolicy
 from lifelong.evals.sandbox import SandboxPolicy
 from lifelong.evals.verifiers import MAX_PATTERN_CHARS
@@ -636,6 +637,58 @@ class ClusterSettings(Section):
         "to route the alias to the new champion before it answers (and says which did not).")
 
 
+class CanarySettings(Section):
+    """Canary: an adapter the gate approved first serves a share of the alias's users; users'
+    live outcomes (outcome feedback) decide whether it takes all traffic (lifelong.evals.
+    canary_policy). A user stays on one version for the whole canary."""
+
+    enabled: bool = Field(
+        default=True, description="Off: the gate's approval promotes at once (to all users).")
+    share: float = Field(
+        default=0.1, gt=0, lt=1, description="The share of the alias's users sent to the "
+        "candidate (by their user key, else their API key).")
+    check_every_s: float = Field(default=60.0, gt=0, description="How often the live "
+                                 "outcomes are counted and the sequential test looked at.")
+    min_minutes: float = Field(default=30.0, ge=0, description="No promotion before this (a "
+                               "rollback may come at any time).")
+    max_minutes: float = Field(
+        default=24 * 60.0, gt=0, description="Then the canary ends, keeping the champion: not "
+        "enough live evidence (the candidate stays approved).")
+    min_outcomes: int = config_field(CanaryPolicy, "min_outcomes")
+    alpha: float = config_field(CanaryPolicy, "alpha")
+    margin: float = config_field(CanaryPolicy, "margin")
+    reward_margin: float = config_field(CanaryPolicy, "reward_margin")
+    tau: float = config_field(CanaryPolicy, "tau")
+    min_requests: int = config_field(CanaryPolicy, "min_requests")
+    max_error_rate_increase: float = config_field(CanaryPolicy, "max_error_rate_increase")
+    max_latency_ratio: float = config_field(CanaryPolicy, "max_latency_ratio")
+
+    def policy(self, *, max_minutes: float | None = None) -> CanaryPolicy:
+        return CanaryPolicy(
+            alpha=self.alpha, margin=self.margin, reward_margin=self.reward_margin, tau=self.tau,
+            min_outcomes=self.min_outcomes, min_duration_s=self.min_minutes * 60,
+            max_duration_s=(max_minutes or self.max_minutes) * 60,
+            min_requests=self.min_requests,
+            max_error_rate_increase=self.max_error_rate_increase,
+            max_latency_ratio=self.max_latency_ratio)
+
+
+class WatchSettings(Section):
+    """Watch: after a full promotion, the new champion's live pass rate and reward are compared
+    with its predecessor's last window of the same length; a confident drop rolls back."""
+
+    enabled: bool = Field(default=True, description="Off: nothing watches a new champion.")
+    minutes: float = Field(default=60.0, gt=0, description="How long a new champion is "
+                           "watched, and how much of its predecessor's traffic it is held to.")
+
+
+class PromotionSettings(Section):
+    """How an approved adapter reaches users, and how it leaves them (statistics: canary)."""
+
+    canary: CanarySettings = Field(default_factory=CanarySettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told. `lifelong config show` prints the effective values."""
 
@@ -661,6 +714,7 @@ class Settings(BaseSettings):
     evals: EvalSettings = Field(default_factory=EvalSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    promotion: PromotionSettings = Field(default_factory=PromotionSettings)
 
     @model_validator(mode="after")
     def _lora_fits_vllm(self) -> Settings:

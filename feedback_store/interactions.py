@@ -48,6 +48,7 @@ def interaction_row(record: NewInteraction, *, heldout_fraction: float) -> dict[
         "completion_tokens": record.completion_tokens,
         "latency_ms": record.latency_ms,
         "principal": record.principal,
+        "user_key": record.user_key,
         "prompt_key": prompt_key(
             messages=record.request.get("messages"), prompt=record.request.get("prompt")
         ),

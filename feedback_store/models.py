@@ -103,6 +103,8 @@ class Interaction(Base):
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[float | None] = mapped_column(Double)
     principal: Mapped[str | None] = mapped_column(String, index=True)
+    # Who the caller says the end user is (OpenAI's `user` field or the x-lifelong-user header).
+    user_key: Mapped[str | None] = mapped_column(String(256), index=True)
     # sha256 of the canonical JSON of the prompt or messages: groups answers to one prompt.
     prompt_key: Mapped[str] = mapped_column(String(64), index=True)
     heldout: Mapped[bool] = mapped_column(Boolean)
@@ -347,6 +349,35 @@ class Promotion(Base):
     __table_args__ = (CheckConstraint(f"kind IN ({_one_of(PROMOTION_KINDS)})", name="kind"),)
 
 
+CANARY_KINDS = ("canary", "watch")
+CANARY_DECISIONS = ("promote", "rollback", "timeout", "aborted", "kept")
+
+
+class Canary(Base):
+    """A live trial of `version` on a share of the alias's traffic against `baseline_version`
+    (kind canary), or a watch of a new champion against its predecessor (kind watch). Open while
+    `ended_at` is NULL; at most one is open."""
+
+    __tablename__ = "canaries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    version: Mapped[str] = mapped_column(String)
+    baseline_version: Mapped[str | None] = mapped_column(String)  # None: the base model
+    share: Mapped[float] = mapped_column(Double)  # of the alias's users routed to `version`
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_by: Mapped[str] = mapped_column(String)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    decision: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(Json)  # the latest live statistics
+
+    __table_args__ = (
+        CheckConstraint(f"kind IN ({_one_of(CANARY_KINDS)})", name="kind"),
+        CheckConstraint(f"decision IN ({_one_of(CANARY_DECISIONS)})", name="decision"),
+    )
+
+
 class Rollout(Base):
     """One sampled answer to a practice task in a GRPO run, graded by the task's verifier."""
 
@@ -397,3 +428,5 @@ class Replica(Base):
     leader: Mapped[bool] = mapped_column(Boolean)
     champion: Mapped[str | None] = mapped_column(String)  # None: the base model
     servers: Mapped[list[dict[str, Any]]] = mapped_column(Json)
+    # The canary it routes to: {"id", "version", "requests": {version: n}, "errors": {...}}.
+    canary: Mapped[dict[str, Any] | None] = mapped_column(Json)

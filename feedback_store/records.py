@@ -29,6 +29,7 @@ class NewInteraction:
     latency_ms: float | None = None
     adapter_version: str | None = None  # None: the base model answered
     principal: str | None = None
+    user_key: str | None = None  # the caller's end user (OpenAI `user`, or x-lifelong-user)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,16 +29,18 @@ class ReplicaView:
     leader: bool
     champion: str | None
     servers: list[dict[str, Any]]
+    canary: dict[str, Any] | None = None  # the canary it routes to, with its tallies
 
     def alive(self, stale_s: float) -> bool:
         return self.seen_s_ago <= stale_s
 
 
 def beat(session: Session, *, replica_id: str, url: str | None, started_at: datetime,
-         leader: bool, champion: str | None, servers: list[dict[str, Any]]) -> None:
+         leader: bool, champion: str | None, servers: list[dict[str, Any]],
+         canary: dict[str, Any] | None = None) -> None:
     """Write `replica_id`'s heartbeat (insert or overwrite its row)."""
     values = dict(replica_id=replica_id, url=url, started_at=started_at, seen_at=db_now(session),
-                  leader=leader, champion=champion, servers=servers)
+                  leader=leader, champion=champion, servers=servers, canary=canary)
     insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     statement = insert(Replica).values(**values)
     session.execute(statement.on_conflict_do_update(
@@ -55,7 +57,7 @@ def listed(session: Session) -> list[ReplicaView]:
     ).all()
     return [ReplicaView(replica_id=r.replica_id, url=r.url, started_at=r.started_at,
                         seen_s_ago=float(ago), leader=r.leader, champion=r.champion,
-                        servers=list(r.servers)) for r, ago in rows]
+                        servers=list(r.servers), canary=r.canary) for r, ago in rows]
 
 
 def forget(session: Session, *, replica_id: str) -> None:

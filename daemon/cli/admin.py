@@ -41,6 +41,9 @@ def promote(
     version: Annotated[str, typer.Argument(help="The adapter to serve, e.g. v0003.")],
     force: Annotated[bool, typer.Option(
         "--force", help="Without the gate's approval; recorded as forced, with who did it.")] = False,
+    canary: Annotated[bool, typer.Option(
+        "--canary", help="First on promotion.canary.share of the users: their live outcomes "
+        "promote it or roll it back.")] = False,
     reason: Annotated[str | None, typer.Option(help="Why, for the promotion log.")] = None,
     url: UrlOption = None,
     key: KeyOption = None,
@@ -51,7 +54,15 @@ def promote(
     """Serve VERSION under the public alias, through the running daemon (hot-swap, no downtime)."""
     settings = settings_from(config, data_dir=data_dir)
     client = admin_client(settings, url, admin_key(key, key_file))
+    if canary and force:
+        fail("--canary tries an approved adapter on live users; --force skips the gate: "
+             "choose one")
     try:
+        if canary:
+            trial = client.start_canary(version)
+            typer.echo(f"canary: {trial.version} serves {trial.share:.0%} of the users of the "
+                       f"alias, against {trial.baseline} (`lifelong status` follows it)")
+            return
         moved = client.promote(version, force=force, reason=reason)
     except AdminError as exc:
         fail(str(exc))
@@ -77,6 +88,23 @@ def rollback(
     except AdminError as exc:
         fail(str(exc))
     typer.echo(f"champion: {moved.champion} (was {moved.previous})" + _lagging(moved))
+
+
+def stop_canary(
+    url: UrlOption = None,
+    key: KeyOption = None,
+    key_file: KeyFileOption = None,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """End the open canary: every user back on the champion (the candidate stays approved)."""
+    settings = settings_from(config, data_dir=data_dir)
+    client = admin_client(settings, url, admin_key(key, key_file))
+    try:
+        trial = client.stop_canary()
+    except AdminError as exc:
+        fail(str(exc))
+    typer.echo(f"canary of {trial.version} stopped; {trial.baseline} serves every user")
 
 
 def _lagging(moved: Promoted) -> str:

@@ -117,6 +117,28 @@ class Cluster(_Answer):
     replicas: list[ReplicaRow]
 
 
+class Trial(_Answer):
+    """A canary or a watch (`POST /admin/canary`, and in the status)."""
+
+    id: int
+    kind: str
+    version: str
+    baseline: str
+    share: float
+    started_at: str
+    ended_at: str | None = None
+    decision: str | None = None
+    reason: str | None = None
+    stats: dict[str, Any] | None = None
+
+
+class Canary(_Answer):
+    enabled: bool
+    share: float
+    open: Trial | None = None
+    last: Trial | None = None
+
+
 class DaemonStatus(_Answer):
     """`GET /admin/status`: what the daemon serves, waits on, and has lately done."""
 
@@ -128,6 +150,7 @@ class DaemonStatus(_Answer):
     practice: Practice | None = None  # absent from daemons older than practice
     sandbox: Sandbox | None = None
     cluster: Cluster | None = None  # absent from daemons older than replicas
+    canary: Canary | None = None  # absent from daemons older than canaries
     training_runs: list[TrainingRun]
     decisions: list[Decision]
     promotions: list[Promotion]
@@ -154,6 +177,12 @@ class AdminClient:
     def promote(self, version: str, *, force: bool, reason: str | None) -> Promoted:
         return self._typed(Promoted, "/admin/promote",
                            {"version": version, "force": force, "reason": reason})
+
+    def start_canary(self, version: str) -> Trial:
+        return self._typed(Trial, "/admin/canary", {"version": version})
+
+    def stop_canary(self) -> Trial:
+        return self._typed(Trial, "/admin/canary/stop", {})
 
     def rollback(self, *, to: str | None, reason: str | None) -> Promoted:
         return self._typed(Promoted, "/admin/rollback", {"to": to, "reason": reason})

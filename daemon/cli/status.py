@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from lifelong.daemon.cli.admin_client import DaemonStatus
 
 
@@ -23,6 +25,14 @@ def describe_status(found: DaemonStatus) -> str:
         lines.append(f"practice:   {'paused for users' if practice.paused else 'on'}, "
                      f"{practice.pauses} pauses; "
                      f"{practice.last_check or 'due at the next idle check'}")
+    if canary := found.canary:
+        if trial := canary.open:
+            lines.append(f"{trial.kind + ':':<11} {trial.version} vs {trial.baseline}"
+                         + (f" on {trial.share:.0%} of users" if trial.kind == "canary" else "")
+                         + f" since {trial.started_at[:19]}; {_trial_numbers(trial.stats)}")
+        if trial := canary.last:
+            lines.append(f"last trial: {trial.kind} of {trial.version}: {trial.decision} "
+                         f"({(trial.ended_at or '')[:19]}): {trial.reason}")
     if box := found.sandbox:
         lines.append(f"sandbox:    {box.isolation}, python_tests {box.python_tests} "
                      f"({', '.join(box.layers)})" + (f": {box.reason}" if box.reason else ""))
@@ -53,3 +63,11 @@ def describe_status(found: DaemonStatus) -> str:
     lines += [f"  {p.at[:19]}  {p.kind:<8} {p.from_version} -> {p.to} by {p.by}"
               + (" (forced)" if p.forced else "") for p in found.promotions] or ["  none"]
     return "\n".join(lines)
+
+
+def _trial_numbers(stats: dict[str, Any] | None) -> str:
+    """The live pass rates and the difference's always-valid interval, as the trial last
+    counted them."""
+    if not stats:
+        return "not counted yet"
+    return stats.get("summary") or "counted"

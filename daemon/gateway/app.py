@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from lifelong.daemon.canary import Canaries
 from lifelong.daemon.catalog import ModelCatalog, Served
 from lifelong.daemon.cluster import Replica, registry_champion
 from lifelong.daemon.gateway import errors
@@ -167,7 +168,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
                 sessions=sessions, catalog=catalog, trainer=learning.trainer, cycle=learning.cycle,
                 judge=learning.judge, promoter=learning.promoter, practice=learning.practice,
                 schedule=learning.schedule, background=learning.background,
-                leadership=leadership, replica=replica)
+                leadership=leadership, replica=replica, canaries=learning.canaries)
             # One registry per app, not prometheus_client's global one: a process may build several.
             state.metrics_registry = CollectorRegistry()
             metrics = await _metrics(
@@ -294,6 +295,8 @@ async def _upstreams(
         wanted = dict([champion] if champion else [])
         if catalog.champion is not None:
             wanted[catalog.champion] = catalog.live[catalog.champion]
+        if (canary := catalog.canary) is not None:  # its share of users reaches every server
+            wanted[canary.version] = canary.served
         for served in wanted.values():  # loaded and warmed, as a promotion does
             await state.promoter.load_and_warm(upstream, served)
         if first[0]:
@@ -312,7 +315,8 @@ async def _upstreams(
         keep = recent[len(recent) - settings.vllm.keep_adapters:] \
             if settings.vllm.keep_adapters else []
         kept.clear()
-        for version in [*keep, *([catalog.champion] if catalog.champion else [])]:
+        canary = [catalog.canary.version] if catalog.canary else []
+        for version in [*keep, *canary, *([catalog.champion] if catalog.champion else [])]:
             kept[version] = catalog.live[version]
             await state.promoter.load_and_warm(upstream, kept[version])
 
@@ -373,6 +377,7 @@ class _LearningLoop:
     traffic: UserTraffic
     background: set[asyncio.Task[None]]  # tasks the API started (evals), kept until they end
     replica: Replica
+    canaries: Canaries  # decides while this replica leads
 
 
 async def _lead(learning: _LearningLoop, settings: Settings,
@@ -384,6 +389,7 @@ async def _lead(learning: _LearningLoop, settings: Settings,
     if learning.schedule is not None:
         await learning.schedule.start()
     await learning.practice.start()
+    await learning.canaries.start()
     if settings.evals.general_suite or settings.training.anchor_fraction > 0:
         prepared = asyncio.create_task(_prepare(learning.judge, settings))
         learning.background.add(prepared)
@@ -396,6 +402,7 @@ async def _follow(learning: _LearningLoop) -> None:
     if learning.schedule is not None:
         await learning.schedule.stop()
     await learning.practice.stop()
+    await learning.canaries.stop()
     await learning.cycle.stop()
     await _cancel(learning.background)
     await learning.trainer.stop()
@@ -442,16 +449,26 @@ async def _learning(
         promoter = Promoter(
             sessions=sessions, catalog=catalog, upstreams=list(upstreams),
             base_model_dir=settings.base_model_path, fence=leadership.check,
-            propagate=lambda version: replicas[0].wait_for(version, c.propagation_timeout_s))
+            propagate=lambda version: replicas[0].wait_for(version, c.propagation_timeout_s),
+            watch=settings.promotion.watch.enabled)
         replicas.append(Replica(
             replica_id=c.replica_id, url=c.advertise_url, sessions=sessions, catalog=catalog,
             upstreams=list(upstreams), promoter_lock=promoter.lock,
             load_and_warm=promoter.load_and_warm, leading=lambda: leadership.leading,
             sync_s=c.sync_s, heartbeat_s=c.heartbeat_s))
+        canaries = Canaries(
+            settings=settings.promotion, sessions=sessions, catalog=catalog, promoter=promoter,
+            replica_id=c.replica_id, replica_stale_s=replicas[0].stale_s,
+            wait_for_replicas=replicas[0].wait_for_canary,
+            propagation_timeout_s=c.propagation_timeout_s)
+        stack.push_async_callback(canaries.stop)
         background: set[asyncio.Task[None]] = set()
         stack.push_async_callback(_cancel, background)
-        cycle = LearningCycle(sessions=sessions, trainer=trainer, judge=judge, promoter=promoter,
-                              auto_promote=settings.schedule.auto_promote)
+        cycle = LearningCycle(
+            sessions=sessions, trainer=trainer, judge=judge, promoter=promoter,
+            auto_promote=settings.schedule.auto_promote,
+            canary=(lambda version: canaries.start_canary(version, by="gate"))
+            if settings.promotion.canary.enabled else None)
         stack.push_async_callback(cycle.stop)
         s = settings.schedule
         traffic = UserTraffic(stale_s=settings.vllm.request_timeout_s)
@@ -466,7 +483,7 @@ async def _learning(
             min_new_feedback=s.min_new_feedback, check_every_s=s.check_every_s,
         ) if s.enabled else None
         yield _LearningLoop(trainer, judge, promoter, cycle, practice[0], schedule, traffic,
-                            background, replicas[0])
+                            background, replicas[0], canaries)
 
 
 async def _cancel(tasks: set[asyncio.Task[None]]) -> None:

@@ -95,6 +95,9 @@ def write_config(tmp: Path, model: Path, **extra: object) -> Path:
         "evals": {"general_suite": False},
         # Off unless a test turns it on: a cycle would train on whatever the other tests logged.
         "schedule": {"enabled": False},
+        # Off unless a test turns it on: a canary waits for users' outcomes, which most tests
+        # never send, so the gate's approval promotes at once as before.
+        "promotion": {"canary": {"enabled": False}},
     }
     for section, values in extra.items():
         if isinstance(values, dict):

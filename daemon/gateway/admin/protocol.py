@@ -97,3 +97,24 @@ class PromotedOut(BaseModel):
     lagging: list[str] = Field(
         default_factory=list, description="Gateway replicas that did not route the alias to the "
         "new champion within cluster.propagation_timeout_s.")
+
+
+class CanaryIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str = Field(min_length=1, description="An adapter the gate approved, to try on "
+                         "promotion.canary.share of the alias's users.")
+
+
+class TrialOut(BaseModel):
+    id: int
+    kind: str = Field(description="canary, or watch (a new champion against its predecessor).")
+    version: str
+    baseline: str = Field(description="What it is compared with: a version or `base`.")
+    share: float
+    started_at: str
+    started_by: str
+    ended_at: str | None
+    decision: str | None = Field(description="promote, rollback, timeout, aborted or kept.")
+    reason: str | None
+    stats: dict[str, Any] | None = Field(description="The latest live counts, rates and the "
+                                         "sequential test's bounds.")

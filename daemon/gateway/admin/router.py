@@ -9,7 +9,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from lifelong.adapters import AdapterError
+from lifelong.daemon.canary import CanaryRefused, TrialView
 from lifelong.daemon.gateway.admin.protocol import (
+    CanaryIn,
     EvalIn,
     EvalRunOut,
     PromotedOut,
@@ -18,6 +20,7 @@ from lifelong.daemon.gateway.admin.protocol import (
     RunId,
     TrainIn,
     TrainingRunOut,
+    TrialOut,
 )
 from lifelong.daemon.gateway.admin.service import AdminService
 from lifelong.daemon.gateway.auth import AdminPrincipal
@@ -135,6 +138,30 @@ async def promote(body: PromoteIn, principal: AdminPrincipal, request: Request) 
     then flipped; without `force`, only a version the gate approved."""
     return await _moved(_admin(request).promote(
         body.version, by=principal.name or "anonymous", forced=body.force, reason=body.reason))
+
+
+@router.post("/canary", responses=PROMOTION_ERRORS)
+async def start_canary(body: CanaryIn, principal: AdminPrincipal, request: Request) -> TrialOut:
+    """Try `version` (approved by the gate) on promotion.canary.share of the alias's users; the
+    canary promotes it, or rolls it back, on their live outcomes."""
+    return await _trial(_admin(request).start_canary(body.version,
+                                                    by=principal.name or "anonymous"))
+
+
+@router.post("/canary/stop", responses=PROMOTION_ERRORS)
+async def stop_canary(principal: AdminPrincipal, request: Request) -> TrialOut:
+    """End the open canary; every user goes back to the champion (the candidate stays
+    approved)."""
+    return await _trial(_admin(request).stop_canary(by=principal.name or "anonymous"))
+
+
+async def _trial(started: Awaitable[TrialView]) -> TrialOut:
+    try:
+        return TrialOut(**vars(await started))
+    except (CanaryRefused, AdapterError) as exc:
+        raise ApiError(409, str(exc), code="canary_refused") from exc
+    except AdapterLoadFailed as exc:
+        raise ApiError(502, str(exc), type="upstream_error", code="adapter_load_failed") from exc
 
 
 @router.post("/rollback", responses=PROMOTION_ERRORS)

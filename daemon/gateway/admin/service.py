@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.daemon.adapter_report import adapter_detail, adapter_rows, learning_status
+from lifelong.daemon.canary import Canaries, TrialView
 from lifelong.daemon.catalog import ModelCatalog
 from lifelong.daemon.cluster import Replica
 from lifelong.daemon.gateway.admin.protocol import EvalRunOut, PromotedOut, TrainingRunOut
@@ -44,6 +45,7 @@ class AdminService:
         background: set[asyncio.Task[Any]],  # the evals started here, held until they end
         leadership: Leadership,
         replica: Replica,
+        canaries: Canaries,
     ) -> None:
         self.sessions = sessions
         self.catalog = catalog
@@ -56,6 +58,7 @@ class AdminService:
         self.background = background
         self.leadership = leadership
         self.replica = replica
+        self.canaries = canaries
 
     async def _lead(self) -> None:
         """Raises NotLeader (naming the leader) unless this replica runs the learning loop:
@@ -93,6 +96,7 @@ class AdminService:
                          "min_new_feedback": schedule.min_new_feedback if schedule else None,
                          "new_feedback": (await asyncio.to_thread(cycle.new_feedback))[0]},
             "practice": self.practice.status(),
+            "canary": await asyncio.to_thread(self.canaries.status),
             # Which isolation python_tests runs under here, or why it is off (probed once).
             "sandbox": await asyncio.to_thread(sandbox.describe),
             "cluster": await asyncio.to_thread(self._cluster),
@@ -176,6 +180,16 @@ class AdminService:
                       reason: str | None) -> PromotedOut:
         """Raises PromotionRefused, AdapterError, AdapterLoadFailed, UnknownAdapter."""
         return _moved(await self.promoter.promote(version, by=by, forced=forced, reason=reason))
+
+    async def start_canary(self, version: str, *, by: str) -> TrialView:
+        """Raises CanaryRefused, NotLeader, UnknownAdapter, AdapterError, AdapterLoadFailed."""
+        await self._lead()
+        return await self.canaries.start_canary(version, by=by)
+
+    async def stop_canary(self, *, by: str) -> TrialView:
+        """Raises CanaryRefused, NotLeader."""
+        await self._lead()
+        return await self.canaries.stop_canary(by=by)
 
     async def rollback(self, *, by: str, to: str | None, reason: str | None) -> PromotedOut:
         """Raises NothingToRollBack, PromotionRefused, AdapterError, AdapterLoadFailed."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from lifelong.daemon.gateway.auth import InferPrincipal
@@ -25,24 +25,31 @@ def _service(request: Request) -> InferenceService:
 
 
 ServiceDep = Annotated[InferenceService, Depends(_service)]
+# Who the end user is, for callers that cannot set OpenAI's `user` field (which wins).
+UserHeader = Annotated[str | None, Header(alias="x-lifelong-user", min_length=1, max_length=256,
+                                          description="The end user's key (see `user`).")]
 
 
 @router.post("/v1/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, principal: InferPrincipal, service: ServiceDep
+    body: ChatCompletionRequest, principal: InferPrincipal, service: ServiceDep,
+    user: UserHeader = None,
 ) -> JSONResponse | StreamingResponse:
     """OpenAI chat completion, answered by vLLM; `id` is the interaction id for feedback."""
     check_caps(body, service.limits)
-    return await service.answer(CHAT, body.model_dump(exclude_unset=True), principal)
+    return await service.answer(CHAT, body.model_dump(exclude_unset=True), principal,
+                                user_key=body.user or user)
 
 
 @router.post("/v1/completions", response_model=None)
 async def completions(
-    body: CompletionRequest, principal: InferPrincipal, service: ServiceDep
+    body: CompletionRequest, principal: InferPrincipal, service: ServiceDep,
+    user: UserHeader = None,
 ) -> JSONResponse | StreamingResponse:
     """OpenAI text completion, answered by vLLM; `id` is the interaction id for feedback."""
     check_caps(body, service.limits)
-    return await service.answer(COMPLETIONS, body.model_dump(exclude_unset=True), principal)
+    return await service.answer(COMPLETIONS, body.model_dump(exclude_unset=True), principal,
+                                user_key=body.user or user)
 
 
 @router.get("/v1/models")

@@ -109,6 +109,7 @@ class InferenceService:
         body: dict[str, Any],
         route: Route,
         principal: Principal,
+        user_key: str | None,
         started: float,
         created_at: datetime,
         text: str,
@@ -130,6 +131,7 @@ class InferenceService:
                 completion_tokens=usage.get("completion_tokens"),
                 latency_ms=(time.perf_counter() - started) * 1000.0,
                 principal=principal.name,
+                user_key=user_key,
             )
         )
         if not accepted:
@@ -143,10 +145,13 @@ class InferenceService:
         return upstream_body
 
     async def answer(
-        self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
+        self, endpoint: Endpoint, body: dict[str, Any], principal: Principal,
+        user_key: str | None = None,
     ) -> JSONResponse | StreamingResponse:
         """Stream or not, as the body asks. Counts the requests that fail before answering.
-        Raises RateLimited, or ApiError(400) for a request longer than the store keeps."""
+        `user_key`: the end user the caller names (stored; a canary routes by it, else by the
+        principal). Raises RateLimited, or ApiError(400) for a request longer than the store
+        keeps."""
         self.rate.admit(principal.name)
         # The request is stored with its interaction: held to the store's text limit, as
         # feedback texts are (refused rather than cut: a cut prompt is not what was answered).
@@ -162,30 +167,34 @@ class InferenceService:
         streaming = False
         try:
             if body.get("stream"):
-                response = await self.stream(endpoint, body, principal, on_end=visit.done)
+                response = await self.stream(endpoint, body, principal, user_key,
+                                             on_end=visit.done)
                 streaming = True  # the visit ends with the stream's last chunk
                 return response
-            return await self.complete(endpoint, body, principal)
+            return await self.complete(endpoint, body, principal, user_key)
         except Exception as exc:
+            status = status_of(exc)
             try:
-                model, version = self._model_label(body["model"]), self.catalog.resolve(
-                    body["model"]).version
+                route = self.catalog.resolve(body["model"], user_key or principal.name)
+                model, version = self._model_label(body["model"]), route.version
+                self.catalog.tally(route, failed=status >= 500)
             except UnknownModel:
                 model, version = "unknown", None
             self.metrics.request(endpoint=endpoint.name, model=model, version=version,
-                                 status=status_of(exc))
+                                 status=status)
             raise
         finally:
             if not streaming:
                 visit.done()
 
     async def complete(
-        self, endpoint: Endpoint, body: dict[str, Any], principal: Principal
+        self, endpoint: Endpoint, body: dict[str, Any], principal: Principal,
+        user_key: str | None = None,
     ) -> JSONResponse:
         """A non-streaming completion. Raises UnknownModel, UpstreamUnavailable/Timeout/Rejected."""
         started = time.perf_counter()
         created_at = datetime.now(UTC)
-        route = self.catalog.resolve(body["model"])
+        route = self.catalog.resolve(body["model"], user_key or principal.name)
         interaction_id = endpoint.id_prefix + uuid.uuid4().hex
         upstream_body = self._upstream_body(endpoint, body, route)
         answer = await self.pool.call(lambda upstream: upstream.complete(endpoint.route,
@@ -196,9 +205,11 @@ class InferenceService:
         self.rate.charge(principal.name, _tokens(answer.get("usage") or {}))
         self._record(
             endpoint=endpoint, interaction_id=interaction_id, body=body, route=route,
-            principal=principal, started=started, created_at=created_at, text=_text_of(first),
-            finish_reason=first.get("finish_reason"), usage=answer.get("usage"),
+            principal=principal, user_key=user_key, started=started, created_at=created_at,
+            text=_text_of(first), finish_reason=first.get("finish_reason"),
+            usage=answer.get("usage"),
         )
+        self.catalog.tally(route, failed=False)
         self.metrics.request(endpoint=endpoint.name, model=self._model_label(route.requested),
                              version=route.version, status=200,
                              seconds=time.perf_counter() - started)
@@ -207,13 +218,13 @@ class InferenceService:
 
     async def stream(
         self, endpoint: Endpoint, body: dict[str, Any], principal: Principal,
-        on_end: Callable[[], None] = lambda: None,
+        user_key: str | None = None, on_end: Callable[[], None] = lambda: None,
     ) -> StreamingResponse:
         """A streaming completion as server-sent events; the upstream stream is opened before the
         response starts, so a down or refusing vLLM still gets a proper status code."""
         started = time.perf_counter()
         created_at = datetime.now(UTC)
-        route = self.catalog.resolve(body["model"])
+        route = self.catalog.resolve(body["model"], user_key or principal.name)
         interaction_id = endpoint.id_prefix + uuid.uuid4().hex
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         # Always ask vLLM for the usage chunk: the interaction log needs the token counts.
@@ -263,9 +274,11 @@ class InferenceService:
                 self.rate.charge(principal.name, _tokens(usage) if usage else len(parts))
                 self._record(
                     endpoint=endpoint, interaction_id=interaction_id, body=body, route=route,
-                    principal=principal, started=started, created_at=created_at,
-                    text="".join(parts), finish_reason=finish_reason, usage=usage,
+                    principal=principal, user_key=user_key, started=started,
+                    created_at=created_at, text="".join(parts), finish_reason=finish_reason,
+                    usage=usage,
                 )
+                self.catalog.tally(route, failed=False)
                 self.metrics.request(
                     endpoint=endpoint.name, model=self._model_label(route.requested),
                     version=route.version, status=200, seconds=time.perf_counter() - started)
