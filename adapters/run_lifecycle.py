@@ -28,7 +28,7 @@ from peft import PeftModel
 from sqlalchemy.orm import Session, sessionmaker
 
 from lifelong.adapters.artifact import manifest_checksum, next_version, verify, write_adapter
-from lifelong.feedback_store import registry
+from lifelong.feedback_store import lineage, registry
 from lifelong.feedback_store.database import ensure_migrated, make_engine
 from lifelong.feedback_store.errors import UnknownRun
 from lifelong.feedback_store.models import Adapter, TrainingRun
@@ -133,6 +133,9 @@ class Run:
                     parent_version=parent_version, training_run_id=self.id,
                     data_watermark=data_watermark,
                 )
+                # The same ids as the folder's feedback_ids.json, as ranges the store can count
+                # deletions against (`adapters show`).
+                lineage.record(session, version=version, feedback_ids=feedback_ids)
                 finish_training_run(session, run_id=self.id, status="succeeded",
                                     adapter_version=version, metrics=metrics)
         except BaseException:

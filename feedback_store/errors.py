@@ -73,3 +73,7 @@ class DatabaseUnavailable(StoreError):
 
 class IdempotencyKeyReused(StoreError):
     """An idempotency key came back with a different request than the one it first named."""
+
+
+class InvalidSubject(StoreError):
+    """An erasure or export names neither or both of a principal and a user key, or an empty one."""

@@ -127,12 +127,12 @@ class Feedback(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    principal: Mapped[str | None] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    principal: Mapped[str | None] = mapped_column(String, index=True)
     # rating
     score: Mapped[float | None] = mapped_column(Double)
     # preference: exactly one of the two
-    preferred_over: Mapped[str | None] = mapped_column(ForeignKey("interactions.id"))
+    preferred_over: Mapped[str | None] = mapped_column(ForeignKey("interactions.id"), index=True)
     rejected_text: Mapped[str | None] = mapped_column(Text)
     # correction
     text: Mapped[str | None] = mapped_column(Text)
@@ -158,6 +158,8 @@ class Feedback(Base):
             "kind <> 'outcome' OR reward IS NOT NULL OR passed IS NOT NULL",
             name="outcome_has_result",
         ),
+        # Ids are never reused, even after the newest rows are deleted (migration 0010).
+        {"sqlite_autoincrement": True},
     )
 
 
@@ -173,7 +175,7 @@ class FeedbackRequest(Base):
     idempotency_key: Mapped[str] = mapped_column(String(255))
     request_sha256: Mapped[str] = mapped_column(String(64))  # of the items, to spot a reused key
     feedback_ids: Mapped[list[int]] = mapped_column(Json)  # in the order they were sent
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
 
     __table_args__ = (UniqueConstraint("principal", "idempotency_key"),)
 
@@ -194,7 +196,7 @@ class Task(Base):
     options: Mapped[dict[str, Any]] = mapped_column(Json)
     tags: Mapped[list[str]] = mapped_column(Json)
     heldout: Mapped[bool] = mapped_column(Boolean)
-    principal: Mapped[str | None] = mapped_column(String)
+    principal: Mapped[str | None] = mapped_column(String, index=True)
 
     __table_args__ = (
         CheckConstraint(
@@ -279,6 +281,20 @@ class Adapter(Base):
     )
 
 
+class AdapterFeedback(Base):
+    """A run of consecutive feedback ids an adapter learned from (`first_id`..`last_id`,
+    inclusive): its training data, compact enough to count what has been deleted since with
+    one indexed count (`lineage.py`)."""
+
+    __tablename__ = "adapter_feedback"
+
+    adapter_version: Mapped[str] = mapped_column(ForeignKey("adapters.version"), primary_key=True)
+    first_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (CheckConstraint("first_id <= last_id", name="range"),)
+
+
 EVAL_SIDES = ("candidate", "champion")
 SUITE_KINDS = ("target", "regression", "retention")
 GATE_STATUSES = ("approved", "rejected", "not_enough_evidence")
@@ -293,7 +309,7 @@ class EvalResult(Base):
     eval_run_id: Mapped[int] = mapped_column(ForeignKey("eval_runs.id"), index=True)
     suite: Mapped[str] = mapped_column(String)
     suite_kind: Mapped[str] = mapped_column(String(16))
-    item_id: Mapped[str] = mapped_column(String)
+    item_id: Mapped[str] = mapped_column(String, index=True)
     side: Mapped[str] = mapped_column(String(16))
     model: Mapped[str] = mapped_column(String)  # the name vLLM served it under
     answers: Mapped[list[str]] = mapped_column(Json)  # one per sample
@@ -389,7 +405,7 @@ class Rollout(Base):
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)
     policy: Mapped[str] = mapped_column(String)  # the name vLLM served the sampling policy under
     sample: Mapped[int] = mapped_column(Integer)  # index within the task's group of this round
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     text: Mapped[str] = mapped_column(Text)
     finish_reason: Mapped[str | None] = mapped_column(String)
     reward: Mapped[float] = mapped_column(Double)
