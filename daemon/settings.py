@@ -689,6 +689,29 @@ class PromotionSettings(Section):
     watch: WatchSettings = Field(default_factory=WatchSettings)
 
 
+class RetentionSettings(Section):
+    """How long the store keeps what users sent (README: "Your users' data"). Off by default:
+    the period is each deployment's own policy (law, contract), and a default one would delete
+    an upgraded deployment's history, its training data and replay, at the first start. Set it
+    before going live. The leader deletes in batches, each its own short transaction."""
+
+    interactions_days: float | None = Field(
+        default=None, gt=0, description="Delete prompts and answers (and all feedback on them, "
+        "held-out ones included) this many days after they were made. Empty: keep them.")
+    feedback_days: float | None = Field(
+        default=None, gt=0, description="Delete feedback this many days after it was given. "
+        "Empty: keep it (as long as its interaction).")
+    rollouts_days: float | None = Field(
+        default=None, gt=0, description="Delete GRPO's sampled answers this many days after "
+        "they were made. Empty: keep them.")
+    every_minutes: float = Field(default=60.0, gt=0, description="How often the leader looks "
+                                 "for expired rows.")
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="Rows per delete "
+                            "transaction: the longest a writer waits on SQLite's write lock.")
+    pause_ms: float = Field(default=10.0, ge=0, le=10_000, description="Pause between batches, "
+                            "for writers to get in.")
+
+
 class Settings(BaseSettings):
     """Everything the daemon can be told. `lifelong config show` prints the effective values."""
 
@@ -715,6 +738,7 @@ class Settings(BaseSettings):
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     promotion: PromotionSettings = Field(default_factory=PromotionSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     @model_validator(mode="after")
     def _lora_fits_vllm(self) -> Settings:

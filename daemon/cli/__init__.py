@@ -3,7 +3,7 @@
 One module per room, and this one as the table of contents (the order is `lifelong --help`'s):
 serve (vLLM and the gateway), train, trainer (a worker training the runs the gateways queue),
 evaluate (`eval`), admin (`promote`, `rollback`, `status` through the running daemon's admin API:
-admin_client, status), demo, and the groups config, adapters, db, base and keys. options holds
+admin_client, status), demo, and the groups config, adapters, data, db, base and keys. options holds
 what every command shares.
 
 Every failure a user can fix ends as one line on stderr naming the fix, and exit status 2.
@@ -23,6 +23,7 @@ from lifelong.daemon.cli import (
     admin,
     base,
     config,
+    data,
     db,
     demo,
     evaluate,
@@ -48,6 +49,7 @@ app.command("status")(admin.status)
 app.command("demo")(demo.demo)
 app.add_typer(config.app, name="config")
 app.add_typer(adapters.app, name="adapters")
+app.add_typer(data.app, name="data")
 app.add_typer(db.app, name="db")
 app.add_typer(base.app, name="base")
 app.add_typer(keys.app, name="keys")

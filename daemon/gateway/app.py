@@ -34,6 +34,8 @@ from lifelong.daemon.gateway.admin.router import router as admin_router
 from lifelong.daemon.gateway.admin.service import AdminService
 from lifelong.daemon.gateway.auth import KeyRing
 from lifelong.daemon.gateway.body_limit import BodyLimit
+from lifelong.daemon.gateway.data.router import router as data_router
+from lifelong.daemon.gateway.data.service import DataService
 from lifelong.daemon.gateway.exposition import router as exposition_router
 from lifelong.daemon.gateway.feedback.router import router as feedback_router
 from lifelong.daemon.gateway.feedback.service import FeedbackService
@@ -46,6 +48,7 @@ from lifelong.daemon.learning_cycle import LearningCycle, Schedule
 from lifelong.daemon.metrics import ServingMetrics, StateCollector, VersionLabels
 from lifelong.daemon.practice import Practice
 from lifelong.daemon.promotion import Promoter
+from lifelong.daemon.retention import Retention
 from lifelong.daemon.settings import Settings, write_settings_file
 from lifelong.daemon.supervisor import HealthWatch, Supervisor, child_environment
 from lifelong.daemon.trainer import (
@@ -164,6 +167,9 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
             state.promoter, state.cycle = learning.promoter, learning.cycle
             state.practice, state.schedule = learning.practice, learning.schedule
             state.replica = replica = learning.replica
+            r = settings.retention
+            state.data = DataService(sessions=sessions, batch_size=r.batch_size,
+                                     pause_s=r.pause_ms / 1000)
             state.admin = AdminService(
                 sessions=sessions, catalog=catalog, trainer=learning.trainer, cycle=learning.cycle,
                 judge=learning.judge, promoter=learning.promoter, practice=learning.practice,
@@ -220,6 +226,7 @@ def create_app(settings: Settings, *, on_fatal: Callable[[str], None] | None = N
     app.include_router(health_router)
     app.include_router(exposition_router)
     app.include_router(admin_router)
+    app.include_router(data_router)
     return app
 
 
@@ -378,6 +385,7 @@ class _LearningLoop:
     background: set[asyncio.Task[None]]  # tasks the API started (evals), kept until they end
     replica: Replica
     canaries: Canaries  # decides while this replica leads
+    retention: Retention  # deletes expired rows while this replica leads
 
 
 async def _lead(learning: _LearningLoop, settings: Settings,
@@ -390,6 +398,7 @@ async def _lead(learning: _LearningLoop, settings: Settings,
         await learning.schedule.start()
     await learning.practice.start()
     await learning.canaries.start()
+    await learning.retention.start()
     if settings.evals.general_suite or settings.training.anchor_fraction > 0:
         prepared = asyncio.create_task(_prepare(learning.judge, settings))
         learning.background.add(prepared)
@@ -403,6 +412,7 @@ async def _follow(learning: _LearningLoop) -> None:
         await learning.schedule.stop()
     await learning.practice.stop()
     await learning.canaries.stop()
+    await learning.retention.stop()
     await learning.cycle.stop()
     await _cancel(learning.background)
     await learning.trainer.stop()
@@ -462,6 +472,8 @@ async def _learning(
             wait_for_replicas=replicas[0].wait_for_canary,
             propagation_timeout_s=c.propagation_timeout_s)
         stack.push_async_callback(canaries.stop)
+        retention = Retention(settings=settings.retention, sessions=sessions)
+        stack.push_async_callback(retention.stop)
         background: set[asyncio.Task[None]] = set()
         stack.push_async_callback(_cancel, background)
         cycle = LearningCycle(
@@ -483,7 +495,7 @@ async def _learning(
             min_new_feedback=s.min_new_feedback, check_every_s=s.check_every_s,
         ) if s.enabled else None
         yield _LearningLoop(trainer, judge, promoter, cycle, practice[0], schedule, traffic,
-                            background, replicas[0], canaries)
+                            background, replicas[0], canaries, retention)
 
 
 async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
