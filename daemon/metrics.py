@@ -7,15 +7,15 @@ process can build several apps):
   time to first token, tokens, refused feedback; and, read at scrape time from the objects that
   hold them, upstream (vLLM) readiness and restarts and the interaction log's queue.
 - `StateCollector`: what the store knows (training runs, eval scores, gate decisions,
-  promotions, feedback and outcomes per version, the champion), read on scrape as plain figures
-  (`feedback_store/stats.py`: the SQL is there) and cached for `cache_s` seconds so a scrape
-  costs a few small queries at most every `cache_s`. Its counters are counts of store rows, so
-  they are exact across daemon restarts.
+  promotions, canaries and watches, feedback and outcomes per version, the champion), read on
+  scrape as plain figures (`feedback_store/stats.py`: the SQL is there) and cached for
+  `cache_s` seconds so a scrape costs a few small queries at most every `cache_s`. Its
+  counters are counts of store rows, so they are exact across daemon restarts.
 
 Adapter versions are label values, so they are bounded (`VersionLabels`): `base`, the champion,
-the 3 previous champions and the 3 newest adapters keep their names; every other version is
-`other`. When a version leaves that set, the serving series labelled with it are removed and its
-later traffic counts as `other`.
+the 3 previous champions, the 3 newest adapters and the open canary's (or watch's) versions keep
+their names; every other version is `other`. When a version leaves that set, the serving series
+labelled with it are removed and its later traffic counts as `other`.
 
 Suite names are label values too, and target suites are named by callers' `family:` tags
 (`SuiteLabels`): every suite name keeps only `[A-Za-z0-9_.:+-]` (others become `_`) and at most
@@ -53,14 +53,17 @@ from lifelong.daemon.catalog import ModelCatalog
 from lifelong.daemon.upstream import Upstream
 from lifelong.feedback_store import registry, replicas
 from lifelong.feedback_store.interaction_log import InteractionLog
+from lifelong.feedback_store.models import CANARY_DECISIONS, CANARY_KINDS
 from lifelong.feedback_store.replicas import ReplicaView
 from lifelong.feedback_store.stats import (
     BASE,
+    CanaryStats,
     DecisionStats,
     FeedbackTotals,
     PromotionStats,
     RolloutTotals,
     TrainingStats,
+    TrialStats,
     read_stats,
     recent_versions,
 )
@@ -126,12 +129,16 @@ def _means(values: dict[tuple[str, ...], list[float]]) -> dict[tuple[str, ...], 
     return {labels: sum(seen) / len(seen) for labels, seen in sorted(values.items())}
 
 
-def kept_versions(session: Session) -> frozenset[str]:
-    """base, the champion, the 3 previous champions and the 3 newest adapters."""
+def kept_versions(session: Session, *, trial: TrialStats | None = None) -> frozenset[str]:
+    """base, the champion, the 3 previous champions, the 3 newest adapters, and the versions of
+    the open `trial` (a canary's candidate may be older than the newest adapters: its traffic
+    is what the canary row is read for)."""
     recent = recent_versions(session, previous_champions=PREVIOUS_CHAMPIONS_KEPT,
                              newest=NEWEST_ADAPTERS_KEPT)
-    champion = {recent.champion} if recent.champion else set()
-    return frozenset({BASE} | champion | set(recent.previous_champions) | set(recent.newest))
+    named = {recent.champion, *recent.previous_champions, *recent.newest}
+    if trial is not None:
+        named |= {trial.version, trial.baseline_version}
+    return frozenset({BASE} | {v for v in named if v})
 
 
 class Watched(Protocol):
@@ -308,6 +315,7 @@ class StateCollector(Collector):
         *,
         sessions: sessionmaker[Session],
         versions: VersionLabels,
+        canary_margin: float,
         running_run: Callable[[], int | None] = lambda: None,
         on_versions: Callable[[frozenset[str]], None] = lambda kept: None,
         cache_s: float = 5.0,
@@ -318,6 +326,7 @@ class StateCollector(Collector):
         self.replica_stale_s = replica_stale_s  # a replica silent this long is down
         self.wait_s = wait_s
         self.versions = versions
+        self.canary_margin = canary_margin  # promotion.canary.margin: the rows do not hold it
         self.running_run = running_run  # () -> the id of the training run going on, or None
         self.on_versions = on_versions
         self.cache_s = cache_s
@@ -353,13 +362,13 @@ class StateCollector(Collector):
     def refresh(self) -> list[Metric]:
         """Read the store now; the metric families it yields until the next refresh."""
         with self.sessions() as session:
-            kept = kept_versions(session)
+            stats = read_stats(session, running_run=self.running_run(),
+                               recent_decisions=RECENT_DECISIONS_READ)
+            kept = kept_versions(session, trial=stats.canaries.open)
             self.versions.kept = kept
             self.on_versions(kept)
             self._feedback.advance(session)
             self._rollouts.advance(session)
-            stats = read_stats(session, running_run=self.running_run(),
-                               recent_decisions=RECENT_DECISIONS_READ)
             peers = replicas.listed(session)
             champion = registry.champion(session)
         return [
@@ -369,6 +378,7 @@ class StateCollector(Collector):
             *_practice(self._rollouts, stats.training.latest_grpo_rounds),
             *_decisions(stats.decisions_by_status, stats.recent_decisions, self.versions),
             *_promotions(stats.promotions),
+            *_canaries(stats.canaries, margin=self.canary_margin, versions=self.versions),
             *self._feedback_metrics(),
         ]
 
@@ -536,6 +546,87 @@ def _promotions(stats: PromotionStats) -> Iterator[Metric]:
     info.add_metric([], {"version": champion or BASE,
                          "parent": (stats.champion_parent or BASE) if champion else ""})
     yield info
+
+
+def _canaries(stats: CanaryStats, *, margin: float, versions: VersionLabels
+              ) -> Iterator[Metric]:
+    """Canaries and watches: how many began and how each ended (counted from their rows, so
+    exact across restarts), and the open one as of the leader's latest look at it."""
+    trials = CounterMetricFamily(
+        "lifelong_canary_trials", "Live trials opened, by kind: canary (an approved candidate "
+        "on a share of the alias's users against the champion) or watch (a new champion "
+        "against its predecessor's last window).", labels=["kind"])
+    decisions = CounterMetricFamily(
+        "lifelong_canary_decisions", "Live trials ended, by kind and decision: promote, "
+        "rollback (always the trial's own, automatic), timeout (champion kept), kept (a watch "
+        "saw no drop), aborted (stopped, superseded, or the candidate could not be served).",
+        labels=["kind", "decision"])
+    opened = GaugeMetricFamily("lifelong_canary_open", "1 while a trial of this kind is open "
+                               "(at most one trial is).", labels=["kind"])
+    trial = stats.open
+    for kind in CANARY_KINDS:  # every series from the start: increase() sees the first one
+        trials.add_metric([kind], stats.started.get(kind, 0))
+        opened.add_metric([kind], float(trial is not None and trial.kind == kind))
+        for decision in CANARY_DECISIONS:
+            decisions.add_metric([kind, decision], stats.ended.get((kind, decision), 0))
+    yield from (trials, decisions, opened)
+    yield GaugeMetricFamily(
+        "lifelong_canary_share", "Share of the alias's users sent to the open canary's "
+        "candidate (0 while no canary is open: a watch splits nobody).",
+        value=trial.share if trial is not None and trial.kind == "canary" else 0.0)
+    yield GaugeMetricFamily(
+        "lifelong_canary_margin", "Non-inferiority margin on the pass rate "
+        "(promotion.canary.margin): a canary may promote once the pass-rate difference's "
+        "lower bound is above -margin; it rolls back once the upper bound is below 0.",
+        value=margin)
+    if trial is None:
+        return
+    started = GaugeMetricFamily(
+        "lifelong_canary_started_timestamp_seconds", "When the open trial began, naming the "
+        "version on trial and the one it is compared with (a watch: the new champion and its "
+        "predecessor).", labels=["kind", "version", "baseline"])
+    started.add_metric([trial.kind, versions(trial.version), versions(trial.baseline_version)],
+                       trial.started_at.timestamp())
+    yield started
+    yield from _arms(trial)
+
+
+def _arms(trial: TrialStats) -> Iterator[Metric]:
+    """The open trial's live figures per side and its pass-rate interval, from the statistics
+    the leader wrote at its latest look (none before the first)."""
+    figures = trial.stats
+    # A watch's sides are the new champion and its predecessor: the same two roles.
+    sides = {"candidate": figures.get("candidate" if trial.kind == "canary" else "champion"),
+             "baseline": figures.get("baseline" if trial.kind == "canary" else "predecessor")}
+    where = ("Open trial, per side (candidate: the version on trial; baseline: the champion, "
+             "for a watch its predecessor's last window), since it began, at the leader's "
+             "latest look: ")
+    families = {
+        "outcomes": GaugeMetricFamily("lifelong_canary_outcomes", where + "users' pass/fail "
+                                      "outcome verdicts (each interaction's latest).",
+                                      labels=["arm"]),
+        "pass_rate": GaugeMetricFamily("lifelong_canary_pass_rate", where + "share of those "
+                                       "verdicts that passed.", labels=["arm"]),
+        "requests": GaugeMetricFamily("lifelong_canary_requests", where + "alias requests "
+                                      "routed to it (0 for a watch, which does not count "
+                                      "them).", labels=["arm"]),
+        "errors": GaugeMetricFamily("lifelong_canary_errors", where + "of those, failed by "
+                                    "the model server.", labels=["arm"]),
+    }
+    for arm, summary in sides.items():
+        for key, family in families.items():
+            if summary and summary.get(key) is not None:
+                family.add_metric([arm], float(summary[key]))
+    yield from families.values()
+    difference = GaugeMetricFamily(
+        "lifelong_canary_pass_rate_difference", "Open trial: candidate minus baseline pass "
+        "rate, its estimate and always-valid confidence bounds (valid however often looked "
+        "at); absent until each side has promotion.canary.min_outcomes.", labels=["bound"])
+    interval = figures.get("pass_rate")
+    if interval:
+        for bound in ("estimate", "lower", "upper"):
+            difference.add_metric([bound], float(interval[bound]))
+    yield difference
 
 
 def _by_label(values: dict[str, Any], versions: VersionLabels) -> dict[str, Any]:

@@ -1,11 +1,11 @@
 """What the store knows about the learning side, read as plain figures for the metrics.
 
 `read_stats` answers one scrape with a few small queries (training runs, the latest GRPO rounds,
-gate decisions, promotions and the champion), `recent_versions` names the versions that matter
-lately. Feedback and
-rollouts grow without bound, so they are counted by running totals (`FeedbackTotals`,
-`RolloutTotals`) that read only the rows added since their last call. Turning these figures into
-Prometheus families (and bounding their labels) is `daemon/metrics.py`'s part.
+gate decisions, promotions and the champion, canaries and watches), `recent_versions` names the
+versions that matter lately. Feedback and rollouts grow without bound, so they are counted by
+running totals (`FeedbackTotals`, `RolloutTotals`) that read only the rows added since their last
+call. Turning these figures into Prometheus families (and bounding their labels) is
+`daemon/metrics.py`'s part.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from lifelong.feedback_store.canaries import open_trial
 from lifelong.feedback_store.feedback import settled_max_id
 from lifelong.feedback_store.models import (
     Adapter,
+    Canary,
     Feedback,
     GateDecision,
     Interaction,
@@ -71,11 +73,31 @@ class PromotionStats:
 
 
 @dataclass(frozen=True, slots=True)
+class TrialStats:
+    """The open canary or watch."""
+
+    kind: str
+    version: str
+    baseline_version: str | None  # None: the base model
+    share: float
+    started_at: datetime
+    stats: dict[str, Any]  # the leader's latest look (`evals.canary_policy`'s Verdict.stats)
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryStats:
+    started: dict[str, int]  # trials ever opened, by kind
+    ended: dict[tuple[str, str], int]  # trials ended, by (kind, decision)
+    open: TrialStats | None
+
+
+@dataclass(frozen=True, slots=True)
 class StoreStats:
     training: TrainingStats
     decisions_by_status: dict[str, int]
     recent_decisions: list[DecisionStats]  # newest first
     promotions: PromotionStats
+    canaries: CanaryStats
 
 
 def read_stats(session: Session, *, running_run: int | None, recent_decisions: int) -> StoreStats:
@@ -93,6 +115,7 @@ def read_stats(session: Session, *, running_run: int | None, recent_decisions: i
                 select(GateDecision).order_by(GateDecision.id.desc()).limit(recent_decisions))
         ],
         promotions=promotion_stats(session),
+        canaries=canary_stats(session),
     )
 
 
@@ -150,6 +173,22 @@ def promotion_stats(session: Session) -> PromotionStats:
         rolled_back=sum(n for kind, _, n in rows if kind == "rollback"),
         champion=champion.version if champion else None,
         champion_parent=champion.parent_version if champion else None,
+    )
+
+
+def canary_stats(session: Session) -> CanaryStats:
+    rows = session.execute(select(Canary.kind, Canary.decision, func.count())
+                           .group_by(Canary.kind, Canary.decision)).all()
+    row = open_trial(session)
+    started: dict[str, int] = defaultdict(int)
+    for kind, _, n in rows:
+        started[kind] += n
+    return CanaryStats(
+        started=dict(started),
+        ended={(kind, decision): n for kind, decision, n in rows if decision is not None},
+        open=TrialStats(kind=row.kind, version=row.version,
+                        baseline_version=row.baseline_version, share=row.share,
+                        started_at=row.started_at, stats=row.stats or {}) if row else None,
     )
 
 

@@ -517,6 +517,7 @@ async def _metrics(
                              practice=learning.practice, interaction_log=interaction_log)
     trainer = learning.trainer
     collector = StateCollector(sessions=sessions, versions=versions,
+                               canary_margin=settings.promotion.canary.margin,
                                running_run=lambda: trainer.running_run,
                                on_versions=metrics.forget_versions,
                                cache_s=settings.gateway.metrics_cache_s,

@@ -15,10 +15,16 @@ import json
 import sys
 from pathlib import Path
 
-from grafana_foundation_sdk.builders import dashboard, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, table, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models.common import GraphDrawStyle
-from grafana_foundation_sdk.models.dashboard import DashboardCursorSync, DataSourceRef
+from grafana_foundation_sdk.models.common import GraphDrawStyle, GraphTresholdsStyleMode
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync,
+    DataSourceRef,
+    DynamicConfigValue,
+    Threshold,
+    ThresholdsMode,
+)
 from grafana_foundation_sdk.models.dashboard import DataTransformerConfig as Transformation
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
@@ -80,6 +86,17 @@ def build() -> dashboard.Dashboard:
         .annotation(annotation(
             "rejections", f'increase(lifelong_gate_decisions_total{{result="rejected"}}{rate_of})'
                           " > 0", "red"))
+        .annotation(annotation(
+            "canary starts", f'increase(lifelong_canary_trials_total{{kind="canary"}}{rate_of})'
+                             " > 0", "blue"))
+        .annotation(annotation(
+            "canary promotions", "increase(lifelong_canary_decisions_total"
+                                 f'{{kind="canary",decision="promote"}}{rate_of}) > 0',
+            "dark-green"))
+        .annotation(annotation(
+            # a canary's or a watch's own rollback: a person's is `aborted`
+            "automatic rollbacks", "sum(increase(lifelong_canary_decisions_total"
+                                   f'{{decision="rollback"}}{rate_of})) > 0', "purple"))
     )
 
     board = board.with_row(dashboard.Row("Promotions: who is champion, and every change"))
@@ -127,17 +144,67 @@ def build() -> dashboard.Dashboard:
         "it (as candidate or as champion).",
         query("lifelong_eval_score", "{{version}} {{suite}}"), unit="percentunit"))
 
+    board = board.with_row(dashboard.Row("Canary: is the candidate safe for users?"))
+    board = board.with_panel(graph(
+        "Canary state", "1 while a canary (an approved candidate on a share of the alias's "
+        "users) or a watch (a new champion against its predecessor's last window) is open; the "
+        "share of users sent to the canary's candidate. Annotations mark canary starts (blue), "
+        "promotions by a canary (dark green) and automatic rollbacks (purple).",
+        query("lifelong_canary_open", "{{kind}} open", ref="A"),
+        query("lifelong_canary_share", "share to the candidate", ref="B"), span=8)
+        .override_by_query("B", [DynamicConfigValue(id_val="unit", value="percentunit")]))
+    board = board.with_panel(facts(
+        "Open trial", "The version on trial and the one it is compared with (a watch: the new "
+        "champion and its predecessor), and when it began.",
+        query("lifelong_canary_started_timestamp_seconds * 1000", instant=True),
+        span=16, merge=False))
+    board = board.with_panel(graph(
+        "Live pass rate per side", "Open trial, since it began, at the leader's latest look "
+        "(every promotion.canary.check_every_s): the share of users' outcome verdicts that "
+        "passed, for the candidate and the baseline (a watch: the new champion and its "
+        "predecessor's last window).",
+        query("lifelong_canary_pass_rate", "{{arm}}"), unit="percentunit", span=12))
+    board = board.with_panel(facts(
+        "Per side now: outcomes, pass rate, requests, errors",
+        "Open trial, one row per side: outcome verdicts counted, their pass rate, alias "
+        "requests routed to it and those the model server failed (a watch counts no requests).",
+        query("lifelong_canary_outcomes", ref="A", instant=True),
+        query("lifelong_canary_pass_rate", ref="B", instant=True),
+        query("lifelong_canary_requests", ref="C", instant=True),
+        query("lifelong_canary_errors", ref="D", instant=True), span=12))
+    board = board.with_panel(graph(
+        "Pass-rate difference (candidate - baseline) and its always-valid bounds",
+        "The estimate and its confidence bounds, valid however often they are looked at (absent "
+        "until each side has promotion.canary.min_outcomes). A canary may promote once the "
+        "lower bound is above -margin (the \"promote above\" series), and rolls back once the "
+        "upper bound is below 0 (the red line); a watch rolls back on the same.",
+        query("lifelong_canary_pass_rate_difference", "{{bound}}", ref="A"),
+        query("-lifelong_canary_margin", "promote above (-margin)", ref="B"),
+        span=16).thresholds(dashboard.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps([
+            Threshold(value=None, color="transparent"), Threshold(value=0, color="red")]))
+        .thresholds_style(common.GraphThresholdsStyleConfig().mode(GraphTresholdsStyleMode.LINE)))
+    board = board.with_panel(graph(
+        "Trial decisions", "Canaries and watches ended, by kind and decision (rollback: the "
+        "trial's own; aborted: stopped by a person, superseded, or unservable).",
+        query(f"sum by (kind, decision) (increase(lifelong_canary_decisions_total{rate_of}))",
+              "{{kind}} {{decision}}"), bars=True, span=8))
+
     board = board.with_row(dashboard.Row("Live quality by version (outcome feedback)"))
     board = board.with_panel(graph(
         "Pass rate by version", f"Passed / all outcome verdicts over the last {QUALITY_WINDOW}.",
         query(f'sum by (version) (increase(lifelong_outcomes_total{{result="passed"}}'
               f"[{QUALITY_WINDOW}])) / sum by (version) (increase(lifelong_outcomes_total"
-              f"[{QUALITY_WINDOW}]))", "{{version}}"), unit="percentunit"))
+              f"[{QUALITY_WINDOW}]))", "{{version}}"), unit="percentunit", span=8))
+    board = board.with_panel(graph(
+        "Outcome verdicts by version", f"Outcome verdicts over the last {QUALITY_WINDOW}: how "
+        "many the pass rate beside it is of.",
+        query(f"sum by (version) (increase(lifelong_outcomes_total[{QUALITY_WINDOW}]))",
+              "{{version}}"), span=8))
     board = board.with_panel(graph(
         "Mean reward by version", f"Mean outcome reward over the last {QUALITY_WINDOW}.",
         query(f"sum by (version) (increase(lifelong_outcome_reward_sum[{QUALITY_WINDOW}])) / "
               f"sum by (version) (increase(lifelong_outcome_reward_count[{QUALITY_WINDOW}]))",
-              "{{version}}")))
+              "{{version}}"), span=8))
 
     board = board.with_row(dashboard.Row("Feedback volume"))
     board = board.with_panel(graph(

@@ -1,8 +1,11 @@
 """The metrics end to end: a real daemon (vLLM on the tiny model), Debian's real Prometheus
 scraping its `/metrics` every second, real traffic, feedback, a training run whose candidate the
-gate rejects, a forced promotion, a rollback and a GRPO run. Then every PromQL expression of the
-provisioned dashboard runs against that Prometheus: each must parse and return data, or the
-panel (or annotation) it feeds would be empty. `promtool check metrics` checks the exposition."""
+gate rejects, a forced promotion (which opens a watch) and a rollback (which ends it), a GRPO run,
+and canary rows written into the daemon's database (one promoted, one rolled back, one open with
+the leader's statistics: a real canary needs an approved adapter and hundreds of outcomes). Then
+every PromQL expression of the provisioned dashboard runs against that Prometheus: each must parse
+and return data, or the panel (or annotation) it feeds would be empty. `promtool check metrics`
+checks the exposition."""
 
 from __future__ import annotations
 
@@ -22,7 +25,11 @@ import pytest
 import yaml
 
 from lifelong.base_model import SKILLS, heldout_items, training_items
+from lifelong.daemon.canary import live_arm
 from lifelong.daemon.serve_process import free_port
+from lifelong.evals.canary_policy import CanaryPolicy, decide
+from lifelong.feedback_store import canaries, registry
+from lifelong.feedback_store.canaries import Window
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +92,27 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[str], str]]:
             process.wait()
 
 
+def write_canaries(sessions) -> None:
+    """Canary rows as the leader leaves them: one promoted, one rolled back, one open with the
+    statistics of a look at 45/50 vs 40/50 passed (enough outcomes for the interval). Its
+    candidate is v0001, an adapter on disk, so the replicas can route to it."""
+    looked = decide(live_arm(Window(passes=[True] * 45 + [False] * 5), requests=60, errors=1),
+                    live_arm(Window(passes=[True] * 40 + [False] * 10), requests=60),
+                    elapsed_s=60, policy=CanaryPolicy())
+    with sessions.begin() as session:
+        if (gates := canaries.open_trial(session)) is not None:  # the gate's, had it approved
+            canaries.end(session, gates, decision="aborted", reason="metrics test")
+        champion = registry.champion(session)
+        baseline = champion.version if champion else None
+        for decision in ("promote", "rollback"):
+            row = canaries.start(session, kind="canary", version="v0001",
+                                 baseline_version=baseline, share=0.5, by="metrics test")
+            canaries.end(session, row, decision=decision, reason="metrics test")
+        row = canaries.start(session, kind="canary", version="v0001", baseline_version=baseline,
+                             share=0.5, by="metrics test")
+        row.stats = {**looked.stats, "summary": looked.reason}
+
+
 def wait_for_cycle(admin: httpx.Client) -> dict:
     deadline = time.monotonic() + 400
     while True:
@@ -110,6 +138,9 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
         # the target suite is echo, which add2 corrections cannot teach: the gate rejects
         evals={"max_tokens": 8, "gate": {"min_items": 10}},
         database={"heldout_fraction": 0.0},
+        # the leader never looks during the test: the canary rows written below keep their
+        # statistics (a look would recount them from the few outcomes there are)
+        promotion={"canary": {"check_every_s": 3600}},
     )
     try:
         url = prometheus(daemon.url.removeprefix("http://"))
@@ -185,7 +216,9 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
             time.sleep(0.5)
         last = wait_for_cycle(admin)
         assert last["candidate"] == "v0002", last
-        time.sleep(4 * SCRAPE_S)  # every change scraped at least twice
+        with migrated_store(f"sqlite:///{daemon.data_dir / 'lifelong.db'}") as store:
+            write_canaries(store.sessions)
+        time.sleep(5 * SCRAPE_S)  # every change scraped at least twice
 
         exposition = httpx.get(f"{daemon.url}/metrics", timeout=30)
         assert exposition.status_code == 200  # no API key needed
@@ -193,6 +226,12 @@ def test_every_dashboard_query_returns_data_from_a_real_prometheus_scraping_the_
                                  input=exposition.content, capture_output=True, timeout=30)
         assert checked.returncode == 0 and not checked.stdout + checked.stderr, checked
         assert 'lifelong_champion_info{parent="",version="base"} 1.0' in exposition.text
+        canary = [line for line in exposition.text.splitlines()
+                  if line.startswith("lifelong_canary_")]
+        # the forced promotion's watch, ended by the rollback that superseded it
+        assert 'lifelong_canary_decisions_total{decision="aborted",kind="watch"} 1.0' in canary, (
+            canary)
+        assert 'lifelong_canary_open{kind="canary"} 1.0' in canary, canary
         assert answered[0] not in exposition.text and "What is" not in exposition.text
 
         end = time.time()

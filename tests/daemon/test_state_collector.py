@@ -1,7 +1,8 @@
 """The metrics read from the store (`StateCollector`) and the serving counters' bounded labels,
 on SQLite and PostgreSQL: what each metric says after real store writes, versions beyond the
-kept ones counted as `other`, feedback counted once as it grows, and the cache holding figures
-between refreshes. The exposition passes `promtool check metrics`."""
+kept ones counted as `other`, feedback counted once as it grows, the cache holding figures
+between refreshes, and canaries and watches read from their rows. The exposition passes
+`promtool check metrics`."""
 
 from __future__ import annotations
 
@@ -16,9 +17,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from lifelong.daemon.canary import live_arm
 from lifelong.daemon.metrics import ServingMetrics, StateCollector, VersionLabels
+from lifelong.evals.canary_policy import CanaryPolicy, decide_watch
+from lifelong.evals.canary_policy import decide as decide_canary
 from lifelong.evals.gate import Decision, GatePolicy, HardCheck, SuiteCheck
-from lifelong.feedback_store import registry
+from lifelong.feedback_store import canaries, registry
+from lifelong.feedback_store.canaries import Window
 from lifelong.feedback_store.eval_results import record_gate_decision
 from lifelong.feedback_store.feedback import add_feedback
 from lifelong.feedback_store.interaction_log import InteractionLog
@@ -43,6 +48,9 @@ def answered_by(session: Session, version: str | None, n: int = 1) -> list[str]:
     return [record.id for record in records]
 
 
+MARGIN = 0.05
+
+
 def register_adapters(session: Session, *versions: str) -> None:
     for version in versions:
         registry.register(session, version=version, path=f"/adapters/{version}", checksum="x")
@@ -51,7 +59,8 @@ def register_adapters(session: Session, *versions: str) -> None:
 def collector_on(engine: Engine, **kwargs) -> tuple[StateCollector, CollectorRegistry]:
     metrics_registry = CollectorRegistry()
     collector = StateCollector(sessions=sessionmaker(engine, expire_on_commit=False),
-                               versions=VersionLabels(), cache_s=0, **kwargs)
+                               versions=VersionLabels(), canary_margin=MARGIN, cache_s=0,
+                               **kwargs)
     metrics_registry.register(collector)
     return collector, metrics_registry
 
@@ -83,8 +92,8 @@ def test_versions_beyond_the_kept_ones_are_counted_as_other(engine: Engine):
         register_adapters(session, *versions)
         for version in versions[:5]:  # v0005 ends champion, v0002..v0004 the previous ones
             registry.set_champion(session, version=version, promoted_by="ops")
-        for n, version in enumerate([None, *versions], start=1):
-            ids = answered_by(session, version, n)
+        for n, answerer in enumerate([None, *versions], start=1):
+            ids = answered_by(session, answerer, n)
             add_feedback(session, items=[Outcome(interaction_id=i, passed=True, reward=0.5)
                                          for i in ids], principal=None, admin=True)
     collector, metrics = collector_on(engine)
@@ -158,8 +167,8 @@ def test_learning_state_reads_runs_decisions_promotions_and_the_champion(engine:
     assert value("lifelong_last_gate_suite_passed",
                  {"suite": "family:echo", "kind": "target", "outcome": "not_improved"}) == 0
     assert value("lifelong_last_gate_hard_check_passed", {"check": "format rate not lower"}) == 0
-    assert value("lifelong_last_gate_decision_timestamp_seconds",
-                 {"candidate": "v0002", "champion": "v0001", "status": "rejected"}) > 0
+    assert (value("lifelong_last_gate_decision_timestamp_seconds",
+                  {"candidate": "v0002", "champion": "v0001", "status": "rejected"}) or 0) > 0
 
 
 def test_feedback_is_counted_once_as_it_grows_and_the_cache_holds_between_refreshes(
@@ -217,13 +226,123 @@ def test_serving_series_of_a_version_no_longer_kept_are_removed_and_its_traffic_
         log.close(5)
 
 
+def trial(session: Session, kind: str, version: str, baseline: str | None, *,
+          decision: str | None = None, stats: dict | None = None, share: float = 0.1):
+    """A canary or watch row as the leader leaves it: opened, its latest statistics written,
+    and ended with `decision` (None: left open)."""
+    row = canaries.start(session, kind=kind, version=version, baseline_version=baseline,
+                         share=share if kind == "canary" else 1.0, by="gate")
+    row.stats = stats
+    if decision is not None:
+        canaries.end(session, row, decision=decision, reason="test")
+    session.flush()
+    return row
+
+
+def looked_at(*, candidate: tuple[int, int], baseline: tuple[int, int],
+              requests: tuple[int, int] = (0, 0), errors: tuple[int, int] = (0, 0),
+              watch: bool = False) -> dict:
+    """The statistics the leader writes after a look at sides with (passed, outcomes) each,
+    computed by the real decision rule."""
+    first, second = (live_arm(Window(passes=[True] * passed + [False] * (n - passed)),
+                              requests=r, errors=e)
+                     for (passed, n), r, e in zip((candidate, baseline), requests, errors,
+                                                  strict=True))
+    rule = decide_watch if watch else decide_canary
+    verdict = rule(first, second, elapsed_s=600, policy=CanaryPolicy(margin=MARGIN))
+    return {**verdict.stats, "summary": verdict.reason}
+
+
+def test_an_open_canary_its_sides_and_interval_and_every_ended_trial_by_decision(engine: Engine):
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    looked = looked_at(candidate=(36, 40), baseline=(40, 50), requests=(60, 500), errors=(1, 2))
+    with sessions.begin() as session:
+        # The candidate is older than the 3 newest adapters: the canary keeps its name.
+        register_adapters(session, *(f"v{i:04d}" for i in range(1, 7)))
+        registry.set_champion(session, version="v0002", promoted_by="gate")
+        trial(session, "canary", "v0003", "v0002", decision="promote")
+        trial(session, "watch", "v0003", "v0002", decision="rollback")
+        trial(session, "canary", "v0004", "v0002", decision="rollback")
+        trial(session, "canary", "v0005", "v0002", decision="timeout")
+        trial(session, "watch", "v0006", "v0002", decision="kept")
+        open_row = trial(session, "canary", "v0001", "v0002", stats=looked, share=0.1)
+    collector, metrics = collector_on(engine)
+    value = metrics.get_sample_value
+
+    assert value("lifelong_canary_open", {"kind": "canary"}) == 1
+    assert value("lifelong_canary_open", {"kind": "watch"}) == 0
+    assert value("lifelong_canary_share") == 0.1
+    assert value("lifelong_canary_margin") == MARGIN
+    assert "v0001" in collector.versions.kept
+    assert value("lifelong_canary_started_timestamp_seconds", {
+        "kind": "canary", "version": "v0001", "baseline": "v0002"},
+    ) == pytest.approx(open_row.started_at.timestamp())
+    assert [value("lifelong_canary_outcomes", {"arm": arm}) for arm in ("candidate", "baseline")
+            ] == [40, 50]
+    assert [value("lifelong_canary_pass_rate", {"arm": arm})
+            for arm in ("candidate", "baseline")] == [pytest.approx(0.9), pytest.approx(0.8)]
+    assert [value("lifelong_canary_requests", {"arm": arm})
+            for arm in ("candidate", "baseline")] == [60, 500]
+    assert [value("lifelong_canary_errors", {"arm": arm})
+            for arm in ("candidate", "baseline")] == [1, 2]
+    bounds = {bound: value("lifelong_canary_pass_rate_difference", {"bound": bound})
+              for bound in ("estimate", "lower", "upper")}
+    assert bounds["estimate"] == pytest.approx(0.1)
+    assert bounds == {bound: looked["pass_rate"][bound] for bound in bounds}
+    interval = looked["pass_rate"]
+    assert interval["lower"] < interval["estimate"] < interval["upper"]
+    decided = {(kind, decision): value("lifelong_canary_decisions_total",
+                                       {"kind": kind, "decision": decision})
+               for kind in ("canary", "watch")
+               for decision in ("promote", "rollback", "timeout", "kept", "aborted")}
+    assert {labels: n for labels, n in decided.items() if n} == {
+        ("canary", "promote"): 1, ("canary", "rollback"): 1, ("canary", "timeout"): 1,
+        ("watch", "rollback"): 1, ("watch", "kept"): 1}
+    assert decided[("watch", "aborted")] == 0  # exported from the start, for increase()
+    assert value("lifelong_canary_trials_total", {"kind": "canary"}) == 4
+    assert value("lifelong_canary_trials_total", {"kind": "watch"}) == 2
+
+
+def test_an_open_watch_is_read_by_the_same_sides_and_no_interval_before_its_burn_in(
+    engine: Engine,
+):
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    with sessions.begin() as session:
+        register_adapters(session, "v0001")
+        registry.set_champion(session, version="v0001", promoted_by="canary")
+        watched = trial(session, "watch", "v0001", None,
+                        stats=looked_at(candidate=(3, 4), baseline=(5, 10), watch=True))
+    collector, metrics = collector_on(engine)
+    value = metrics.get_sample_value
+    assert value("lifelong_canary_open", {"kind": "watch"}) == 1
+    assert value("lifelong_canary_share") == 0  # a watch splits nobody
+    assert value("lifelong_canary_started_timestamp_seconds",
+                 {"kind": "watch", "version": "v0001", "baseline": "base"}) is not None
+    # The new champion is the side on trial, its predecessor's last window the baseline.
+    assert value("lifelong_canary_outcomes", {"arm": "candidate"}) == 4
+    assert value("lifelong_canary_pass_rate", {"arm": "baseline"}) == 0.5
+    assert value("lifelong_canary_requests", {"arm": "candidate"}) == 0
+    assert value("lifelong_canary_pass_rate_difference", {"bound": "estimate"}) is None
+
+    with sessions.begin() as session:
+        row = session.get(type(watched), watched.id)
+        canaries.end(session, row, decision="kept", reason="no drop")
+    assert value("lifelong_canary_open", {"kind": "watch"}) == 0
+    assert value("lifelong_canary_started_timestamp_seconds",
+                 {"kind": "watch", "version": "v0001", "baseline": "base"}) is None
+    assert value("lifelong_canary_outcomes", {"arm": "candidate"}) is None
+    assert value("lifelong_canary_decisions_total", {"kind": "watch", "decision": "kept"}) == 1
+
+
 def test_the_exposition_passes_promtool(engine: Engine, tmp_path):
     promtool = shutil.which("promtool")
     assert promtool, "promtool not found: `LIFELONG_DEV=1 scripts/setup.sh` installs Prometheus"
     sessions = sessionmaker(engine, expire_on_commit=False)
     with sessions.begin() as session:
-        register_adapters(session, "v0001")
+        register_adapters(session, "v0001", "v0002")
         registry.set_champion(session, version="v0001", promoted_by="ops")
+        trial(session, "canary", "v0002", "v0001",
+              stats=looked_at(candidate=(30, 40), baseline=(35, 40), requests=(40, 40)))
         decide(session, "v0001", None, "approved", (suite("t", "target", "improved", 1, 0),))
         ids = answered_by(session, "v0001")
         add_feedback(session, items=[Outcome(interaction_id=ids[0], passed=True, reward=1.0)],

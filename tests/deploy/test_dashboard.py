@@ -39,6 +39,7 @@ def test_the_dashboard_has_the_review_rows_and_unique_panel_ids() -> None:
     assert rows == [
         "Promotions: who is champion, and every change",
         "Candidate vs champion: the last decision and why",
+        "Canary: is the candidate safe for users?",
         "Live quality by version (outcome feedback)",
         "Feedback volume",
         "Training",
@@ -49,8 +50,27 @@ def test_the_dashboard_has_the_review_rows_and_unique_panel_ids() -> None:
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     annotations = {a["name"] for a in dashboard["annotations"]["list"]}
-    assert annotations == {"promotions", "rollbacks", "rejections"}
+    assert annotations == {"promotions", "rollbacks", "rejections", "canary starts",
+                           "canary promotions", "automatic rollbacks"}
     for panel in dashboard["panels"]:
         if panel["type"] != "row":
             assert panel["targets"], panel["title"]
             assert all(t["datasource"]["uid"] == "prometheus" for t in panel["targets"])
+
+
+def test_the_canary_row_shows_state_sides_the_bounds_against_the_margin_and_decisions() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    start = next(i for i, p in enumerate(panels) if p["title"].startswith("Canary:"))
+    end = next(i for i, p in enumerate(panels) if i > start and p["type"] == "row")
+    exprs = {t["expr"] for p in panels[start + 1:end] for t in p["targets"]}
+    for metric in ("lifelong_canary_open", "lifelong_canary_share",
+                   "lifelong_canary_started_timestamp_seconds", "lifelong_canary_pass_rate",
+                   "lifelong_canary_outcomes", "lifelong_canary_pass_rate_difference",
+                   "-lifelong_canary_margin", "lifelong_canary_decisions_total"):
+        assert any(metric in expr for expr in exprs), metric
+    bounds = next(p for p in panels if p["title"].startswith("Pass-rate difference"))
+    # the rollback line: a threshold drawn at 0
+    assert [s["value"] for s in bounds["fieldConfig"]["defaults"]["thresholds"]["steps"]] == [
+        None, 0]
+    assert bounds["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"]["mode"] == "line"
