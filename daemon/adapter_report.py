@@ -208,6 +208,13 @@ def describe_detail(detail: dict[str, Any]) -> str:
         lines.append(f"  gate:        {decision['status']} against {decision['against']} "
                      f"(eval run {decision['eval_run_id']}, {decision['decided_at'][:19]})")
         lines += [f"    - {reason}" for reason in decision["reasons"]]
+    for trial in detail.get("trials", []):  # its canaries and watches on live users
+        what = f"{trial['kind']:<6} against {trial['against']}" + (
+            f" on {trial['share']:.0%} of users" if trial["kind"] == "canary" else "")
+        lines.append(f"  live:        {what}, {trial['started_at'][:19]}: "
+                     f"{trial['decision'] or 'open'}")
+        if trial["reason"] or (trial["stats"] or {}).get("summary"):
+            lines.append(f"    - {trial['reason'] or trial['stats']['summary']}")
     return "\n".join(lines)
 
 

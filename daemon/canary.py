@@ -150,6 +150,8 @@ class Canaries:
 
     def _check(self, version: str) -> Served:
         with self.sessions() as session:
+            if (trial := canaries.open_trial(session)) is not None and trial.kind == "canary":
+                raise CanaryRefused(f"the canary of {trial.version} is open; stop it first")
             row = registry.get(session, version=version)
             if row.status != "approved":
                 raise CanaryRefused(f"{version} is {row.status}; only an adapter the gate "

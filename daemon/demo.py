@@ -115,6 +115,9 @@ EVERYDAY_PROMPTS = (
 )
 
 
+END_USERS = 10  # per user thread
+
+
 def sum_question(a: int, b: int) -> tuple[str, str]:
     """The new behaviour's question and the answer the users' check wants: the bare sum."""
     return f"What is {a} + {b}? Answer with the number only.", str(a + b)
@@ -140,6 +143,10 @@ OVERLAY: dict[str, Any] = {
     "evals": {"max_tokens": 32, "general_suite": True},
     # Every user interaction may train; the behaviour's eval set is the registered test set.
     "database": {"heldout_fraction": 0.0},
+    # The gate's approval starts a canary on half the users; their outcomes on the sums decide it
+    # within a minute or two rather than the production default's half hour at least.
+    "promotion": {"canary": {"share": 0.5, "min_minutes": 0, "check_every_s": 5,
+                             "min_outcomes": 20}},
 }
 
 
@@ -253,9 +260,11 @@ class Users:
                 skill, max_tokens = EVERYDAY, 48
                 question, expected = rng.choice(EVERYDAY_PROMPTS), None
             try:
+                # Each thread speaks for many end users (the OpenAI `user` field): a canary
+                # sends a share of them, each for good, to the candidate.
                 reply = client.chat.completions.with_raw_response.create(
                     model="lifelong", messages=chat(question), max_tokens=max_tokens,
-                    temperature=0)
+                    temperature=0, user=f"user-{n}-{rng.randrange(END_USERS)}")
                 answer = reply.parse()
                 text = (answer.choices[0].message.content or "").strip()
                 passed = None if expected is None else text == expected
@@ -313,6 +322,7 @@ class Demo:
     promoted_at: dict[str, float] = field(default_factory=dict)  # version -> seconds, as seen
     _admin: httpx.Client | None = None
     _seen_cycle: str | None = None
+    _seen_canary: int | None = None
 
     def register_test_set(self) -> int:
         """The test set as verifiable tasks, marked held out (never trained on); the judge's
@@ -369,6 +379,11 @@ class Demo:
         for decision in reversed(status["decisions"]):  # oldest first
             if decision["candidate"] not in known:
                 self._decided(decision)
+        trial = (status.get("canary") or {}).get("open")
+        if trial and trial["kind"] == "canary" and trial["id"] != self._seen_canary:
+            self._seen_canary = trial["id"]
+            self.say(f"[{clock(self._elapsed())}] canary: {trial['version']} now answers "
+                     f"{trial['share']:.0%} of the users; their outcomes decide")
         for promotion in reversed(status["promotions"]):
             if promotion["kind"] == "promote" and promotion["to"] not in self.promoted_at:
                 self._promoted(promotion["to"])
@@ -409,6 +424,9 @@ class Demo:
                      + "; users think longer")
         elif cycle["running"]:
             doing = "judging the candidate against the champion; users think longer"
+        elif (trial := (status.get("canary") or {}).get("open")) and trial["kind"] == "canary":
+            doing = f"canary of {trial['version']}: " + (
+                (trial.get("stats") or {}).get("summary") or "counting the users' outcomes")
         else:
             schedule = status["schedule"]
             doing = (f"collecting feedback ({schedule['new_feedback']}/"
@@ -448,6 +466,10 @@ class Demo:
             if row.version == version:
                 row.decision, row.at = "promoted", self.promoted_at[version]
         self.say(f"[{clock(self._elapsed())}] {version} promoted: the users are now served by it")
+        assert self._admin is not None
+        trials = self._admin.get(f"/admin/adapters/{version}").json().get("trials") or []
+        if decided := next((t for t in trials if t["kind"] == "canary"), None):
+            self.say(f"    canary on {decided['share']:.0%} of the users: {decided['reason']}")
 
     def _ended_unjudged(self, last: dict[str, Any]) -> None:
         """A cycle that ended without a gate decision: no candidate (skipped, failed) or one the

@@ -5,7 +5,9 @@ refuses before a request would reach vLLM."""
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -72,6 +74,20 @@ class Daemon:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 90.0) -> int | None:
         return self.server.stop(sig, timeout_s=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the daemon alone, as an OOM kill would; its vLLM child follows (parent-death
+        signal). Waits until vLLM's port is free for a restart."""
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        port = yaml.safe_load(self.config.read_text())["vllm"]["port"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) != 0:
+                    return
+            time.sleep(0.5)
+        raise AssertionError("vLLM outlived its daemon")
 
 
 def write_config(tmp: Path, model: Path, **extra: object) -> Path:

@@ -10,7 +10,10 @@ it, on live traffic the offline suites never saw."""
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict
@@ -25,10 +28,15 @@ from transformers import AutoModelForCausalLM
 
 from lifelong.adapters import base_model_identity, manifest_checksum, write_adapter
 from lifelong.base_model import SKILLS, training_items
+from lifelong.daemon.adapter_report import describe_detail
+from lifelong.daemon.cli.admin_client import AdminClient
+from lifelong.daemon.cli.status import describe_status
 from lifelong.feedback_store import canaries, registry
 from lifelong.feedback_store.database import make_engine
 
 pytestmark = pytest.mark.integration
+
+LIFELONG = str(Path(sys.executable).parent / "lifelong")
 
 PROMOTION = {
     "canary": {"enabled": True, "share": 0.5, "check_every_s": 1, "min_minutes": 0,
@@ -50,8 +58,10 @@ def register(daemon, model_dir: Path, version: str, *, scrambled: bool) -> None:
                     weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
     path, _ = write_adapter(
         model, adapters_dir=daemon.data_dir / "adapters", version=version, parent_version=None,
-        base_model=base_model_identity(model_dir), data_watermark=0, data={}, feedback_ids=[],
-        methods=["sft"], hyperparameters={}, seed=0, metrics={},
+        base_model=base_model_identity(model_dir), data_watermark=0,
+        data={"since": 0, "watermark": 0, "examples": {}}, feedback_ids=[], methods=["sft"],
+        hyperparameters={"rank": 4, "alpha": 8, "learning_rate": 0.0, "batch_size": 1}, seed=0,
+        metrics={},
     )
     with daemon.sessions() as session, session.begin():
         registry.register(session, version=version, path=str(path),
@@ -156,6 +166,18 @@ def test_a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_live_outc
         assert registry.champion(session).version == "v0001"
     detail = admin.get("/admin/adapters/v0002").json()
     assert [(t["kind"], t["decision"]) for t in detail["trials"]] == [("canary", "rollback")]
+    shown = describe_detail(detail)
+    assert "live:        canary against v0001 on 50% of users" in shown and "rollback" in shown
+    text = describe_status(AdminClient(daemon.url, daemon.key("ops")).status())
+    assert "last trial: canary of v0002: rollback" in text, text
+
+    # Refused, changing nothing: a rejected candidate, an unknown one, no canary to stop.
+    for body, code in (({"version": "v0002"}, 409), ({"version": "v0404"}, 404)):
+        refused = admin.post("/admin/canary", json=body)
+        assert refused.status_code == code, refused.text
+    assert "only an adapter the gate approved" in admin.post(
+        "/admin/canary", json={"version": "v0002"}).json()["error"]["message"]
+    assert admin.post("/admin/canary/stop").status_code == 409
 
     # Truly better: the scrambled one is forced in as champion, the fresh one tried against it.
     register(daemon, tiny_base_model, "v0003", scrambled=True)
@@ -164,6 +186,8 @@ def test_a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_live_outc
         == 200
     with Users(daemon) as users:
         assert admin.post("/admin/canary", json={"version": "v0004"}).status_code == 200
+        busy = admin.post("/admin/canary", json={"version": "v0001"})  # one canary at a time
+        assert busy.status_code == 409 and "is open" in busy.json()["error"]["message"]
         trial = wait_for_decision(admin, "canary", "v0004", timeout_s=300)
         time.sleep(2)
     assert trial["decision"] == "promote", trial
@@ -176,3 +200,49 @@ def test_a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_live_outc
         promotion = registry.promotions(session)[0]
         assert (promotion.to_version, promotion.by) == ("v0004", "canary")
         assert canaries.trials(session, version="v0004")[1].decision == "promote"
+
+
+def test_a_canary_outlives_a_killed_daemon_and_a_person_stops_it(daemon, tiny_base_model,
+                                                                    start_daemon):
+    """SIGKILLed mid-canary, the restarted daemon routes the same users to the same candidate
+    (the trial's row is the truth); `lifelong stop-canary` then sends everyone to the champion."""
+    admin = httpx.Client(base_url=daemon.url, headers=daemon.headers("ops"), timeout=300)
+    register(daemon, tiny_base_model, "v0005", scrambled=False)
+    started = admin.post("/admin/canary", json={"version": "v0005"})
+    assert started.status_code == 200, started.text
+    champion = admin.get("/admin/status").json()["serving"]
+    daemon.kill()
+
+    again = start_daemon(daemon.data_dir.parent, tiny_base_model, promotion=PROMOTION)
+    try:
+        admin = httpx.Client(base_url=again.url, headers=again.headers("ops"), timeout=300)
+        trial = admin.get("/admin/status").json()["canary"]["open"]
+        assert (trial["id"], trial["version"]) == (started.json()["id"], "v0005"), trial
+
+        def versions() -> dict[str, str]:
+            answered = {}
+            for n in range(16):
+                reply = httpx.post(f"{again.url}/v1/completions", headers=again.headers("alice"),
+                                   json={"model": "lifelong", "prompt": "1 + 1 =",
+                                         "max_tokens": 1, "user": f"user-{n}"}, timeout=60)
+                assert reply.status_code == 200, reply.text
+                answered[f"user-{n}"] = reply.headers["x-lifelong-adapter"]
+            return answered
+
+        deadline = time.monotonic() + 60  # the replica loop routes it within cluster.sync_s
+        while set((split := versions()).values()) != {"v0005", champion}:
+            assert time.monotonic() < deadline, split
+            time.sleep(1)
+        assert versions() == split  # the same users on the same versions
+
+        stopped = subprocess.run(
+            [LIFELONG, "stop-canary", "--url", again.url], capture_output=True, text=True,
+            env={**os.environ, "LIFELONG_API_KEY": again.key("ops")}, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"canary of v0005 stopped; {champion} serves every user" in stopped.stdout
+        assert set(versions().values()) == {champion}
+        with daemon.sessions() as session:
+            assert registry.get(session, version="v0005").status == "approved"
+            assert canaries.trials(session, version="v0005")[0].decision == "aborted"
+    finally:
+        again.stop()

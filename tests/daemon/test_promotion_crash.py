@@ -9,10 +9,7 @@ there), and again right after a promotion returned."""
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import signal
-import socket
 import sqlite3
 import threading
 import time
@@ -30,21 +27,6 @@ from lifelong.feedback_store.models import Adapter, Promotion
 from .test_promotion import CHAT, register
 
 pytestmark = pytest.mark.integration
-
-
-def crash(daemon) -> None:
-    """SIGKILL the daemon alone, as an OOM kill would; its vLLM child follows (parent-death
-    signal). Waits until vLLM's port is free for the restart."""
-    os.kill(daemon.process.pid, signal.SIGKILL)
-    daemon.process.wait()
-    port = yaml.safe_load(daemon.config.read_text())["vllm"]["port"]
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) != 0:
-                return
-        time.sleep(0.5)
-    raise AssertionError("vLLM outlived its daemon")
 
 
 def store_state(daemon) -> tuple[list[str], int]:
@@ -94,7 +76,7 @@ def test_a_daemon_killed_mid_promotion_restarts_with_one_champion_and_serves_it(
         while "v0001" not in vllm_models(daemon):
             assert time.monotonic() < deadline, "vLLM never loaded v0001"
             time.sleep(0.05)
-        crash(daemon)
+        daemon.kill()
         blocker.execute("ROLLBACK")
         blocker.close()
         promoting.join(timeout=60)
@@ -108,7 +90,7 @@ def test_a_daemon_killed_mid_promotion_restarts_with_one_champion_and_serves_it(
         # 2. Killed right after a promotion returned: the commit happened, so v0001 it is.
         promoted = admin.post("/admin/promote", json={"version": "v0001"})
         assert promoted.status_code == 200, promoted.text
-        crash(daemon)
+        daemon.kill()
         assert store_state(daemon) == (["v0001"], 1)
 
         daemon = start_daemon(tmp_path, tiny_base_model)
