@@ -6,6 +6,7 @@ facts. Reading never loads torch: manifests are checked by checksum only.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy.orm import Session
 from lifelong.adapters import AdapterError, read_manifest, verify
 from lifelong.feedback_store import canaries, registry
 from lifelong.feedback_store.eval_results import latest_gate_decision
+from lifelong.feedback_store.lineage import lineage
 from lifelong.feedback_store.models import Adapter, GateDecision, TrainingRun
 
 SPARK = "▁▂▃▄▅▆▇█"
@@ -115,6 +117,8 @@ def adapter_detail(session: Session, *, version: str, base_model_dir: Path | Non
                 for suite in decision.details.get("suites", [])
             ],
         }
+    found = lineage(session, version=version)  # what it learned from, and how much is deleted
+    detail["data_lineage"] = {**asdict(found), "flagged": found.flagged}
     # Its live trials: canaries and watches, with their decisions and numbers.
     detail["trials"] = [
         {"id": t.id, "kind": t.kind, "against": t.baseline_version or "base", "share": t.share,
@@ -208,6 +212,8 @@ def describe_detail(detail: dict[str, Any]) -> str:
         lines.append(f"  gate:        {decision['status']} against {decision['against']} "
                      f"(eval run {decision['eval_run_id']}, {decision['decided_at'][:19]})")
         lines += [f"    - {reason}" for reason in decision["reasons"]]
+    if "data_lineage" in detail:
+        lines.append(_describe_lineage(detail["data_lineage"]))
     for trial in detail.get("trials", []):  # its canaries and watches on live users
         what = f"{trial['kind']:<6} against {trial['against']}" + (
             f" on {trial['share']:.0%} of users" if trial["kind"] == "canary" else "")
@@ -226,3 +232,18 @@ def _registry_fields(adapter: Adapter) -> dict[str, Any]:
         "promoted_by": adapter.promoted_by, "forced": adapter.forced,
         "training_run_id": adapter.training_run_id,
     }
+
+
+def _describe_lineage(found: dict[str, Any]) -> str:
+    """The data lineage in lines, with the way out when some of it has been deleted."""
+    lines = [f"  deleted:     {found['deleted']} of the {found['trained']} feedback rows it "
+             f"learned from; {found['chain_deleted']} of {found['chain_trained']} with its "
+             f"ancestors ({' <- '.join(found['chain'])})"]
+    if found["unrecorded"]:
+        lines.append(f"    not recorded for {', '.join(found['unrecorded'])} (GRPO alone, or "
+                     "trained before lineage was kept)")
+    if found["flagged"]:
+        lines.append("    it learned from data deleted since; retrain without it: "
+                     "`lifelong train --now --fresh` (or POST /admin/train with fresh and now), a "
+                     "candidate the gate judges as usual")
+    return "\n".join(lines)

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
 from lifelong.daemon.cli.db import with_store
 from lifelong.daemon.cli.options import ConfigOption, DataDirOption, fail, settings_from
-
-if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
 
 app = typer.Typer(no_args_is_help=True, help="The adapter registry.")
 
@@ -58,40 +55,13 @@ def adapters_show(
 ) -> None:
     """One adapter: registry row, manifest (data counts, hyperparameters), loss curve summary,
     and how much of the data it (and its ancestors) learned from has been deleted since."""
-    from dataclasses import asdict
-
     from lifelong.daemon.adapter_report import adapter_detail, describe_detail
     from lifelong.feedback_store.errors import UnknownAdapter
-    from lifelong.feedback_store.lineage import lineage
 
     settings = settings_from(config, data_dir=data_dir)
-
-    def read(session: Session) -> dict[str, Any]:
-        detail = adapter_detail(session, version=version, base_model_dir=settings.base_model_path)
-        found = lineage(session, version=version)
-        return {**detail, "data_lineage": {**asdict(found), "flagged": found.flagged}}
-
     try:
-        detail = with_store(settings, read)
+        detail = with_store(settings, lambda session: adapter_detail(
+            session, version=version, base_model_dir=settings.base_model_path))
     except UnknownAdapter:
         fail(f"no adapter {version!r}; `lifelong adapters list` shows the registered ones")
-    if as_json:
-        typer.echo(json.dumps(detail, indent=2))
-        return
-    typer.echo(describe_detail(detail))
-    typer.echo(describe_lineage(detail["data_lineage"]))
-
-
-def describe_lineage(found: dict[str, Any]) -> str:
-    """The data lineage in lines, with the way out when some of it has been deleted."""
-    lines = [f"  deleted:     {found['deleted']} of the {found['trained']} feedback rows it "
-             f"learned from; {found['chain_deleted']} of {found['chain_trained']} with its "
-             f"ancestors ({' <- '.join(found['chain'])})"]
-    if found["unrecorded"]:
-        lines.append(f"    not recorded for {', '.join(found['unrecorded'])} (GRPO alone, or "
-                     "trained before lineage was kept)")
-    if found["flagged"]:
-        lines.append("    it learned from data deleted since; retrain without it: "
-                     "`lifelong train --now --fresh` (or POST /admin/train with fresh and now), a "
-                     "candidate the gate judges as usual")
-    return "\n".join(lines)
+    typer.echo(json.dumps(detail, indent=2) if as_json else describe_detail(detail))

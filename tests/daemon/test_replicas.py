@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 from peft import LoraConfig, get_peft_model
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from transformers import AutoModelForCausalLM
 
@@ -30,6 +31,7 @@ from lifelong.adapters import base_model_identity, manifest_checksum, write_adap
 from lifelong.daemon.serve_process import free_port
 from lifelong.feedback_store import registry
 from lifelong.feedback_store.database import make_engine
+from lifelong.feedback_store.models import Replica as ReplicaRow
 from lifelong.feedback_store.models import TrainingRun
 
 # Outside CI for time (`make test-slow`, 4-5 minutes): with it, a clean-clone CI run took 1,454 s
@@ -161,6 +163,9 @@ def cluster(tiny_base_model, tmp_path_factory, start_daemon, start_vllm, postgre
                              "propagation_timeout_s": 30},
                     training={"lora_rank": 8, "anchor_fraction": 0.0, "device": "cpu",
                               "epochs": 200, "max_steps": None, "min_new_examples": 1},
+                    # Canaries by hand only, never decided here (this proves their routing).
+                    promotion={"canary": {"enabled": False, "share": 0.5,
+                                          "check_every_s": 3600}},
                 ))
             for version in ("v0001", "v0002"):
                 register(database_url, tiny_base_model, adapters, version)
@@ -227,6 +232,49 @@ def test_a_promotion_and_a_rollback_through_either_gateway_reach_both_with_no_fa
                   if started < done and finished > sent}
         if settled:
             assert version in {settled[-1], *racing}, (sent, version, moves)
+
+
+def test_a_canary_started_on_either_gateway_splits_the_users_of_both_alike(cluster):
+    """Started through the follower (refused: not the leader) then the leader, the canary is
+    routed by both gateways to the same users; each counts what it answered in its heartbeat;
+    stopped, both send everyone to the champion."""
+    leader = cluster.leader()
+    assert leader is not None
+    other = next(g for g in cluster.gateways if g is not leader)
+    refused = httpx.post(f"{other.url}/admin/canary", json={"version": "v0002"},
+                         headers=other.headers("ops"), timeout=60)
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "not_leader"
+    started = httpx.post(f"{leader.url}/admin/canary", json={"version": "v0002"},
+                         headers=leader.headers("ops"), timeout=300)
+    assert started.status_code == 200, started.text
+
+    def split(gateway) -> dict[str, str]:
+        answered = {}
+        for n in range(20):
+            reply = httpx.post(f"{gateway.url}/v1/chat/completions", headers=gateway.headers(
+                "alice"), json={**CHAT, "user": f"user-{n}"}, timeout=60)
+            assert reply.status_code == 200, reply.text
+            answered[f"user-{n}"] = reply.headers["x-lifelong-adapter"]
+        return answered
+
+    # /admin/canary answered once both routed to it: no waiting here.
+    on_leader, on_other = split(leader), split(other)
+    assert on_leader == on_other and set(on_leader.values()) == {"v0002", "base"}, on_leader
+    engine = make_engine(cluster.database_url)
+
+    def counted() -> dict[str, int]:
+        with Session(engine) as session:
+            return {row.replica_id: sum((row.canary or {}).get("requests", {}).values())
+                    for row in session.scalars(select(ReplicaRow))}
+
+    until(lambda: counted() == {"gw-a": 20, "gw-b": 20}, 10,
+          f"both heartbeats carry the canary's tallies ({counted()})")
+    engine.dispose()
+
+    stopped = httpx.post(f"{leader.url}/admin/canary/stop", headers=leader.headers("ops"),
+                         timeout=300)
+    assert stopped.status_code == 200, stopped.text
+    assert set(split(leader).values()) == set(split(other).values()) == {"base"}
 
 
 def test_a_killed_vllm_server_is_routed_to_again_only_once_it_serves_the_champion(
