@@ -33,13 +33,16 @@ Measured here (2 cores; times from `lifelong demo` starting, the one-time import
     1    200      at 2:11       34 steps, 6:00*  5:29**   15:07     0% -> 42.5%    0.549    1
     2    200      at 4:00       34 steps, 4:44   3:45     12:38     0% -> 35.0%    0.529    0
     3    240      at 4:05       38 steps, 7:51   5:44     17:53     0% -> 47.5%    0.540    4
+    4    240      at 2:00       40 steps, ~5:40  ~2:10    10:46***  0% -> 45.0%    0.542    0
     (* anchors answered by the trainer itself, 72 s more; ** the general suite frozen first,
     1:40 of it: since then the daemon asks both at start-up, while the users' first questions
     wait. Run 3 shared the 2 cores with another training job, pip and pytest for most of its
     cycle; its failed requests are 504s: users' questions behind the judge's 64 eval requests
     on vLLM's one core for more than vllm.request_timeout_s. Run 1 had evals.max_tokens 48 and
     users pausing 20 s during the cycle; run 2 users that did not come back until their pause
-    ended; run 3 is the overlay as it is.)
+    ended; run 3 is the overlay as it is. *** run 4 with the canary: approved at 9:53, it
+    answered half of the users for 53 s, until 22 of its outcomes against the champion's 43
+    showed it no worse (59% of their sums right against 0%).)
 
 Every candidate so far was promoted at the first cycle; the general suite (similarity of the
 answers to everyday prompts to the base model's, floor `evals.general_floor` 0.3) held at

@@ -131,5 +131,8 @@ def confidence_sequence(candidate: Arm, baseline: Arm, *, alpha: float, tau: flo
         v = candidate.variance / candidate.n + baseline.variance / baseline.n
     estimate = candidate.mean - baseline.mean
     radius = _radius(v, alpha=alpha, tau=tau)
-    return Difference(estimate=estimate, lower=estimate - radius, upper=estimate + radius,
+    lower, upper = estimate - radius, estimate + radius
+    if bernoulli:  # two pass rates differ by at most 1: cutting the rest loses no coverage
+        lower, upper = max(lower, -1.0), min(upper, 1.0)
+    return Difference(estimate=estimate, lower=lower, upper=upper,
                       n_candidate=candidate.n, n_baseline=baseline.n)

@@ -159,3 +159,13 @@ def test_bad_arguments_are_refused() -> None:
         confidence_sequence(arm, Arm(), alpha=ALPHA, tau=0.1, bernoulli=True)
     with pytest.raises(ValueError, match="two observations"):
         confidence_sequence(Arm.of([1.0]), Arm.of([1.0, 2.0]), alpha=ALPHA, tau=0.1, bernoulli=False)
+
+
+def test_a_pass_rate_difference_never_reaches_past_plus_or_minus_one():
+    # The demo's first canary: 13 of 22 against 0 of 43 gave an upper bound of +1.05 uncut.
+    cut = confidence_sequence(Arm.bernoulli(13, 22), Arm.bernoulli(0, 43), alpha=0.05 / 3,
+                              tau=0.1, bernoulli=True)
+    assert 0 < cut.lower < cut.estimate < cut.upper == 1.0
+    worst = confidence_sequence(Arm.bernoulli(0, 5), Arm.bernoulli(5, 5), alpha=0.05, tau=0.1,
+                                bernoulli=True)
+    assert worst.lower == -1.0 and worst.upper < 1.0
