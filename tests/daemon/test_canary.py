@@ -1,10 +1,13 @@
 """Canaries on a real daemon (vLLM on the tiny model), judged on what simulated users report
 through the public API:
-- a candidate the gate approved that is truly worse for users (its LoRA weights scrambled:
-  wrong sums) is rolled back by itself on their live outcomes, and rejected; no request fails;
+- a candidate the gate approved that is truly worse for users (its LoRA weights scrambled: its
+  sums miss by more than the users accept) is rolled back by itself on their live outcomes, and
+  rejected; no request fails;
 - a truly better one (the champion is the scrambled one) is promoted by the canary, and the
-  promotion opens a watch of it;
-- all along, a user (user key) is answered by one version only.
+  promotion opens a watch of it; a scrambled one forced in afterwards is rolled back by its
+  watch;
+- all along, a user (user key) is answered by one version only; a canary outlives a SIGKILL of
+  the daemon.
 The gate's approval is given directly (registry.approve): what is tested is what happens after
 it, on live traffic the offline suites never saw."""
 
@@ -55,7 +58,7 @@ def register(daemon, model_dir: Path, version: str, *, scrambled: bool) -> None:
         with torch.no_grad():
             for name, weight in model.named_parameters():
                 if "lora_B" in name:
-                    weight.copy_(torch.randn(weight.shape, generator=generator) * 0.5)
+                    weight.copy_(torch.randn(weight.shape, generator=generator) * 2.0)
     path, _ = write_adapter(
         model, adapters_dir=daemon.data_dir / "adapters", version=version, parent_version=None,
         base_model=base_model_identity(model_dir), data_watermark=0,
@@ -95,9 +98,13 @@ class Users:
                         "messages": [{"role": "user", "content": question}]})
                     reply.raise_for_status()
                     text = (reply.json()["choices"][0]["message"]["content"] or "").strip()
+                    # The users' check: a number within 10 of the sum. (The tiny model's sums
+                    # are seldom exact, 5% against 2% scrambled, too close to decide fast; within
+                    # 10 it was 8 of 10 here, scrambled 1 of 10.)
+                    passed = text.isdigit() and abs(int(text) - int(expected)) <= 10
                     client.post("/v1/feedback", json={
                         "interaction_id": reply.json()["id"], "kind": "outcome",
-                        "passed": text == expected}).raise_for_status()
+                        "passed": passed}).raise_for_status()
                 except httpx.HTTPError as exc:
                     with self.lock:
                         self.failed.append(repr(exc))
@@ -202,6 +209,34 @@ def test_a_worse_candidate_is_rolled_back_and_a_better_one_promoted_on_live_outc
         assert canaries.trials(session, version="v0004")[1].decision == "promote"
 
 
+def test_a_new_champion_that_users_fare_worse_with_is_rolled_back_by_its_watch(
+        daemon, tiny_base_model):
+    """After the canary's promotion v0004 (fresh) serves everyone; its users' outcomes fill its
+    window. Forced in by a person, the scrambled v0006 is watched against that window and rolled
+    back to v0004 on its users' outcomes, rejected; no request fails."""
+    admin = httpx.Client(base_url=daemon.url, headers=daemon.headers("ops"), timeout=300)
+    assert admin.get("/admin/status").json()["serving"] == "v0004"
+    register(daemon, tiny_base_model, "v0006", scrambled=True)
+    with Users(daemon) as users:
+        deadline = time.monotonic() + 120
+        while users.answered < 40:  # the champion's window (it had the canary's half before)
+            assert time.monotonic() < deadline, users.answered
+            time.sleep(0.5)
+        forced = admin.post("/admin/promote", json={"version": "v0006", "force": True,
+                                                    "reason": "hotfix"})
+        assert forced.status_code == 200, forced.text
+        trial = wait_for_decision(admin, "watch", "v0006", timeout_s=300)
+        time.sleep(2)
+    assert trial["decision"] == "rollback" and "against the predecessor" in trial["reason"], trial
+    assert users.failed == []
+    status = admin.get("/admin/status").json()
+    assert status["serving"] == "v0004"
+    with daemon.sessions() as session:
+        assert registry.get(session, version="v0006").status == "rejected"
+        back = registry.promotions(session)[0]
+        assert (back.kind, back.to_version, back.by) == ("rollback", "v0004", "watch")
+
+
 def test_a_canary_outlives_a_killed_daemon_and_a_person_stops_it(daemon, tiny_base_model,
                                                                     start_daemon):
     """SIGKILLed mid-canary, the restarted daemon routes the same users to the same candidate
@@ -229,8 +264,11 @@ def test_a_canary_outlives_a_killed_daemon_and_a_person_stops_it(daemon, tiny_ba
                 answered[f"user-{n}"] = reply.headers["x-lifelong-adapter"]
             return answered
 
-        deadline = time.monotonic() + 60  # the replica loop routes it within cluster.sync_s
-        while set((split := versions()).values()) != {"v0005", champion}:
+        # The replica loop routes it within cluster.sync_s, maybe in the middle of a round of
+        # requests: wait for a round that splits the users, then they must stay where they are.
+        deadline = time.monotonic() + 60
+        while set((split := versions()).values()) != {"v0005", champion} \
+                or versions() != split:
             assert time.monotonic() < deadline, split
             time.sleep(1)
         assert versions() == split  # the same users on the same versions
