@@ -311,3 +311,24 @@ def test_a_principal_still_writing_does_not_keep_the_erasure_going(
     # before but committed after its last batch, is left: the docstring's "run it again").
     before = [row_id for row_id, committed in stored if committed < receipt.started_at]
     assert before and _count(sessions, Interaction, Interaction.id.in_(before)) == 0
+
+
+def test_erased_text_never_reaches_a_training_set_built_afterwards(
+    sessions: sessionmaker[Session], interaction_record: Build
+):
+    from lifelong.adapters.training_set import build_training_set
+
+    data = _alice_and_bob(sessions, interaction_record)
+
+    def built() -> tuple[set[str], set[str]]:
+        with sessions() as session:
+            found = build_training_set(session, since=0, replay_fraction=0.0, seed=0)
+        texts = {e.completion for e in (*found.sft, *found.binary)} \
+            | {t for p in found.pairs for t in (p.chosen, p.rejected)}
+        return set(found.interaction_ids()), texts
+
+    ids, texts = built()
+    assert ids & set(data["alice"]) and "46!" in texts  # her correction trains, before
+    erase(sessions, subject=Subject(principal="alice"))
+    ids, texts = built()
+    assert ids and not ids & set(data["alice"]) and "46!" not in texts
