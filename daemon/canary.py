@@ -33,6 +33,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from sqlalchemy.orm import Session, sessionmaker
 
+from lifelong.adapters import AdapterError
 from lifelong.daemon.catalog import CanaryRoute, ModelCatalog, Served
 from lifelong.daemon.promotion import Promoter, PromotionRefused, TrialEnd
 from lifelong.daemon.settings import PromotionSettings
@@ -41,6 +42,7 @@ from lifelong.evals.canary_policy import LiveArm, Verdict, decide, decide_watch
 from lifelong.evals.sequential import Arm
 from lifelong.feedback_store import canaries, registry, replicas
 from lifelong.feedback_store.canaries import Window
+from lifelong.feedback_store.errors import UnknownAdapter
 from lifelong.feedback_store.models import Canary
 
 logger = logging.getLogger(__name__)
@@ -237,7 +239,8 @@ class Canaries:
                     path, checksum = adapter.path, adapter.checksum
                 self.promoter.verified(trial.version, path=path, checksum=checksum)
                 return None
-            except Exception as exc:  # the folder is gone or changed: it cannot serve again
+            except (AdapterError, UnknownAdapter) as exc:  # gone or changed: it cannot serve
+                # (a database error is not caught: `check` logs it and the next look retries)
                 return f"{type(exc).__name__}: {exc}"
 
         if (found := await asyncio.to_thread(problem)) is None:
