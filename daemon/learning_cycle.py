@@ -11,6 +11,11 @@ feedback items arrived since the last run's data watermark. A trigger that finds
 does nothing (the running one will see the same data). Nothing here touches serving: the trainer
 is another process and the judge talks to vLLM like any client.
 
+A candidate the gate left waiting ("not enough evidence": too few held-out items to show its
+gain) is judged again by the same data job once `rejudge_new_heldout` more held-out items (the
+target suites: held-out tasks and held-out feedback) exist than when it was last judged, and
+promoted if approved then, as a cycle would.
+
 The interval schedule is anchored on the last training run's start in the store, so a restart
 keeps the rhythm instead of training at once or never; a run cut short by a restart was marked
 interrupted at start-up (`Trainer.recover`), and the next cycle starts cleanly.
@@ -35,8 +40,10 @@ from lifelong.daemon.canary import CanaryRefused
 from lifelong.daemon.judge import Judge, NothingToJudge
 from lifelong.daemon.promotion import Promoter
 from lifelong.daemon.trainer import Trainer, TrainerBusy, TrainRequest
+from lifelong.evals.suites import feedback_suite, target_suites
 from lifelong.feedback_store import registry
-from lifelong.feedback_store.models import TrainingRun
+from lifelong.feedback_store.eval_results import latest_gate_decision
+from lifelong.feedback_store.models import EvalRun, TrainingRun
 from lifelong.feedback_store.training_data import count_feedback_since
 
 logger = logging.getLogger(__name__)
@@ -116,16 +123,29 @@ class LearningCycle:
         """One whole cycle; None if one is already running. `on_started(run_id)` once the
         training run is recorded. Never raises: a failed step ends the cycle with its reason
         (and is on record where it failed)."""
+        return await self._guarded(
+            CycleReport(trigger=request.requested_by, started_at=datetime.now(UTC).isoformat()),
+            lambda report: self._cycle(request, report, on_started))
+
+    async def rejudge(self, candidate: str) -> CycleReport | None:
+        """Judge a waiting candidate again (more held-out data arrived) and act on the verdict
+        as a cycle does; None if a cycle is running. Never raises, as `run`."""
+        return await self._guarded(
+            CycleReport(trigger="heldout", started_at=datetime.now(UTC).isoformat(),
+                        candidate=candidate),
+            lambda report: self._judge_and_act(candidate, report))
+
+    async def _guarded(
+        self, report: CycleReport, steps: Callable[[CycleReport], Awaitable[None]]
+    ) -> CycleReport | None:
         if self._lock.locked():
             logger.info("learning cycle already running; trigger ignored",
-                        extra={"trigger": request.requested_by})
+                        extra={"trigger": report.trigger})
             return None
         async with self._lock:
-            report = CycleReport(trigger=request.requested_by,
-                                 started_at=datetime.now(UTC).isoformat())
             self.last = report
             try:
-                await self._cycle(request, report, on_started)
+                await steps(report)
             except asyncio.CancelledError:
                 report.outcome, report.reason = "interrupted", "the daemon stopped"
                 raise
@@ -167,8 +187,11 @@ class LearningCycle:
             report.reason = (run.metrics or {}).get("reason") or run.error
             return
         report.candidate = run.adapter_version
+        await self._judge_and_act(run.adapter_version, report)
+
+    async def _judge_and_act(self, candidate: str, report: CycleReport) -> None:
         try:
-            judgement = await self.judge.judge(run.adapter_version)
+            judgement = await self.judge.judge(candidate)
         except NothingToJudge as exc:
             report.outcome, report.reason = "not_judged", str(exc)
             return
@@ -183,16 +206,16 @@ class LearningCycle:
             return
         if self.canary is not None:
             try:
-                await self.canary(run.adapter_version)
+                await self.canary(candidate)
             except CanaryRefused as exc:  # another canary is still deciding
                 report.outcome, report.reason = "approved", str(exc)
                 return
             report.outcome = "canary"
-            report.steps.append(f"canary of {run.adapter_version} started")
+            report.steps.append(f"canary of {candidate} started")
             return
-        await self.promoter.promote(run.adapter_version, by="gate", leader_only=True)
+        await self.promoter.promote(candidate, by="gate", leader_only=True)
         report.promoted, report.outcome = True, "promoted"
-        report.steps.append(f"promoted {run.adapter_version}")
+        report.steps.append(f"promoted {candidate}")
 
     def _training_run(self, run_id: int) -> TrainingRun:
         with self.sessions() as session:
@@ -208,6 +231,28 @@ class LearningCycle:
             champion = registry.champion(session)
             watermark = last or (champion.data_watermark if champion else None) or 0
             return count_feedback_since(session, watermark=watermark), watermark
+
+
+    def waiting_for_evidence(self, new_heldout: int) -> str | None:
+        """The newest candidate the gate left waiting against the current champion, if at least
+        `new_heldout` held-out items were added to the target suites since that judgement."""
+        with self.sessions() as session:
+            waiting = registry.list_adapters(session, status="candidate")
+            if not waiting:
+                return None
+            candidate = max(waiting, key=lambda row: (row.created_at, row.version))
+            decision = latest_gate_decision(session, candidate_version=candidate.version)
+            champion = registry.champion(session)
+            if (decision is None or decision.status != "not_enough_evidence"
+                    or decision.champion_version != (champion.version if champion else None)):
+                return None
+            run = session.get(EvalRun, decision.eval_run_id)
+            judged = sum(suite["items"] for suite in (run.config if run else {})
+                         .get("suites", {}).values() if suite["kind"] == "target")
+            feedback = feedback_suite(session)
+            now = sum(len(suite.items) for suite in target_suites(session)) + (
+                len(feedback.items) if feedback else 0)
+        return candidate.version if now - judged >= new_heldout else None
 
 
 FAILURE_BACKOFF = timedelta(minutes=10)
@@ -233,8 +278,10 @@ class Schedule:
         cron: str | None,
         min_new_feedback: int,
         check_every_s: float,
+        rejudge_new_heldout: int = 0,
     ) -> None:
         self.cycle = cycle
+        self.rejudge_new_heldout = rejudge_new_heldout
         self.interval_minutes = interval_minutes
         self.cron = cron
         self.min_new_feedback = min_new_feedback
@@ -255,7 +302,7 @@ class Schedule:
         if trigger is not None:
             self.scheduler.add_job(self._scheduled, trigger, id="schedule", max_instances=1,
                                    coalesce=True, misfire_grace_time=None)
-        if self.min_new_feedback > 0:
+        if self.min_new_feedback > 0 or self.rejudge_new_heldout > 0:
             self.scheduler.add_job(self._data_check, IntervalTrigger(seconds=self.check_every_s),
                                    id="data", max_instances=1, coalesce=True)
         self.scheduler.start()
@@ -276,10 +323,17 @@ class Schedule:
     async def _data_check(self) -> None:
         if self.cycle.running or backing_off(self.cycle.last, datetime.now(UTC)):
             return
-        new, watermark = await asyncio.to_thread(self.cycle.new_feedback)
-        if new >= self.min_new_feedback:
-            logger.info("data trigger", extra={"new_feedback": new, "since": watermark})
-            await self.cycle.run(TrainRequest(requested_by="data"))
+        if self.min_new_feedback > 0:
+            new, watermark = await asyncio.to_thread(self.cycle.new_feedback)
+            if new >= self.min_new_feedback:
+                logger.info("data trigger", extra={"new_feedback": new, "since": watermark})
+                await self.cycle.run(TrainRequest(requested_by="data"))
+                return
+        if self.rejudge_new_heldout > 0 and (candidate := await asyncio.to_thread(
+                self.cycle.waiting_for_evidence, self.rejudge_new_heldout)):
+            logger.info("more held-out data: judging the waiting candidate again",
+                        extra={"candidate": candidate})
+            await self.cycle.rejudge(candidate)
 
     def next_run(self) -> str | None:
         job = self.scheduler.get_job("schedule")

@@ -595,6 +595,12 @@ class ScheduleSettings(Section):
         "arrived since the last run's data (0: no data trigger).",
     )
     check_every_s: float = Field(default=30.0, gt=0, description="How often the data is counted.")
+    rejudge_new_heldout: int = Field(
+        default=20, ge=0, description="A candidate the gate left waiting (not enough evidence) "
+        "is judged again once this many held-out items (held-out tasks and held-out feedback) "
+        "were added since its judgement, and promoted if approved then (0: only when asked: "
+        "`lifelong eval`, POST /admin/eval).",
+    )
     auto_promote: bool = Field(
         default=True, description="Promote what the gate approves; off: approve only."
     )

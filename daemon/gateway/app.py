@@ -493,6 +493,7 @@ async def _learning(
         schedule = Schedule(
             cycle, interval_minutes=s.interval_minutes, cron=s.cron,
             min_new_feedback=s.min_new_feedback, check_every_s=s.check_every_s,
+            rejudge_new_heldout=s.rejudge_new_heldout,
         ) if s.enabled else None
         yield _LearningLoop(trainer, judge, promoter, cycle, practice[0], schedule, traffic,
                             background, replicas[0], canaries, retention)
