@@ -263,7 +263,7 @@ def practise(
     reference = ({name: p.detach().clone() for name, p in model.named_parameters()
                   if p.requires_grad} if grpo.kl_beta > 0 else None)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trainable, lr=grpo.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     draw = _task_cycle(tasks, random.Random(seed))
     rounds_dir = adapters_dir / ROUNDS_FOLDER

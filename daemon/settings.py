@@ -305,10 +305,11 @@ class LimitsSettings(Section):
 
 class GrpoSettings(Section):
     """GRPO: practice on the store's train-split tasks through vLLM, learning from verifier
-    rewards (a recipe's last method, or alone: ["grpo"]). The LoRA shape, learning_rate,
-    max_seq_len, seed, device and max_seconds are training's. The hyperparameters are
+    rewards (a recipe's last method, or alone: ["grpo"]). The LoRA shape, max_seq_len, seed,
+    device and max_seconds are training's; the learning rate is its own. The hyperparameters are
     `GrpoConfig`'s fields (`grpo_config()`); the rest is how the daemon runs practice."""
 
+    learning_rate: float = config_field(GrpoConfig, "learning_rate")
     group_size: int = config_field(GrpoConfig, "group_size")
     rounds: int = config_field(GrpoConfig, "rounds")
     prompts_per_round: int = config_field(GrpoConfig, "prompts_per_round")

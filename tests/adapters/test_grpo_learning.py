@@ -73,7 +73,7 @@ VERIFIER = "exact_match"
 SAMPLED_MARGIN = 0.05  # smallest gain measured: 18.3 points (9.3 with the earlier preset)
 GREEDY_MARGIN = 0.05  # smallest gain measured: 22 points (11.5 with the earlier preset)
 LORA = LoraTrainingConfig(rank=8, alpha=16, learning_rate=1e-3, max_length=512)
-GRPO = GrpoConfig(rounds=20, prompts_per_round=64, group_size=8, max_new_tokens=8,
+GRPO = GrpoConfig(learning_rate=1e-3, rounds=20, prompts_per_round=64, group_size=8, max_new_tokens=8,
                   batch_size=32, updates_per_round=1, kl_beta=0.0, concurrency=2)
 
 

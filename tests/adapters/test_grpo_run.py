@@ -88,8 +88,8 @@ def test_a_run_practises_through_vllm_stores_rollouts_and_registers_a_candidate(
     outcome = run_grpo(
         db_url=store.url, base_model_dir=tiny_base_model, adapters_dir=tmp_path / "adapters",
         vllm_url=vllm_url, fresh=True, config=LORA, seed=0, device="cpu",
-        grpo=GrpoConfig(rounds=2, prompts_per_round=4, group_size=4, max_new_tokens=8,
-                        batch_size=8, kl_beta=0.04),
+        grpo=GrpoConfig(learning_rate=1e-2, rounds=2, prompts_per_round=4, group_size=4,
+                        max_new_tokens=8, batch_size=8, kl_beta=0.04),
     )
 
     assert outcome.status == "succeeded" and outcome.adapter_version == "v0001"
@@ -129,8 +129,8 @@ def test_a_run_practises_on_logged_prompts_whose_outcome_gives_a_reference(
     outcome = run_grpo(
         db_url=store.url, base_model_dir=tiny_base_model, adapters_dir=tmp_path / "adapters",
         vllm_url=vllm_url, fresh=True, config=LORA, seed=0, device="cpu",
-        grpo=GrpoConfig(rounds=1, prompts_per_round=4, group_size=4, max_new_tokens=8,
-                        batch_size=8),
+        grpo=GrpoConfig(learning_rate=1e-2, rounds=1, prompts_per_round=4, group_size=4,
+                        max_new_tokens=8, batch_size=8),
     )
 
     assert outcome.status == "succeeded" and outcome.metrics["data"]["practice_tasks"] == 4

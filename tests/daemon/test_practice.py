@@ -19,7 +19,7 @@ from lifelong.feedback_store.models import TrainingRun
 
 pytestmark = pytest.mark.integration
 
-GRPO = {"rounds": 4, "prompts_per_round": 16, "group_size": 4, "max_new_tokens": 6,
+GRPO = {"learning_rate": 1e-3, "rounds": 4, "prompts_per_round": 16, "group_size": 4, "max_new_tokens": 6,
         "batch_size": 16, "quiet_ms": 100, "concurrency": 2}
 
 
