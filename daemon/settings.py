@@ -169,6 +169,13 @@ class VLLMSettings(Section):
     max_lora_rank: int = Field(default=16, ge=1, le=512)
     max_loras: int = Field(default=4, ge=1, description="Adapters resident in one batch.")
     max_model_len: int = Field(default=512, ge=16)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto",
+        description="`--dtype` of the local vLLM. 'auto': vLLM's own choice, except with the CPU "
+        "build on a CPU without bfloat16 instructions (no avx512_bf16 or amx_bf16), where it "
+        "is float32: vLLM's bfloat16 is emulated there, and float32 served SmolLM2 3-4x faster "
+        "(bench/vllm_dtype.py). A --dtype in extra_args wins.",
+    )
     cpu_kvcache_space_gib: int = Field(
         default=1, ge=1, description="VLLM_CPU_KVCACHE_SPACE for the CPU build."
     )

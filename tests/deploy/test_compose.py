@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-from lifelong.daemon.gateway.app import vllm_env
+from lifelong.daemon.vllm_launch import vllm_env
 from lifelong.daemon.settings import Settings
 from lifelong.daemon.upstream import BASE_MODEL_NAME
 

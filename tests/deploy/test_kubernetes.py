@@ -28,7 +28,7 @@ import yaml
 
 from lifelong.daemon import cli
 from lifelong.daemon.cli import trainer as trainer_cli
-from lifelong.daemon.gateway.app import vllm_env
+from lifelong.daemon.vllm_launch import vllm_env
 from lifelong.daemon.settings import ENV_PREFIX, Settings
 from lifelong.daemon.trainer import ChildRunner
 from lifelong.daemon.upstream import BASE_MODEL_NAME
