@@ -31,13 +31,15 @@ from lifelong.evals.suites import EvalItem, Suite
 CHAT = "<|im_start|>user\nWhat is {a} + {b}?<|im_end|>\n<|im_start|>assistant\n"
 
 
-def start_vllm(model: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_vllm(model: Path, log: Path, *args: str,
+               env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """A vLLM server on `model` (served as `base`) with further `args`, once it answers."""
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
          "--served-model-name", "base", "--max-model-len", "512", "--host", "127.0.0.1",
-         "--port", str(port), "--disable-uvicorn-access-log"],
-        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}, stdout=log.open("wb"),
+         "--port", str(port), "--disable-uvicorn-access-log", *args],
+        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}, stdout=log.open("wb"),
         stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
