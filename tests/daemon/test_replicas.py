@@ -23,8 +23,9 @@ from pathlib import Path
 import httpx
 import pytest
 from peft import LoraConfig, get_peft_model
-from sqlalchemy import select
+from sqlalchemy import create_engine, make_url, select
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 from transformers import AutoModelForCausalLM
 
 from lifelong.adapters import base_model_identity, manifest_checksum, write_adapter
@@ -363,6 +364,54 @@ def test_a_rolling_restart_of_both_gateways_fails_no_request(cluster):
             time.sleep(1)
     assert len(load.answers) > 20
     assert load.failed() == []
+    statuses = [cluster.status(g)["cluster"] for g in cluster.gateways]
+    assert sum(s["leading"] for s in statuses) == 1
+
+
+def test_with_the_database_gone_both_gateways_answer_with_the_champion_and_refuse_writes(
+    cluster, postgres_server_url,
+):
+    """Cut off from PostgreSQL (it refuses every connection), each replica keeps serving
+    inference from its last known champion, answers writes with 503 naming the database, and
+    no replica leads (the leader steps down before its lease could pass); once the database is
+    back, one leads again and writes are taken."""
+    a, b = cluster.gateways
+    promoted = httpx.post(f"{a.url}/admin/promote", json={"version": "v0001"},
+                          headers=a.headers("ops"), timeout=300)
+    assert promoted.status_code == 200, promoted.text
+    server = create_engine(postgres_server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    name = make_url(cluster.database_url).database
+    logged = [len(gateway.log.read_text()) for gateway in (a, b)]
+    with Load(cluster, clients=2) as load:
+        time.sleep(1)
+        away = time.monotonic()
+        with server.connect() as connection:
+            connection.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            connection.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{name}' AND pid <> pg_backend_pid()")
+        try:
+            time.sleep(3 * LEASE_S)  # past the lease: a leader that kept acting would be unsafe
+            for gateway in (a, b):
+                refused = httpx.post(f"{gateway.url}/v1/feedback", headers=gateway.headers("alice"),
+                                     json={"interaction_id": "chatcmpl-gone", "kind": "rating",
+                                           "score": 1}, timeout=60)
+                assert refused.status_code == 503, refused.text
+                assert "database" in refused.text
+                assert "database" in httpx.get(f"{gateway.url}/readyz", timeout=30).text
+            # The leader stepped down by itself, before its lease could pass.
+            assert any("could not renew the lease in time" in gateway.log.read_text()[since:]
+                       for gateway, since in zip((a, b), logged, strict=True))
+            back = time.monotonic()
+        finally:
+            with server.connect() as connection:
+                connection.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        until(lambda: cluster.leader() is not None, 60, "a leader again")
+        time.sleep(1)
+    server.dispose()
+    during = [answer for answer in load.answers if away <= answer[0] and answer[1] <= back]
+    assert load.failed() == [] and len(during) > 10
+    assert {version for *_, version in during} == {"v0001"}
     statuses = [cluster.status(g)["cluster"] for g in cluster.gateways]
     assert sum(s["leading"] for s in statuses) == 1
 
