@@ -15,7 +15,7 @@ test: dev
 
 # The learning proofs: the tiny model's (SFT, GRPO, the unattended loop; about 8 minutes) and the
 # real model's (SmolLM2 learns bare sums through the daemon; 9-10 minutes on AVX-512, far more on AVX2),
-# and the multi-replica proof (2 gateways + 2 vLLM servers + PostgreSQL; 4-5 minutes).
+# and the multi-replica proof (2 gateways + 2 vLLM servers + PostgreSQL; 5-7 minutes).
 test-slow: dev
 	OMP_WAIT_POLICY=PASSIVE .venv/bin/pytest -m slow
 
